@@ -1,0 +1,22 @@
+"""fastxent: fast, fused softmax cross-entropy for NumPy.
+
+Cython + OpenMP kernels compute the row logsumexp, the loss and the gradient
+``softmax(Z) - Y`` in one pass over the logits, with a vectorised exp that
+keeps -inf and NaN semantics.  See :func:`cross_entropy_with_grad`.
+"""
+
+from ._config import show_config
+from ._loss import cross_entropy, cross_entropy_grad, cross_entropy_with_grad
+from ._softmax import log_softmax, logsumexp, softmax
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_grad",
+    "log_softmax",
+    "logsumexp",
+    "show_config",
+    "softmax",
+]

@@ -1,0 +1,43 @@
+"""Build and run-time facts for bug reports: ``fastxent.show_config()``."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+from . import _kernels
+from ._version import __version__
+
+
+def config():
+    """The facts :func:`show_config` prints, as a dict."""
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "openmp": _kernels.openmp_enabled(),
+        "default_threads": _kernels.max_threads(),
+        "simd": _kernels.simd_dispatch(),
+        "compile_flags": _kernels.build_cflags(),
+    }
+
+
+def show_config(file=None):
+    """Print fastxent's version, OpenMP status, default thread count, the SIMD
+    variant in use and the compiler flags it was built with.
+
+    Examples
+    --------
+    >>> import fastxent
+    >>> fastxent.show_config()  # doctest: +ELLIPSIS
+    fastxent ...
+    """
+    c = config()
+    lines = [
+        f"fastxent {c['version']} (Python {c['python']}, {c['platform']})",
+        f"  OpenMP:          {'enabled' if c['openmp'] else 'DISABLED (serial build)'}",
+        f"  default threads: {c['default_threads']}",
+        f"  SIMD:            {c['simd']}",
+        f"  compile flags:   {c['compile_flags']}",
+    ]
+    print("\n".join(lines), file=file or sys.stdout)

@@ -1,0 +1,453 @@
+# cython: language_level=3
+# cython: boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, freethreading_compatible=True
+"""Compiled kernels of fastxent.
+
+Design
+------
+* One row at a time.  Every public kernel is a ``prange`` over rows around a
+  ``noexcept nogil`` row function that reads the row of logits, its target
+  and writes its own outputs.  The row functions take raw pointers, so a
+  caller can apply them to any block of rows (a chunk of a bigger matrix, a
+  block of ``X @ W.T``) with its own output pointers.
+* The inner loops (max, exp-and-sum, target dot product, gradient pass) are
+  C functions in ``_rowops.c``: Cython cannot emit ``#pragma omp simd``, and
+  without it (or ``-ffast-math``, which we refuse) GCC vectorises neither
+  the exponential nor floating-point reductions.
+* The fused loss+gradient row touches the logits three times (max; exp
+  written straight into the gradient row while summing; final scaling of the
+  gradient row, which is still in cache) and computes one exp per element.
+* All loss options reduce to one per-row form.  With ``q_k`` the effective
+  target mass of class ``k`` (labels: ``(1-eps) w_y [k=y] + eps/m w_k``;
+  probabilities: ``w_k ((1-eps) Y_k + eps/m)``), ``Q = sum_k q_k`` and
+  ``lse = max + log S``::
+
+      loss_i = s_i * (sum_k q_k (lse - z_k) + zloss * lse**2)
+      grad_i = s_i * scale * ((Q + 2 zloss lse) softmax(z) - q) * cap'(z)
+
+  where ``s_i`` is the sample weight, ``scale`` is ``1/denominator`` under
+  ``"mean"``, and ``cap'`` the derivative of the optional soft-cap.
+* Per-row losses are written to a float64 array and reduced by the caller in
+  a fixed order, so results do not depend on the number of threads.
+* Errors (a failed scratch allocation) are flagged through a pointer, never
+  raised inside the parallel region.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.math cimport log
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+cdef extern from "_rowops.h" nogil:
+    float fx_max_f(const float *z, Py_ssize_t n)
+    double fx_max_d(const double *z, Py_ssize_t n)
+    float fx_softcap_max_f(const float *z, Py_ssize_t n, float c, float *out)
+    double fx_softcap_max_d(const double *z, Py_ssize_t n, double c, double *out)
+    double fx_expsum_f(const float *z, Py_ssize_t n, float shift, float *out)
+    double fx_expsum_d(const double *z, Py_ssize_t n, double shift, double *out)
+    double fx_target_dot_f(const float *z, Py_ssize_t n, float shift,
+                           const float *w, const float *y, float alpha,
+                           float beta, double *qsum)
+    double fx_target_dot_d(const double *z, Py_ssize_t n, double shift,
+                           const double *w, const double *y, double alpha,
+                           double beta, double *qsum)
+    void fx_grad_pass_f(float *g, Py_ssize_t n, float a, float b,
+                        const float *w, const float *y, float alpha,
+                        float beta, const float *zc, float inv_c)
+    void fx_grad_pass_d(double *g, Py_ssize_t n, double a, double b,
+                        const double *w, const double *y, double alpha,
+                        double beta, const double *zc, double inv_c)
+    void fx_sub2_f(const float *z, Py_ssize_t n, float s1, float s2, float *out)
+    void fx_sub2_d(const double *z, Py_ssize_t n, double s1, double s2, double *out)
+    void fx_scale_f(float *g, Py_ssize_t n, float a)
+    void fx_scale_d(double *g, Py_ssize_t n, double a)
+    void fx_exp_array_f(const float *x, Py_ssize_t n, float *out)
+    void fx_exp_array_d(const double *x, Py_ssize_t n, double *out)
+    void fx_tanh_array_f(const float *x, Py_ssize_t n, float *out)
+    void fx_tanh_array_d(const double *x, Py_ssize_t n, double *out)
+    const char *fx_simd_dispatch()
+
+# Builds without OpenMP (e.g. Apple clang without libomp) still compile:
+# prange then runs serially, and this shim answers "one thread".
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FX_OPENMP 1
+    #else
+    #define FX_OPENMP 0
+    static int omp_get_max_threads(void) { return 1; }
+    #endif
+    """
+    int FX_OPENMP
+    int omp_get_max_threads() noexcept nogil
+
+ctypedef fused label_t:
+    int32_t
+    int64_t
+
+# Below this many logits a call runs on the calling thread: starting the
+# OpenMP team costs a few microseconds, more than the work itself.
+cdef enum:
+    PARALLEL_MIN_ELEMENTS = 32768
+
+
+# ---- typed front ends of the C primitives (float or double) ----
+
+cdef inline floating row_max(const floating *z, Py_ssize_t m) noexcept nogil:
+    if floating is float:
+        return fx_max_f(z, m)
+    else:
+        return fx_max_d(z, m)
+
+
+cdef inline floating row_softcap_max(const floating *z, Py_ssize_t m,
+                                     floating c, floating *out) noexcept nogil:
+    if floating is float:
+        return fx_softcap_max_f(z, m, c, out)
+    else:
+        return fx_softcap_max_d(z, m, c, out)
+
+
+cdef inline double row_expsum(const floating *z, Py_ssize_t m, floating shift,
+                              floating *out) noexcept nogil:
+    if floating is float:
+        return fx_expsum_f(z, m, shift, out)
+    else:
+        return fx_expsum_d(z, m, shift, out)
+
+
+cdef inline double row_target_dot(const floating *z, Py_ssize_t m,
+                                  floating shift, const floating *w,
+                                  const floating *y, floating alpha,
+                                  floating beta, double *qsum) noexcept nogil:
+    if floating is float:
+        return fx_target_dot_f(z, m, shift, w, y, alpha, beta, qsum)
+    else:
+        return fx_target_dot_d(z, m, shift, w, y, alpha, beta, qsum)
+
+
+cdef inline void row_grad_pass(floating *g, Py_ssize_t m, floating a,
+                               floating b, const floating *w,
+                               const floating *y, floating alpha,
+                               floating beta, const floating *zc,
+                               floating inv_c) noexcept nogil:
+    if floating is float:
+        fx_grad_pass_f(g, m, a, b, w, y, alpha, beta, zc, inv_c)
+    else:
+        fx_grad_pass_d(g, m, a, b, w, y, alpha, beta, zc, inv_c)
+
+
+cdef inline void row_sub2(const floating *z, Py_ssize_t m, floating s1,
+                          floating s2, floating *out) noexcept nogil:
+    if floating is float:
+        fx_sub2_f(z, m, s1, s2, out)
+    else:
+        fx_sub2_d(z, m, s1, s2, out)
+
+
+cdef inline void row_scale(floating *g, Py_ssize_t m, floating a) noexcept nogil:
+    if floating is float:
+        fx_scale_f(g, m, a)
+    else:
+        fx_scale_d(g, m, a)
+
+
+# ---- the row kernels ----
+
+cdef struct LossOptions:
+    double smoothing    # label smoothing epsilon
+    double zloss        # coefficient of lse**2
+    double softcap      # c of c*tanh(z/c); 0 when off
+    double grad_scale   # 1/denominator under "mean", else 1
+
+
+cdef double cross_entropy_row(
+    const floating *z, Py_ssize_t m, Py_ssize_t label, const floating *y,
+    const floating *w, double s, const LossOptions *opt, floating *g,
+    floating *scratch,
+) noexcept nogil:
+    """Loss of one row, and its gradient into ``g`` unless ``g`` is NULL.
+
+    ``label >= 0`` selects class-index targets, otherwise ``y`` points at
+    the row of class probabilities.  ``w`` (class weights) may be NULL.
+    ``scratch`` holds ``m`` elements and is used only with a soft-cap; it
+    keeps the capped logits so that ``g`` may alias ``z`` (in place).
+    """
+    cdef const floating *zc = z
+    cdef floating mx, inv_c = 0
+    cdef floating beta = <floating>(opt.smoothing / m)
+    cdef double S, log_s, lse, Q, dot, loss, a, b
+    cdef double c_main = 0, cap_y = 1, qsum
+    if opt.softcap > 0:
+        mx = row_softcap_max(z, m, <floating>opt.softcap, scratch)
+        zc = scratch
+        inv_c = <floating>(1.0 / opt.softcap)
+    else:
+        mx = row_max(z, m)
+
+    # Everything that needs the logits is read before g (maybe z) is written.
+    if label >= 0:
+        dot = 0
+        Q = 0
+        if opt.smoothing > 0:
+            dot = row_target_dot(zc, m, mx, w, <const floating *>NULL,
+                                 0, beta, &Q)
+        c_main = (1.0 - opt.smoothing) * (w[label] if w != NULL else 1.0)
+        if c_main != 0:
+            # Skipping zero-mass terms keeps a masked (-inf) class out.
+            dot += c_main * (<double>zc[label] - <double>mx)
+            Q += c_main
+        if opt.softcap > 0:
+            cap_y = 1.0 - (<double>zc[label] * inv_c) ** 2
+    else:
+        dot = row_target_dot(zc, m, mx, w, y, <floating>(1.0 - opt.smoothing),
+                             beta, &Q)
+
+    S = row_expsum(zc, m, mx, g)
+    log_s = log(S)
+    lse = mx + log_s
+    loss = Q * log_s - dot
+    if opt.zloss != 0:
+        loss += opt.zloss * lse * lse
+    if g != NULL:
+        b = s * opt.grad_scale
+        a = b * (Q + 2.0 * opt.zloss * lse) / S
+        if label >= 0:
+            # Without smoothing the class weights only enter through c_main.
+            row_grad_pass(g, m, <floating>a, <floating>b,
+                          w if opt.smoothing > 0 else <const floating *>NULL,
+                          <const floating *>NULL, 0, beta,
+                          zc if opt.softcap > 0 else <const floating *>NULL,
+                          inv_c)
+            g[label] -= <floating>(b * c_main * cap_y)
+        else:
+            row_grad_pass(g, m, <floating>a, <floating>b, w, y,
+                          <floating>(1.0 - opt.smoothing), beta,
+                          zc if opt.softcap > 0 else <const floating *>NULL,
+                          inv_c)
+    return s * loss
+
+
+cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
+                               bint take_log) noexcept nogil:
+    """softmax or log_softmax of one row into ``out`` (NULL: neither);
+    returns the row's logsumexp.  ``out`` may alias ``z``."""
+    cdef floating mx = row_max(z, m)
+    cdef double S
+    if take_log or out == NULL:
+        S = row_expsum(z, m, mx, <floating *>NULL)
+        if out != NULL:
+            row_sub2(z, m, mx, <floating>log(S), out)
+    else:
+        S = row_expsum(z, m, mx, out)
+        row_scale(out, m, <floating>(1.0 / S))
+    return mx + log(S)
+
+
+# ---- prange drivers (called from Python with validated arrays) ----
+
+cdef inline bint _use_threads(Py_ssize_t n, Py_ssize_t m, int num_threads) noexcept nogil:
+    return num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS
+
+
+def cross_entropy_labels(
+    const floating[:, ::1] z,
+    const label_t[::1] labels,
+    const floating[::1] class_weight,
+    const double[::1] sample_weight,
+    double[::1] loss_out,
+    floating[:, ::1] grad_out,
+    bint want_grad,
+    int64_t ignore_index,
+    double smoothing,
+    double zloss,
+    double softcap,
+    double grad_scale,
+    int num_threads,
+):
+    """Per-row losses (and gradient) for class-index targets.
+
+    Empty ``class_weight``/``sample_weight`` mean "none".  Rows whose label
+    equals ``ignore_index`` get loss 0 and a zero gradient.  Labels must
+    already be checked to lie in ``[0, m)`` (or equal ``ignore_index``).
+    Returns 0, or -1 if a thread could not allocate its scratch row.
+    """
+    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
+    cdef Py_ssize_t label
+    cdef LossOptions opt
+    cdef const floating *w = &class_weight[0] if class_weight.shape[0] > 0 else NULL
+    cdef bint have_sw = sample_weight.shape[0] > 0
+    cdef floating *scratch
+    cdef floating *g
+    cdef int failed = 0
+    cdef int *failed_p = &failed
+    opt.smoothing = smoothing
+    opt.zloss = zloss
+    opt.softcap = softcap
+    opt.grad_scale = grad_scale
+    if n == 0:
+        return 0
+    with nogil, parallel(num_threads=num_threads,
+                         use_threads_if=_use_threads(n, m, num_threads)):
+        scratch = NULL
+        if softcap > 0:
+            scratch = <floating *>malloc(m * sizeof(floating))
+            if scratch == NULL:
+                failed_p[0] = 1
+        for i in prange(n, schedule='static'):
+            if softcap > 0 and scratch == NULL:
+                continue
+            g = &grad_out[i, 0] if want_grad else NULL
+            label = <Py_ssize_t>labels[i]
+            if labels[i] == ignore_index:
+                loss_out[i] = 0
+                if g != NULL:
+                    memset(g, 0, m * sizeof(floating))
+                continue
+            loss_out[i] = cross_entropy_row(
+                &z[i, 0], m, label, <const floating *>NULL, w,
+                sample_weight[i] if have_sw else 1.0, &opt, g, scratch)
+        free(scratch)
+    return -failed
+
+
+def cross_entropy_probs(
+    const floating[:, ::1] z,
+    const floating[:, ::1] target,
+    const floating[::1] class_weight,
+    const double[::1] sample_weight,
+    double[::1] loss_out,
+    floating[:, ::1] grad_out,
+    bint want_grad,
+    double smoothing,
+    double zloss,
+    double softcap,
+    double grad_scale,
+    int num_threads,
+):
+    """Per-row losses (and gradient) for class-probability targets.
+
+    Same conventions as :func:`cross_entropy_labels`; ``target`` has the
+    shape of ``z`` and may alias ``grad_out`` only if the caller copied it.
+    """
+    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
+    cdef LossOptions opt
+    cdef const floating *w = &class_weight[0] if class_weight.shape[0] > 0 else NULL
+    cdef bint have_sw = sample_weight.shape[0] > 0
+    cdef floating *scratch
+    cdef int failed = 0
+    cdef int *failed_p = &failed
+    opt.smoothing = smoothing
+    opt.zloss = zloss
+    opt.softcap = softcap
+    opt.grad_scale = grad_scale
+    if n == 0:
+        return 0
+    with nogil, parallel(num_threads=num_threads,
+                         use_threads_if=_use_threads(n, m, num_threads)):
+        scratch = NULL
+        if softcap > 0:
+            scratch = <floating *>malloc(m * sizeof(floating))
+            if scratch == NULL:
+                failed_p[0] = 1
+        for i in prange(n, schedule='static'):
+            if softcap > 0 and scratch == NULL:
+                continue
+            loss_out[i] = cross_entropy_row(
+                &z[i, 0], m, -1, &target[i, 0], w,
+                sample_weight[i] if have_sw else 1.0, &opt,
+                &grad_out[i, 0] if want_grad else NULL, scratch)
+        free(scratch)
+    return -failed
+
+
+def softmax_rows(const floating[:, ::1] z, floating[:, ::1] out,
+                 bint want_out, bint take_log, double[::1] lse_out,
+                 int num_threads):
+    """Row-wise softmax (or log_softmax) into ``out`` and logsumexp into
+    ``lse_out`` (either may be skipped: ``want_out`` false, or an empty
+    ``lse_out``)."""
+    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
+    cdef bint want_lse = lse_out.shape[0] > 0
+    cdef double lse
+    if n == 0:
+        return
+    with nogil:
+        for i in prange(n, schedule='static', num_threads=num_threads,
+                        use_threads_if=_use_threads(n, m, num_threads)):
+            lse = softmax_row(&z[i, 0], m, &out[i, 0] if want_out else NULL,
+                              take_log)
+            if want_lse:
+                lse_out[i] = lse
+
+
+def check_labels(const label_t[::1] labels, Py_ssize_t m, int64_t ignore_index,
+                 const double[::1] class_weight, const double[::1] sample_weight):
+    """Validate labels and compute the ``"mean"`` denominator in one pass.
+
+    Returns ``(first_bad_position, denominator)``: the position of the first
+    label outside ``[0, m)`` that is not ``ignore_index`` (-1 if none), and
+    ``sum_i s_i w[y_i]`` over the non-ignored rows (fixed order).
+    """
+    cdef Py_ssize_t n = labels.shape[0], i, bad = -1
+    cdef int64_t lab
+    cdef double total = 0, term
+    cdef bint have_w = class_weight.shape[0] > 0
+    cdef bint have_sw = sample_weight.shape[0] > 0
+    with nogil:
+        for i in range(n):
+            lab = labels[i]
+            if lab == ignore_index:
+                continue
+            if lab < 0 or lab >= m:
+                bad = i
+                break
+            term = class_weight[lab] if have_w else 1.0
+            if have_sw:
+                term = term * sample_weight[i]
+            total += term
+    return bad, total
+
+
+def exp_array(const floating[::1] x, floating[::1] out):
+    """The vectorised exponential used by the kernels (for tests)."""
+    if floating is float:
+        fx_exp_array_f(&x[0], x.shape[0], &out[0])
+    else:
+        fx_exp_array_d(&x[0], x.shape[0], &out[0])
+
+
+def tanh_array(const floating[::1] x, floating[::1] out):
+    """The vectorised tanh used by the soft-cap (for tests)."""
+    if floating is float:
+        fx_tanh_array_f(&x[0], x.shape[0], &out[0])
+    else:
+        fx_tanh_array_d(&x[0], x.shape[0], &out[0])
+
+
+def openmp_enabled():
+    return bool(FX_OPENMP)
+
+
+def max_threads():
+    """``omp_get_max_threads()`` now (1 without OpenMP)."""
+    return omp_get_max_threads()
+
+
+def simd_dispatch():
+    return fx_simd_dispatch().decode()
+
+
+cdef extern from *:
+    """
+    #ifndef FASTXENT_BUILD_CFLAGS
+    #define FASTXENT_BUILD_CFLAGS "unknown"
+    #endif
+    """
+    const char *FASTXENT_BUILD_CFLAGS
+
+
+def build_cflags():
+    return FASTXENT_BUILD_CFLAGS.decode()

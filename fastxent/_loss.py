@@ -1,0 +1,245 @@
+"""Softmax cross-entropy: loss, gradient, or both from one fused pass."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels
+from . import _validation as v
+
+
+def _run(logits, target, *, want_loss, want_grad, reduction, weight, sample_weight,
+         ignore_index, label_smoothing, z_loss, softcap, out, num_threads):
+    """Validate everything, run one kernel, reduce.  Returns (loss, grad)."""
+    reduction = v.check_reduction(reduction)
+    z, shape, dtype = v.as_logits(logits)
+    n, m = z.shape
+    kind, t = v.as_labels_or_probs(target, shape, dtype)
+    ignore = v.ignore_index(ignore_index, kind)
+    eps = v.float_option(label_smoothing, "label_smoothing", 0.0, 1.0)
+    zl = v.float_option(z_loss, "z_loss", 0.0)
+    cap = 0.0 if softcap is None else v.float_option(softcap, "softcap", 0.0, low_open=True)
+    w, w64 = v.class_weight(weight, m, dtype)
+    s = v.sample_weight(sample_weight, shape[:-1])
+    nt = v.resolve_threads(num_threads)
+
+    if want_grad:
+        if out is None:
+            g = np.empty((n, m), dtype=dtype)
+        else:
+            g = v.check_out(out, shape, dtype)
+            # Only exact aliasing with the logits is an in-place update; any
+            # other overlap would have the kernel read what it just wrote.
+            z = v.detach_from(z, g)
+            t = t.copy() if np.may_share_memory(t, g) else t
+            w = w.copy() if np.may_share_memory(w, g) else w
+            s = s.copy() if np.may_share_memory(s, g) else s
+    else:
+        g = v.empty_2d(dtype)
+
+    if kind == "labels":
+        bad, denom = _kernels.check_labels(t, m, ignore, w64, s)
+        if bad >= 0:
+            raise ValueError(
+                f"target contains a label outside [0, {m}) that is not ignore_index="
+                f"{ignore}: {int(t[bad])} at flat position {bad}."
+            )
+    else:
+        denom = float(s.sum()) if s.size else float(n)
+
+    if reduction == "mean":
+        # A zero denominator (n == 0, every sample ignored or weighted 0)
+        # gives a NaN loss, as in NumPy and PyTorch; its gradient is zero.
+        grad_scale = 1.0 / denom if denom > 0 else 0.0
+    else:
+        grad_scale = 1.0
+
+    losses = np.empty(n, dtype=np.float64)
+    if kind == "labels":
+        status = _kernels.cross_entropy_labels(
+            z, t, w, s, losses, g, want_grad, ignore, eps, zl, cap, grad_scale, nt)
+    else:
+        status = _kernels.cross_entropy_probs(
+            z, t, w, s, losses, g, want_grad, eps, zl, cap, grad_scale, nt)
+    if status != 0:
+        raise MemoryError("fastxent: could not allocate per-thread scratch memory")
+
+    grad = None
+    if want_grad:
+        grad = out if out is not None else g.reshape(shape)
+    loss = None
+    if want_loss:
+        if reduction == "none":
+            loss = losses.astype(dtype, copy=False).reshape(shape[:-1])
+        elif reduction == "sum":
+            loss = dtype.type(losses.sum())
+        else:
+            total = losses.sum()
+            loss = dtype.type(total / denom) if denom > 0 else dtype.type(np.nan)
+    return loss, grad
+
+
+_OPTIONS_DOC = """
+    weight : array_like of shape (m,), optional
+        Non-negative, finite class weights ``w`` (PyTorch's ``weight``).
+    sample_weight : array_like of shape ``logits.shape[:-1]``, optional
+        Non-negative, finite per-sample weights ``s`` (scikit-learn's
+        ``sample_weight``): each sample's loss and gradient are multiplied
+        by ``s_i`` and ``"mean"`` divides by ``sum_i s_i w[y_i]``.
+    ignore_index : int, default -100
+        Class-index targets equal to it contribute no loss and no gradient
+        and are left out of the ``"mean"`` denominator.  Not allowed (other
+        than the default) with class-probability targets.
+    label_smoothing : float in [0, 1], default 0.0
+        PyTorch's label smoothing ``eps``: the target becomes
+        ``(1 - eps) * onehot(y) + eps / m`` (with class weights applied as
+        PyTorch does).
+    z_loss : float >= 0, default 0.0
+        Adds ``z_loss * lse_i**2`` to each (non-ignored) sample's loss.
+    softcap : float > 0, optional
+        Soft-caps the logits as ``softcap * tanh(logits / softcap)`` before
+        the softmax (the gradient includes the chain rule).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` divides the summed loss by the number of (non-ignored)
+        samples, or by the total weight when weights are given.
+    num_threads : int >= 1, optional
+        Threads to use.  ``None`` uses OpenMP's current default, which
+        honours ``OMP_NUM_THREADS`` and ``threadpoolctl`` limits.  Small
+        inputs run on the calling thread regardless."""
+
+
+def cross_entropy(logits, target, *, reduction="mean", weight=None, sample_weight=None,
+                  ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None,
+                  num_threads=None):
+    """Softmax cross-entropy loss of logits against class indices or probabilities.
+
+    For logits ``Z`` of shape ``(..., m)`` (classes last) and
+    ``lse_i = max_i + log sum_k exp(Z_ik - max_i)``, the per-sample loss is
+
+        E_i = lse_i - Z_{i, y_i}                       (class indices y)
+        E_i = -sum_j Y_ij (Z_ij - lse_i)               (class probabilities Y)
+
+    extended by the options below.  It is computed in one pass over each
+    row with one ``exp`` per element; sums are accumulated in float64.
+
+    Parameters
+    ----------
+    logits : array_like of shape (..., m)
+        float32 and float64 are computed natively, float16 in float32 and
+        integer arrays in float64.
+    target : array_like
+        Integer class indices of shape ``logits.shape[:-1]`` in ``[0, m)``,
+        or class probabilities of shape ``logits.shape`` (rows need not sum
+        to 1).
+    {options}
+
+    Returns
+    -------
+    loss : scalar of the compute dtype, or ndarray of shape ``logits.shape[:-1]``
+        The reduced loss, or the per-sample losses for ``reduction="none"``.
+
+    Raises
+    ------
+    TypeError
+        For non-numeric, complex or boolean logits, float class indices,
+        non-integer ``num_threads`` or ``ignore_index``.
+    ValueError
+        For mismatched shapes, ``m == 0``, labels outside ``[0, m)``, an
+        unknown reduction, or an option out of its range.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+    >>> float(fastxent.cross_entropy(logits, [0, 2]))  # doctest: +ELLIPSIS
+    0.7703...
+    >>> fastxent.cross_entropy(logits, [0, 2], reduction="none").round(4)
+    array([0.2413, 1.0986])
+    """
+    loss, _ = _run(logits, target, want_loss=True, want_grad=False, reduction=reduction,
+                   weight=weight, sample_weight=sample_weight, ignore_index=ignore_index,
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                   out=None, num_threads=num_threads)
+    return loss
+
+
+def cross_entropy_grad(logits, target, *, reduction="mean", weight=None, sample_weight=None,
+                       ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None,
+                       out=None, num_threads=None):
+    """Gradient of :func:`cross_entropy` with respect to the logits.
+
+    For class indices and no options this is ``(softmax(Z) - onehot(y)) / n``
+    under ``"mean"`` (``/ 1`` under ``"sum"``); in general it is the exact
+    derivative of the loss :func:`cross_entropy` returns with the same
+    arguments (for ``"none"``: of the sum of the per-sample losses).
+
+    Parameters
+    ----------
+    logits, target
+        As in :func:`cross_entropy`.
+    out : ndarray, optional
+        C-contiguous, writeable array of the logits' shape and compute dtype
+        that receives the gradient.  ``out=logits`` computes in place.
+    {options}
+
+    Returns
+    -------
+    grad : ndarray of the logits' shape and the compute dtype
+        ``out`` when given.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+    >>> fastxent.cross_entropy_grad(logits, [0, 2], reduction="sum").round(4)
+    array([[-0.2142,  0.1753,  0.0391],
+           [ 0.3333,  0.3333, -0.6667]])
+    """
+    _, grad = _run(logits, target, want_loss=False, want_grad=True, reduction=reduction,
+                   weight=weight, sample_weight=sample_weight, ignore_index=ignore_index,
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                   out=out, num_threads=num_threads)
+    return grad
+
+
+def cross_entropy_with_grad(logits, target, *, reduction="mean", weight=None,
+                            sample_weight=None, ignore_index=-100, label_smoothing=0.0,
+                            z_loss=0.0, softcap=None, out=None, num_threads=None):
+    """Loss and gradient of softmax cross-entropy from one fused pass.
+
+    Returns exactly what :func:`cross_entropy` and :func:`cross_entropy_grad`
+    return with the same arguments, but reads the logits once for both
+    (the row max, the sum of exponentials, the loss and ``P - Y`` come out
+    of the same row kernel).
+
+    Parameters
+    ----------
+    logits, target, out
+        As in :func:`cross_entropy_grad`.
+    {options}
+
+    Returns
+    -------
+    loss : scalar or ndarray
+        As :func:`cross_entropy`.
+    grad : ndarray
+        As :func:`cross_entropy_grad`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    >>> loss, grad = fastxent.cross_entropy_with_grad(logits, [0, 2])
+    >>> loss.dtype, grad.shape
+    (dtype('float32'), (2, 3))
+    """
+    return _run(logits, target, want_loss=True, want_grad=True, reduction=reduction,
+                weight=weight, sample_weight=sample_weight, ignore_index=ignore_index,
+                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                out=out, num_threads=num_threads)
+
+
+for _f in (cross_entropy, cross_entropy_grad, cross_entropy_with_grad):
+    if _f.__doc__:  # None under python -OO
+        _f.__doc__ = _f.__doc__.replace("    {options}", _OPTIONS_DOC.strip("\n"))
+del _f

@@ -1,0 +1,192 @@
+/*
+ * Vectorised row primitives for fastxent: branch-free exp/tanh and the
+ * row loops of the fused softmax cross-entropy kernels.
+ *
+ * Why our own exp: glibc only declares its SIMD expf/exp (libmvec) under
+ * __FAST_MATH__, and -ffast-math is not an option (it breaks -inf/NaN
+ * handling and, linked into a shared library, flips the whole process to
+ * flush-to-zero).  libmvec also drops to scalar code for arguments below
+ * about -87 and for -inf, i.e. exactly on masked logits.  The functions
+ * below are written with selects instead of branches so that `omp simd`
+ * vectorises them for any input, including -inf, NaN and huge values.
+ *
+ * exp(x): clamp x, n = round(x / ln 2) with the 1.5 * 2^p magic-number
+ * trick (which also yields n's bits without a float-to-int instruction that
+ * AVX2 lacks for doubles), Cody-Waite reduction r = x - n ln2 with ln 2
+ * split into an exactly-representable head and a tail, a polynomial for
+ * exp(r) on |r| <= ln2/2 (Cephes' minimax coefficients for float, the
+ * Taylor series to degree 13 for double: truncation below 1e-17), and
+ * the scale 2^n applied as 2^(n/2) * 2^(n - n/2) so that gradual underflow
+ * and the top of the range stay exact.  Then selects: x below the
+ * underflow threshold (and -inf) gives exactly 0, x above the overflow
+ * threshold gives +inf, NaN stays NaN.
+ *
+ * tanh(x): for |x| < 0.625 Cephes' odd polynomial (float) or rational
+ * function (double), which keeps full relative accuracy near 0; otherwise
+ * 1 - 2 / (exp(2|x|) + 1) with the sign restored.  Both are evaluated and
+ * selected, so there is no branch.
+ *
+ * The element-type-generic loops are in _rowops_t.h, included once for
+ * float and once for double below: the loops are identical, only the
+ * element type and its exp/tanh differ.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "_rowops.h"
+
+#if defined(__GNUC__)
+#define FX_INLINE static inline __attribute__((always_inline))
+#else
+#define FX_INLINE static inline
+#endif
+
+/* Run-time dispatched clones: the same binary uses AVX-512 or AVX2+FMA
+ * where the CPU has them.  Needs GCC's ifunc support (Linux/glibc, x86-64);
+ * FASTXENT_NO_CLONES turns it off (e.g. for sanitizer builds). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    defined(__linux__) && !defined(FASTXENT_NO_CLONES)
+#define FX_CLONES \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define FX_HAVE_CLONES 1
+#else
+#define FX_CLONES
+#define FX_HAVE_CLONES 0
+#endif
+
+FX_INLINE float bits_to_f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+FX_INLINE uint32_t f_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+FX_INLINE double bits_to_d(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+FX_INLINE uint64_t d_to_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+
+FX_INLINE float expf_inl(float x)
+{
+    const float lo = -103.972076f; /* exp(lo) < smallest subnormal / 2 */
+    const float hi = 88.7228394f;  /* log(FLT_MAX) */
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    float xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc; /* NaN passes both clamps unchanged */
+    float t = xc * 1.44269504088896341f + magic;
+    float nf = t - magic;
+    int32_t n = (int32_t)(f_to_bits(t) - f_to_bits(magic));
+    float r = xc - nf * 0.693359375f;
+    r = r - nf * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t n1 = n >> 1, n2 = n - n1;
+    float s1 = bits_to_f((uint32_t)(n1 + 127) << 23);
+    float s2 = bits_to_f((uint32_t)(n2 + 127) << 23);
+    float res = (p * s1) * s2;
+    res = x < lo ? 0.0f : res;
+    return x > hi ? HUGE_VALF : res;
+}
+
+FX_INLINE double exp_inl(double x)
+{
+    const double lo = -745.1332191019412;  /* exp(lo) < smallest subnormal / 2 */
+    const double hi = 709.782712893384;    /* log(DBL_MAX) */
+    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
+    double xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc;
+    double t = xc * 1.4426950408889634074 + magic;
+    double nf = t - magic;
+    int64_t n = (int64_t)(d_to_bits(t) - d_to_bits(magic));
+    double r = xc - nf * 6.93147180369123816490e-01;
+    r = r - nf * 1.90821492927058770002e-10;
+    /* Taylor series of exp(r) - 1 - r, degree 13, Horner from the top. */
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * (r * r) + r + 1.0;
+    int64_t n1 = n >> 1, n2 = n - n1;
+    double s1 = bits_to_d((uint64_t)(n1 + 1023) << 52);
+    double s2 = bits_to_d((uint64_t)(n2 + 1023) << 52);
+    double res = (p * s1) * s2;
+    res = x < lo ? 0.0 : res;
+    return x > hi ? HUGE_VAL : res;
+}
+
+FX_INLINE float tanhf_inl(float x)
+{
+    float ax = x < 0.0f ? -x : x;
+    float z = x * x;
+    float small = -5.70498872745e-3f;
+    small = small * z + 2.06390887954e-2f;
+    small = small * z - 5.37397155531e-2f;
+    small = small * z + 1.33314422036e-1f;
+    small = small * z - 3.33332819422e-1f;
+    small = small * z * x + x;
+    float big = 1.0f - 2.0f / (expf_inl(2.0f * ax) + 1.0f);
+    big = x < 0.0f ? -big : big;
+    return ax < 0.625f ? small : big; /* NaN: big, which is NaN */
+}
+
+FX_INLINE double tanh_inl(double x)
+{
+    double ax = x < 0.0 ? -x : x;
+    double z = x * x;
+    double pz = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
+                - 1.61468768441708447952e3;
+    double qz = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
+                + 4.84406305325125486048e3;
+    double small = x + x * z * (pz / qz);
+    double big = 1.0 - 2.0 / (exp_inl(2.0 * ax) + 1.0);
+    big = x < 0.0 ? -big : big;
+    return ax < 0.625 ? small : big;
+}
+
+float fx_expf(float x) { return expf_inl(x); }
+double fx_exp(double x) { return exp_inl(x); }
+float fx_tanhf(float x) { return tanhf_inl(x); }
+double fx_tanh(double x) { return tanh_inl(x); }
+
+/* ---- the row loops, once per element type ---- */
+#define FX_T float
+#define FX_NAME(base) base##_f
+#define FX_EXP expf_inl
+#define FX_TANH tanhf_inl
+#include "_rowops_t.h"
+#undef FX_T
+#undef FX_NAME
+#undef FX_EXP
+#undef FX_TANH
+
+#define FX_T double
+#define FX_NAME(base) base##_d
+#define FX_EXP exp_inl
+#define FX_TANH tanh_inl
+#include "_rowops_t.h"
+#undef FX_T
+#undef FX_NAME
+#undef FX_EXP
+#undef FX_TANH
+
+const char *fx_simd_dispatch(void)
+{
+#if FX_HAVE_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return "x86-64-v4 (AVX-512) of target_clones x86-64-v4/x86-64-v3/default";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return "x86-64-v3 (AVX2+FMA) of target_clones x86-64-v4/x86-64-v3/default";
+    return "default (baseline) of target_clones x86-64-v4/x86-64-v3/default";
+#else
+    return "single variant (compile-time ISA, no run-time dispatch)";
+#endif
+}

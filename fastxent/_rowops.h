@@ -1,0 +1,93 @@
+/*
+ * Vectorised row primitives for fastxent (declarations).
+ *
+ * Every function works on one contiguous row (or a slice of one) of n
+ * elements and touches nothing else, so callers can apply them to any block
+ * of rows with their own output pointers.  Sums are returned in double
+ * whatever the element type, which keeps float32 rows of hundreds of
+ * thousands of classes accurate.
+ *
+ * The bodies live in _rowops.c (and _rowops_t.h, instantiated for float and
+ * double); they are compiled with `#pragma omp simd` and, where the
+ * compiler supports it, with run-time dispatched AVX-512/AVX2 clones.
+ */
+#ifndef FASTXENT_ROWOPS_H
+#define FASTXENT_ROWOPS_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Vectorisable exponentials, exposed for testing.  Accurate on the whole
+ * range where the result is a normal number; exactly 0 below it (and for
+ * -inf), +inf above it, NaN for NaN. */
+float fx_expf(float x);
+double fx_exp(double x);
+float fx_tanhf(float x);
+double fx_tanh(double x);
+
+/* Array versions of the above (out may alias x); used by tests. */
+void fx_exp_array_f(const float *x, ptrdiff_t n, float *out);
+void fx_exp_array_d(const double *x, ptrdiff_t n, double *out);
+void fx_tanh_array_f(const float *x, ptrdiff_t n, float *out);
+void fx_tanh_array_d(const double *x, ptrdiff_t n, double *out);
+
+/* max_k z[k] (-inf for n == 0). */
+float fx_max_f(const float *z, ptrdiff_t n);
+double fx_max_d(const double *z, ptrdiff_t n);
+
+/* out[k] = c * tanh(z[k] / c); returns max_k out[k].  out may alias z. */
+float fx_softcap_max_f(const float *z, ptrdiff_t n, float c, float *out);
+double fx_softcap_max_d(const double *z, ptrdiff_t n, double c, double *out);
+
+/* sum_k exp(z[k] - shift), accumulated in double.  When out is not NULL it
+ * also receives exp(z[k] - shift); out may alias z. */
+double fx_expsum_f(const float *z, ptrdiff_t n, float shift, float *out);
+double fx_expsum_d(const double *z, ptrdiff_t n, double shift, double *out);
+
+/* With q[k] = w[k] * (alpha * y[k] + beta) (w == NULL means w[k] = 1,
+ * y == NULL means the bracket is beta): returns sum_k q[k] * (z[k] - shift),
+ * skipping terms with q[k] == 0 (so a masked -inf logit with no target mass
+ * adds nothing), and stores sum_k q[k] in *qsum.  Both in double; the
+ * shift (the row max) keeps the loss free of cancellation for huge logits. */
+double fx_target_dot_f(const float *z, ptrdiff_t n, float shift,
+                       const float *w, const float *y, float alpha,
+                       float beta, double *qsum);
+double fx_target_dot_d(const double *z, ptrdiff_t n, double shift,
+                       const double *w, const double *y, double alpha,
+                       double beta, double *qsum);
+
+/* The gradient pass, in place on g (which holds exp(z - shift)):
+ *   g[k] = (a * g[k] - b * q[k]) * f[k]
+ * with q[k] as in fx_target_dot and f[k] = 1 - (zc[k] * inv_c)^2 when zc
+ * is not NULL (the derivative of the soft-cap c*tanh(z/c), given the capped
+ * logits zc), else 1. */
+void fx_grad_pass_f(float *g, ptrdiff_t n, float a, float b, const float *w,
+                    const float *y, float alpha, float beta, const float *zc,
+                    float inv_c);
+void fx_grad_pass_d(double *g, ptrdiff_t n, double a, double b,
+                    const double *w, const double *y, double alpha,
+                    double beta, const double *zc, double inv_c);
+
+/* out[k] = (z[k] - shift1) - shift2 (out may alias z).  Subtracting the
+ * row max first is exact near the max, so log-softmax keeps full accuracy
+ * for the likely classes. */
+void fx_sub2_f(const float *z, ptrdiff_t n, float shift1, float shift2,
+               float *out);
+void fx_sub2_d(const double *z, ptrdiff_t n, double shift1, double shift2,
+               double *out);
+
+/* g[k] *= a. */
+void fx_scale_f(float *g, ptrdiff_t n, float a);
+void fx_scale_d(double *g, ptrdiff_t n, double a);
+
+/* Build facts for show_config(). */
+const char *fx_simd_dispatch(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FASTXENT_ROWOPS_H */

@@ -1,0 +1,104 @@
+"""Row-wise softmax, log-softmax and logsumexp over the last axis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels
+from . import _validation as v
+
+
+def _rows(logits, out, take_log, want_out, num_threads):
+    z, shape, dtype = v.as_logits(logits)
+    nt = v.resolve_threads(num_threads)
+    n = z.shape[0]
+    if want_out:
+        if out is None:
+            o = np.empty(z.shape, dtype=dtype)
+        else:
+            o = v.check_out(out, shape, dtype)
+            z = v.detach_from(z, o)
+        lse = v._EMPTY_F64
+    else:
+        o = v.empty_2d(dtype)
+        lse = np.empty(n, dtype=np.float64)
+    _kernels.softmax_rows(z, o, want_out, take_log, lse, nt)
+    if want_out:
+        return out if out is not None else o.reshape(shape)
+    return lse.astype(dtype, copy=False).reshape(shape[:-1])
+
+
+def log_softmax(logits, *, out=None, num_threads=None):
+    """Log-softmax over the last axis: ``L = Z - lse(Z)``.
+
+    Computed as ``(Z - max) - log sum_k exp(Z_k - max)``, which is exact near
+    the row maximum; a ``-inf`` logit gives ``-inf``.
+
+    Parameters
+    ----------
+    logits : array_like of shape (..., m)
+        float32/float64 computed natively, float16 in float32, integers in
+        float64.
+    out : ndarray, optional
+        C-contiguous, writeable, of the logits' shape and compute dtype;
+        ``out=logits`` works in place.
+    num_threads : int >= 1, optional
+        ``None`` uses OpenMP's default (``OMP_NUM_THREADS``, threadpoolctl).
+
+    Returns
+    -------
+    ndarray of the logits' shape
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent
+    >>> fastxent.log_softmax(np.array([0.0, np.log(3.0)])).round(4)
+    array([-1.3863, -0.2877])
+    """
+    return _rows(logits, out, True, True, num_threads)
+
+
+def softmax(logits, *, out=None, num_threads=None):
+    """Softmax over the last axis: ``P_ij = exp(Z_ij - max_i) / sum_k exp(Z_ik - max_i)``.
+
+    Parameters
+    ----------
+    logits : array_like of shape (..., m)
+    out : ndarray, optional
+        As in :func:`log_softmax`; ``out=logits`` works in place.
+    num_threads : int >= 1, optional
+
+    Returns
+    -------
+    ndarray of the logits' shape, rows summing to 1
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent
+    >>> fastxent.softmax(np.array([[0.0, np.log(3.0)], [1.0, -np.inf]]))
+    array([[0.25, 0.75],
+           [1.  , 0.  ]])
+    """
+    return _rows(logits, out, False, True, num_threads)
+
+
+def logsumexp(logits, *, num_threads=None):
+    """Row-wise ``lse_i = max_i + log sum_k exp(Z_ik - max_i)`` over the last axis.
+
+    Parameters
+    ----------
+    logits : array_like of shape (..., m)
+    num_threads : int >= 1, optional
+
+    Returns
+    -------
+    ndarray of shape ``logits.shape[:-1]`` in the compute dtype
+        (a 0-d array for 1-d input).
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent
+    >>> fastxent.logsumexp(np.log([[1.0, 3.0], [2.0, 2.0]])).round(6)
+    array([1.386294, 1.386294])
+    """
+    return _rows(logits, None, False, False, num_threads)

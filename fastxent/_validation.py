@@ -1,0 +1,221 @@
+"""Input checking and normalisation for the public API.
+
+Everything the compiled kernels assume (dtype, contiguity, native byte
+order, label range, option ranges) is established here, with messages that
+say what was expected and what came, so that no Cython buffer error ever
+reaches a user.  Nothing here copies an n x m array unless it has to
+(a dtype conversion, a non-contiguous layout, or aliasing with ``out``).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from . import _kernels
+
+REDUCTIONS = ("mean", "sum", "none")
+DEFAULT_IGNORE_INDEX = -100
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+# Stand-ins for "no array" (the kernels read an empty array as absent).
+_EMPTY_F64 = np.empty(0, dtype=np.float64)
+_EMPTY_1D = {np.dtype(t): np.empty(0, dtype=t) for t in (np.float32, np.float64)}
+_EMPTY_2D = {np.dtype(t): np.empty((0, 0), dtype=t) for t in (np.float32, np.float64)}
+
+
+def empty_1d(dtype):
+    return _EMPTY_1D[dtype]
+
+
+def empty_2d(dtype):
+    return _EMPTY_2D[dtype]
+
+
+def compute_dtype(dtype, what="logits"):
+    """The dtype fastxent computes in for an input of ``dtype``."""
+    if dtype.kind == "f" and dtype.itemsize <= 8:
+        return np.dtype(np.float64 if dtype.itemsize == 8 else np.float32)
+    if dtype.kind in "iu":
+        return np.dtype(np.float64)
+    raise TypeError(
+        f"{what} must be a real floating or integer array (float32 and float64 are "
+        f"computed natively, float16 in float32, integers in float64). Got dtype={dtype}."
+    )
+
+
+def as_logits(logits):
+    """Return ``(z2d, shape, dtype)``: the logits as a C-contiguous
+    ``(n, m)`` array of the compute dtype, the original shape and that dtype."""
+    z = np.asarray(logits)
+    dtype = compute_dtype(z.dtype)
+    if z.ndim == 0:
+        raise ValueError(
+            "logits must have at least one dimension (..., m) with the classes last; "
+            "got a 0-d array."
+        )
+    m = z.shape[-1]
+    if m == 0:
+        raise ValueError(f"logits must have at least one class (m >= 1); got shape {z.shape}.")
+    z2 = np.ascontiguousarray(z, dtype=dtype)
+    return z2.reshape(-1, m), z.shape, dtype
+
+
+def as_labels_or_probs(target, shape, dtype):
+    """Classify and normalise the target.
+
+    Returns ``("labels", int32/int64 1-d array)`` for class indices of shape
+    ``shape[:-1]``, or ``("probs", (n, m) array of dtype)`` for class
+    probabilities of shape ``shape``.
+    """
+    t = np.asarray(target)
+    if t.shape == shape[:-1]:
+        if t.dtype.kind not in "iu":
+            hint = (
+                " Class-probability targets must have the full logits shape."
+                if t.dtype.kind == "f"
+                else ""
+            )
+            raise TypeError(
+                f"class-index targets must be integers; got dtype={t.dtype}.{hint}"
+            )
+        if t.dtype.kind == "u" and t.dtype.itemsize >= 8 and t.size and t.max() > _INT64_MAX:
+            pos = int(np.argmax(t > _INT64_MAX))
+            raise ValueError(
+                f"target contains a label outside [0, {shape[-1]}): "
+                f"{int(t.reshape(-1)[pos])} at flat position {pos}."
+            )
+        if t.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+            t = t.astype(np.int64)
+        return "labels", np.ascontiguousarray(t).reshape(-1)
+    if t.shape == shape:
+        if t.dtype.kind not in "fiu":
+            raise TypeError(
+                f"class-probability targets must be real numbers; got dtype={t.dtype}."
+            )
+        t2 = np.ascontiguousarray(t, dtype=dtype)
+        return "probs", t2.reshape(-1, shape[-1])
+    raise ValueError(
+        f"target must have shape {shape[:-1]} (class indices) or {shape} "
+        f"(class probabilities) for logits of shape {shape}; got shape {t.shape}."
+    )
+
+
+def check_reduction(reduction):
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(
+            f"reduction must be one of 'mean', 'sum' or 'none'; got {reduction!r}."
+        )
+    return reduction
+
+
+def resolve_threads(num_threads):
+    """``None`` -> ``omp_get_max_threads()`` now (so OMP_NUM_THREADS and
+    threadpoolctl limits are honoured); otherwise an integer >= 1."""
+    if num_threads is None:
+        return max(1, int(_kernels.max_threads()))
+    if isinstance(num_threads, (bool, np.bool_)):
+        raise TypeError(f"num_threads must be None or an integer >= 1; got {num_threads!r}.")
+    try:
+        nt = operator.index(num_threads)
+    except TypeError:
+        raise TypeError(
+            f"num_threads must be None or an integer >= 1; got {num_threads!r}."
+        ) from None
+    if nt < 1:
+        raise ValueError(f"num_threads must be None or an integer >= 1; got {nt}.")
+    return min(nt, 1 << 16)
+
+
+def _real_vector(value, name, length, shape_text):
+    a = np.asarray(value)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be an array of real numbers; got dtype={a.dtype}.")
+    if a.shape != length:
+        raise ValueError(f"{name} must have shape {shape_text}; got shape {a.shape}.")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite; it contains NaN or inf.")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be non-negative; it contains {a[a < 0].min()!r}.")
+    return a
+
+
+def class_weight(weight, m, dtype):
+    """``(m,)`` class weights in the compute dtype, and in float64 (for the
+    denominator), or empty arrays for ``None``."""
+    if weight is None:
+        return empty_1d(dtype), _EMPTY_F64
+    w = _real_vector(weight, "weight", (m,), f"({m},) (one per class)")
+    w_native = np.ascontiguousarray(w, dtype=dtype)
+    # The denominator uses exactly the weights the kernel sees.
+    return w_native, w_native.astype(np.float64)
+
+
+def sample_weight(value, batch_shape):
+    if value is None:
+        return _EMPTY_F64
+    s = _real_vector(value, "sample_weight", batch_shape, f"{batch_shape} (logits.shape[:-1])")
+    return np.ascontiguousarray(s).reshape(-1)
+
+
+def float_option(value, name, low, high=None, *, low_open=False):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number; got {value!r}.") from None
+    bad = not np.isfinite(v) or v < low or (low_open and v == low)
+    if high is not None and v > high:
+        bad = True
+    if bad:
+        lo = "(" if low_open else "["
+        hi = f"{high}]" if high is not None else "inf)"
+        raise ValueError(f"{name} must be finite and in {lo}{low}, {hi}; got {value!r}.")
+    return v
+
+
+def ignore_index(value, kind):
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"ignore_index must be an integer; got {value!r}.")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"ignore_index must be an integer; got {value!r}.") from None
+    if kind == "probs" and v != DEFAULT_IGNORE_INDEX:
+        raise ValueError(
+            "ignore_index applies to class-index targets only; it cannot be used "
+            "with class-probability targets."
+        )
+    if not -(2**63) <= v < 2**63:
+        raise ValueError(f"ignore_index must fit in int64; got {v}.")
+    return v
+
+
+def check_out(out, shape, dtype, name="out"):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}.")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}; got {out.shape}.")
+    if out.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {dtype}; got dtype={out.dtype}.")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous.")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable; got a read-only array.")
+    if not out.dtype.isnative:
+        raise ValueError(f"{name} must be in native byte order.")
+    return out.reshape(-1, shape[-1])
+
+
+def detach_from(arr, out):
+    """``arr``, copied if it overlaps ``out`` without being ``out`` itself
+    (exact aliasing of logits and out is the supported in-place mode)."""
+    if out is None or not np.may_share_memory(arr, out):
+        return arr
+    same = (
+        arr.shape == out.shape
+        and arr.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+    )
+    return arr if same else arr.copy()

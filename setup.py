@@ -1,0 +1,128 @@
+"""Build script for fastxent's compiled kernels.
+
+OpenMP is probed per compiler (GCC/clang ``-fopenmp``, Apple clang
+``-Xpreprocessor -fopenmp -lomp``, MSVC ``/openmp``); when no flag works the
+extension is built serially and says so.  Environment overrides:
+
+``FASTXENT_OPENMP=0``       build without OpenMP (serial kernels)
+``FASTXENT_SANITIZE=1``     AddressSanitizer + UndefinedBehaviorSanitizer build
+``FASTXENT_NO_CLONES=1``    no run-time dispatched AVX-512/AVX2 clones
+
+Never ``-ffast-math``: it breaks -inf/NaN handling, and in a shared library
+it switches the whole process to flush-to-zero.
+"""
+import os
+import sys
+import tempfile
+import textwrap
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+OPENMP_PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return n > 0 ? 0 : 1;
+    }
+    """
+)
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _openmp_flag_candidates(compiler_type):
+    if compiler_type == "msvc":
+        return [(["/openmp"], [])]
+    if sys.platform == "darwin":
+        return [
+            (["-Xpreprocessor", "-fopenmp"], ["-lomp"]),
+            (["-fopenmp"], ["-fopenmp"]),
+        ]
+    return [(["-fopenmp"], ["-fopenmp"])]
+
+
+class BuildExt(build_ext):
+    """build_ext that finds the OpenMP flags of the compiler in use."""
+
+    def _probe_openmp(self):
+        if os.environ.get("FASTXENT_OPENMP", "").strip() == "0":
+            print("fastxent: OpenMP disabled by FASTXENT_OPENMP=0; building serial kernels")
+            return None
+        for cflags, ldflags in _openmp_flag_candidates(self.compiler.compiler_type):
+            with tempfile.TemporaryDirectory() as tmp:
+                src = os.path.join(tmp, "probe.c")
+                with open(src, "w") as f:
+                    f.write(OPENMP_PROBE)
+                try:
+                    objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+                    self.compiler.link_executable(
+                        objs, os.path.join(tmp, "probe"), extra_postargs=ldflags
+                    )
+                except Exception:  # noqa: BLE001 - any failure means "not this flag"
+                    continue
+            return cflags, ldflags
+        print(
+            "fastxent: WARNING: the C compiler has no usable OpenMP; building SERIAL "
+            "kernels (fastxent.show_config() will report it)"
+        )
+        return None
+
+    def build_extensions(self):
+        openmp = self._probe_openmp()
+        msvc = self.compiler.compiler_type == "msvc"
+        if msvc:
+            cflags, ldflags = ["/O2"], []
+        else:
+            cflags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
+            ldflags = []
+            if _env_flag("FASTXENT_WARNINGS"):
+                cflags += ["-Wall", "-Wextra"]
+        if _env_flag("FASTXENT_NO_CLONES") or _env_flag("FASTXENT_SANITIZE"):
+            cflags.append("-DFASTXENT_NO_CLONES")
+        if _env_flag("FASTXENT_SANITIZE") and not msvc:
+            san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
+            cflags = [f for f in cflags if f != "-O3"] + san
+            ldflags += ["-fsanitize=address,undefined"]
+            print("fastxent: building with AddressSanitizer + UndefinedBehaviorSanitizer")
+        if openmp is not None:
+            cflags = cflags + openmp[0]
+            ldflags = ldflags + openmp[1]
+            print(f"fastxent: building with OpenMP ({' '.join(openmp[0])})")
+        for ext in self.extensions:
+            ext.extra_compile_args = cflags + list(ext.extra_compile_args)
+            ext.extra_link_args = ldflags + list(ext.extra_link_args)
+            ext.define_macros = list(ext.define_macros) + [
+                ("FASTXENT_BUILD_CFLAGS", '"' + " ".join(cflags) + '"'),
+            ]
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        "fastxent._kernels",
+        sources=["fastxent/_kernels.pyx", "fastxent/_rowops.c"],
+        include_dirs=["fastxent"],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+            "freethreading_compatible": True,
+        },
+    ),
+    cmdclass={"build_ext": BuildExt},
+)
