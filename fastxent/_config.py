@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import platform
 import sys
+from typing import TextIO
 
 from . import _kernels
 from ._version import __version__
 
 
-def config():
+def config() -> dict[str, object]:
     """The facts :func:`show_config` prints, as a dict."""
     return {
         "version": __version__,
@@ -22,7 +23,7 @@ def config():
     }
 
 
-def show_config(file=None):
+def show_config(file: TextIO | None = None) -> None:
     """Print fastxent's version, OpenMP status, default thread count, the SIMD
     variant in use and the compiler flags it was built with.
 

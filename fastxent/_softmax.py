@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _kernels
 from . import _validation as v
+from ._typing import FloatArray
 
 
-def _rows(logits, out, take_log, want_out, num_threads):
+def _rows(
+    logits: ArrayLike,
+    out: FloatArray | None,
+    take_log: bool,
+    want_out: bool,
+    num_threads: int | None,
+) -> FloatArray:
     z, shape, dtype = v.as_logits(logits)
     nt = v.resolve_threads(num_threads)
     n = z.shape[0]
@@ -28,7 +36,9 @@ def _rows(logits, out, take_log, want_out, num_threads):
     return lse.astype(dtype, copy=False).reshape(shape[:-1])
 
 
-def log_softmax(logits, *, out=None, num_threads=None):
+def log_softmax(
+    logits: ArrayLike, *, out: FloatArray | None = None, num_threads: int | None = None
+) -> FloatArray:
     """Log-softmax over the last axis: ``L = Z - lse(Z)``.
 
     Computed as ``(Z - max) - log sum_k exp(Z_k - max)``, which is exact near
@@ -58,7 +68,9 @@ def log_softmax(logits, *, out=None, num_threads=None):
     return _rows(logits, out, True, True, num_threads)
 
 
-def softmax(logits, *, out=None, num_threads=None):
+def softmax(
+    logits: ArrayLike, *, out: FloatArray | None = None, num_threads: int | None = None
+) -> FloatArray:
     """Softmax over the last axis: ``P_ij = exp(Z_ij - max_i) / sum_k exp(Z_ik - max_i)``.
 
     Parameters
@@ -82,7 +94,7 @@ def softmax(logits, *, out=None, num_threads=None):
     return _rows(logits, out, False, True, num_threads)
 
 
-def logsumexp(logits, *, num_threads=None):
+def logsumexp(logits: ArrayLike, *, num_threads: int | None = None) -> FloatArray:
     """Row-wise ``lse_i = max_i + log sum_k exp(Z_ik - max_i)`` over the last axis.
 
     Parameters

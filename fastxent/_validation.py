@@ -10,31 +10,38 @@ reaches a user.  Nothing here copies an n x m array unless it has to
 from __future__ import annotations
 
 import operator
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
+from ._typing import FloatArray
 
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS: tuple[Literal["mean", "sum", "none"], ...] = ("mean", "sum", "none")
 DEFAULT_IGNORE_INDEX = -100
 
 _INT64_MAX = np.iinfo(np.int64).max
 
 # Stand-ins for "no array" (the kernels read an empty array as absent).
 _EMPTY_F64 = np.empty(0, dtype=np.float64)
-_EMPTY_1D = {np.dtype(t): np.empty(0, dtype=t) for t in (np.float32, np.float64)}
-_EMPTY_2D = {np.dtype(t): np.empty((0, 0), dtype=t) for t in (np.float32, np.float64)}
+_EMPTY_1D: dict[np.dtype[Any], FloatArray] = {
+    np.dtype(t): np.empty(0, dtype=t) for t in (np.float32, np.float64)
+}
+_EMPTY_2D: dict[np.dtype[Any], FloatArray] = {
+    np.dtype(t): np.empty((0, 0), dtype=t) for t in (np.float32, np.float64)
+}
 
 
-def empty_1d(dtype):
+def empty_1d(dtype: np.dtype[Any]) -> FloatArray:
     return _EMPTY_1D[dtype]
 
 
-def empty_2d(dtype):
+def empty_2d(dtype: np.dtype[Any]) -> FloatArray:
     return _EMPTY_2D[dtype]
 
 
-def compute_dtype(dtype, what="logits"):
+def compute_dtype(dtype: np.dtype[Any], what: str = "logits") -> np.dtype[np.floating[Any]]:
     """The dtype fastxent computes in for an input of ``dtype``."""
     if dtype.kind == "f" and dtype.itemsize <= 8:
         return np.dtype(np.float64 if dtype.itemsize == 8 else np.float32)
@@ -46,7 +53,7 @@ def compute_dtype(dtype, what="logits"):
     )
 
 
-def as_logits(logits):
+def as_logits(logits: ArrayLike) -> tuple[FloatArray, tuple[int, ...], np.dtype[np.floating[Any]]]:
     """Return ``(z2d, shape, dtype)``: the logits as a C-contiguous
     ``(n, m)`` array of the compute dtype, the original shape and that dtype."""
     z = np.asarray(logits)
@@ -63,7 +70,9 @@ def as_logits(logits):
     return z2.reshape(-1, m), z.shape, dtype
 
 
-def as_labels_or_probs(target, shape, dtype):
+def as_labels_or_probs(
+    target: ArrayLike, shape: tuple[int, ...], dtype: np.dtype[np.floating[Any]]
+) -> tuple[Literal["labels", "probs"], NDArray[Any]]:
     """Classify and normalise the target.
 
     Returns ``("labels", int32/int64 1-d array)`` for class indices of shape
@@ -103,7 +112,7 @@ def as_labels_or_probs(target, shape, dtype):
     )
 
 
-def check_reduction(reduction):
+def check_reduction(reduction: object) -> Literal["mean", "sum", "none"]:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(
             f"reduction must be one of 'mean', 'sum' or 'none'; got {reduction!r}."
@@ -111,7 +120,7 @@ def check_reduction(reduction):
     return reduction
 
 
-def resolve_threads(num_threads):
+def resolve_threads(num_threads: Any) -> int:
     """``None`` -> ``omp_get_max_threads()`` now (so OMP_NUM_THREADS and
     threadpoolctl limits are honoured); otherwise an integer >= 1."""
     if num_threads is None:
@@ -129,7 +138,9 @@ def resolve_threads(num_threads):
     return min(nt, 1 << 16)
 
 
-def _real_vector(value, name, length, shape_text):
+def _real_vector(
+    value: ArrayLike, name: str, length: tuple[int, ...], shape_text: str
+) -> NDArray[np.float64]:
     a = np.asarray(value)
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be an array of real numbers; got dtype={a.dtype}.")
@@ -143,7 +154,9 @@ def _real_vector(value, name, length, shape_text):
     return a
 
 
-def class_weight(weight, m, dtype):
+def class_weight(
+    weight: ArrayLike | None, m: int, dtype: np.dtype[np.floating[Any]]
+) -> tuple[FloatArray, NDArray[np.float64]]:
     """``(m,)`` class weights in the compute dtype, and in float64 (for the
     denominator), or empty arrays for ``None``."""
     if weight is None:
@@ -154,14 +167,16 @@ def class_weight(weight, m, dtype):
     return w_native, w_native.astype(np.float64)
 
 
-def sample_weight(value, batch_shape):
+def sample_weight(value: ArrayLike | None, batch_shape: tuple[int, ...]) -> NDArray[np.float64]:
     if value is None:
         return _EMPTY_F64
     s = _real_vector(value, "sample_weight", batch_shape, f"{batch_shape} (logits.shape[:-1])")
     return np.ascontiguousarray(s).reshape(-1)
 
 
-def float_option(value, name, low, high=None, *, low_open=False):
+def float_option(
+    value: Any, name: str, low: float, high: float | None = None, *, low_open: bool = False
+) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -176,7 +191,7 @@ def float_option(value, name, low, high=None, *, low_open=False):
     return v
 
 
-def ignore_index(value, kind):
+def ignore_index(value: Any, kind: str) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"ignore_index must be an integer; got {value!r}.")
     try:
@@ -193,7 +208,9 @@ def ignore_index(value, kind):
     return v
 
 
-def check_out(out, shape, dtype, name="out"):
+def check_out(
+    out: object, shape: tuple[int, ...], dtype: np.dtype[Any], name: str = "out"
+) -> FloatArray:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}.")
     if out.shape != tuple(shape):
@@ -209,7 +226,7 @@ def check_out(out, shape, dtype, name="out"):
     return out.reshape(-1, shape[-1])
 
 
-def detach_from(arr, out):
+def detach_from(arr: FloatArray, out: FloatArray | None) -> FloatArray:
     """``arr``, copied if it overlaps ``out`` without being ``out`` itself
     (exact aliasing of logits and out is the supported in-place mode)."""
     if out is None or not np.may_share_memory(arr, out):
