@@ -1,0 +1,46 @@
+"""Test configuration shared by the whole suite.
+
+* ``tests/`` goes on ``sys.path`` so that every test module can do
+  ``from reference import ...`` (the float64 oracle) and
+  ``from helpers import ...`` whatever pytest's import mode.
+* Hypothesis profiles: ``default`` (used in CI: small, no deadline, since
+  the 2-core CI machine is shared and timings are noise), ``thorough``
+  (many more examples, for a local hunt).  Pick one with
+  ``FASTXENT_HYPOTHESIS_PROFILE=thorough python -m pytest tests``.
+* Fixtures: ``rng``, a NumPy generator seeded per test from its node id, so
+  every test sees the same data on every run and in any order.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is a test extra; modules that need it skip
+    settings = None
+
+if settings is not None:
+    _common = dict(
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        print_blob=True,
+    )
+    settings.register_profile("default", max_examples=60, **_common)
+    settings.register_profile("thorough", max_examples=2000, **_common)
+    settings.load_profile(os.environ.get("FASTXENT_HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's node id (stable across runs)."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))

@@ -1,0 +1,232 @@
+"""The independent float64 NumPy reference: the oracle of the test suite.
+
+Everything here is written the textbook way, straight from the maths in
+``shared/seed/cross-entropy.md`` and PyTorch's documented formulas, and
+shares no code or formulation with fastxent:
+
+* ``log_softmax`` by the max shift, ``L = (Z - max) - log sum exp(Z - max)``;
+* targets made explicit (one-hot rows for class indices), the loss written
+  term by term as PyTorch writes it (main term, label-smoothing term, z-loss);
+* the gradient assembled term by term from ``d(-L_ic)/dZ_ij = P_ij - [j = c]``,
+  then the chain rule through the soft-cap ``c * tanh(Z / c)``.
+
+All arithmetic is float64 whatever the input dtype (inputs are converted
+exactly).  Batch shapes ``(..., m)`` are flattened to ``(n, m)`` and
+restored; ``n = 0`` and ``m = 1`` need no special cases.  A term with zero
+mass contributes exactly 0 (``0 * -inf`` is taken as 0, not NaN), so
+masked (``-inf``) classes with no target mass add nothing.
+
+Use it as ``from reference import ...`` (``tests/`` is on ``sys.path``
+under pytest: see ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "cross_entropy",
+    "finite_difference_grad",
+    "log_softmax",
+    "logsumexp",
+    "softmax",
+    "ulp_distance",
+]
+
+
+def _rows(logits):
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 0 or z.shape[-1] == 0:
+        raise ValueError("reference: logits must have shape (..., m) with m >= 1")
+    return z.reshape(-1, z.shape[-1]), z.shape
+
+
+def _row_max(z):
+    # np.max of an (n, m) array with n == 0 works along axis 1 (gives shape (0, 1)).
+    return np.max(z, axis=1, keepdims=True)
+
+
+def logsumexp(logits):
+    """Row-wise ``max + log sum exp(Z - max)`` over the last axis (float64)."""
+    z, shape = _rows(logits)
+    mx = _row_max(z)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # A row whose max is +inf or -inf: shifting gives NaN; say what the
+        # maths says instead (+inf row -> +inf; all -inf row -> -inf).
+        finite = np.isfinite(mx)
+        shift = np.where(finite, mx, 0.0)
+        s = np.sum(np.exp(z - shift), axis=1, keepdims=True)
+        out = shift + np.log(s)
+        out = np.where(finite | np.isnan(mx), out, mx)
+    return out.reshape(shape[:-1])
+
+
+def log_softmax(logits):
+    """Row-wise ``(Z - max) - log sum exp(Z - max)`` (float64)."""
+    z, shape = _rows(logits)
+    mx = _row_max(z)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        shifted = z - mx
+        out = shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
+    return out.reshape(shape)
+
+
+def softmax(logits):
+    """Row-wise ``exp(Z - max) / sum exp(Z - max)`` (float64)."""
+    z, shape = _rows(logits)
+    mx = _row_max(z)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        e = np.exp(z - mx)
+        out = e / np.sum(e, axis=1, keepdims=True)
+    return out.reshape(shape)
+
+
+def _times(mass, value):
+    """``mass * value`` with ``0 * inf = 0`` (zero-mass terms vanish, so a
+    masked class with no target mass adds nothing); ``0 * NaN`` stays NaN
+    (NaN anywhere in a row makes its loss NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.where((mass == 0) & ~np.isnan(value), 0.0, mass * value)
+
+
+def cross_entropy(logits, target, *, reduction="mean", weight=None, sample_weight=None,
+                  ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """Loss and gradient of softmax cross-entropy, PyTorch semantics, float64.
+
+    Returns ``(loss, grad)``: ``loss`` a Python float (``"mean"``, ``"sum"``)
+    or an array of shape ``logits.shape[:-1]`` (``"none"``); ``grad`` the
+    derivative of the sum of the returned losses (``"none"``) or of the
+    returned loss, of the logits' shape.
+
+    Class indices ``y`` (PyTorch's ``F.cross_entropy`` with ``weight``,
+    ``ignore_index``, ``label_smoothing=eps``), with ``L = log_softmax(Zc)``,
+    ``Zc`` the (soft-capped) logits and ``keep_i = y_i != ignore_index``::
+
+        nll_i    = -w[y_i] L[i, y_i]                     (0 if ignored)
+        smooth_i = -sum_c w_c L[i, c]                    (0 if ignored)
+        loss_i   = s_i ((1 - eps) nll_i + eps / m smooth_i + zl lse_i^2 keep_i)
+        "mean"   = sum_i loss_i / sum_{i kept} s_i w[y_i]
+
+    Class probabilities ``Y`` (``ignore_index`` does not apply)::
+
+        Y'       = (1 - eps) Y + eps / m
+        loss_i   = s_i (-sum_c w_c Y'_ic L_ic + zl lse_i^2)
+        "mean"   = sum_i loss_i / sum_i s_i
+
+    ``"mean"`` with a zero denominator is NaN with a zero gradient.
+    """
+    z, shape = _rows(logits)
+    n, m = z.shape
+    batch = shape[:-1]
+    t = np.asarray(target)
+    eps = float(label_smoothing)
+    zl = float(z_loss)
+    w = np.ones(m) if weight is None else np.asarray(weight, dtype=np.float64)
+    s = np.ones(n) if sample_weight is None else (
+        np.asarray(sample_weight, dtype=np.float64).reshape(n))
+
+    if softcap is not None:
+        c = float(softcap)
+        th = np.tanh(z / c)
+        zc = c * th
+        dzc = 1.0 - th * th  # d(c tanh(z/c))/dz
+    else:
+        zc = z
+        dzc = np.ones_like(z)
+
+    L = log_softmax(zc).reshape(n, m)
+    P = softmax(zc).reshape(n, m)
+    lse = logsumexp(zc).reshape(n)
+
+    if t.shape == batch and t.dtype.kind in "iu":
+        labels = t.reshape(n).astype(np.int64)
+        keep = labels != ignore_index
+        safe = np.where(keep, labels, 0)
+        onehot = np.zeros((n, m))
+        onehot[np.arange(n), safe] = 1.0
+        wy = np.where(keep, w[safe], 0.0)
+        # Main term and its gradient w_y (P - e_y).
+        nll = -_times(wy, L[np.arange(n), safe])
+        g_main = np.where(keep[:, None], wy[:, None] * (P - onehot), 0.0)
+        # Smoothing term -sum_c w_c L_ic and its gradient sum_c w_c (P - e_c).
+        smooth = -np.sum(_times(w[None, :], L), axis=1)
+        smooth = np.where(keep, smooth, 0.0)
+        g_smooth = np.where(keep[:, None], w.sum() * P - w[None, :], 0.0)
+        main = np.where(keep, _times(1.0 - eps, nll) + _times(eps / m, smooth), 0.0)
+        g_term = (1.0 - eps) * g_main + (eps / m) * g_smooth
+        denom = float(np.sum(s * wy))
+    elif t.shape == shape:
+        Y = t.astype(np.float64).reshape(n, m)
+        Yp = (1.0 - eps) * Y + eps / m
+        q = w[None, :] * Yp  # effective mass of class c
+        main = -np.sum(_times(q, L), axis=1)
+        # d/dZ_ij of -sum_c q_c L_c = sum_c q_c (P_j - [j = c])
+        g_term = q.sum(axis=1, keepdims=True) * P - q
+        keep = np.ones(n, dtype=bool)
+        denom = float(np.sum(s))
+    else:
+        raise ValueError(f"reference: target shape {t.shape} fits neither {batch} nor {shape}")
+
+    zterm = np.where(keep, zl * lse * lse, 0.0) if zl else np.zeros(n)
+    g_z = np.where(keep[:, None], (2.0 * zl * lse)[:, None] * P, 0.0) if zl else 0.0
+    per_sample = s * (main + zterm)
+    # Ignored samples get exactly zero, whatever their logits (NaN included).
+    grad = np.where(keep[:, None], s[:, None] * (g_term + g_z) * dzc, 0.0)
+
+    if reduction == "none":
+        return per_sample.reshape(batch), grad.reshape(shape)
+    if reduction == "sum":
+        return float(np.sum(per_sample)), grad.reshape(shape)
+    if reduction == "mean":
+        if denom > 0:
+            return float(np.sum(per_sample) / denom), (grad / denom).reshape(shape)
+        return float("nan"), np.zeros(shape)
+    raise ValueError(f"reference: unknown reduction {reduction!r}")
+
+
+def finite_difference_grad(f, x, h=1e-4):
+    """Gradient of the scalar function ``f`` at ``x`` (float64) by the
+    fourth-order central stencil
+    ``(-f(x+2h) + 8 f(x+h) - 8 f(x-h) + f(x-2h)) / (12 h)``, one coordinate
+    at a time (``h`` is scaled by ``max(1, |x_j|)``)."""
+    x = np.array(x, dtype=np.float64)
+    g = np.empty_like(x)
+    flat = x.reshape(-1)
+    gflat = g.reshape(-1)
+    for j in range(flat.size):
+        x0 = flat[j]
+        hj = h * max(1.0, abs(x0))
+        vals = []
+        for k in (2, 1, -1, -2):
+            flat[j] = x0 + k * hj
+            vals.append(float(f(x)))
+        flat[j] = x0
+        gflat[j] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * hj)
+    return g
+
+
+def ulp_distance(a, b):
+    """Elementwise distance in units in the last place between two arrays of
+    the same float dtype (0 for equal values, including equal infinities;
+    a huge value where exactly one side is NaN)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    assert a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
+    itype = np.int32 if a.dtype == np.float32 else np.int64
+
+    def ordered(x):
+        i = x.view(itype).astype(np.int64)
+        # Map the sign-magnitude bit pattern to a monotonic integer line
+        # (-0.0 and +0.0 both map to 0).
+        return np.where(i < 0, np.iinfo(itype).min - i, i)
+
+    oa, ob = ordered(a), ordered(b)
+    same_side = (oa >= 0) == (ob >= 0)
+    # Same sign: the integer difference is exact.  Opposite signs: the two
+    # distances from zero add up (floats suffice, the result is huge or tiny).
+    with np.errstate(over="ignore"):
+        d = np.where(same_side, np.abs(np.where(same_side, oa - ob, 0)).astype(np.float64),
+                     np.abs(oa.astype(np.float64)) + np.abs(ob.astype(np.float64)))
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    d = np.where(nan_a & nan_b, 0.0, d)
+    return np.where(nan_a ^ nan_b, np.inf, d)

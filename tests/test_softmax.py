@@ -1,0 +1,235 @@
+"""softmax, log_softmax and logsumexp against the float64 reference."""
+
+import numpy as np
+import pytest
+from helpers import (
+    F32,
+    F64,
+    LAYOUTS,
+    assert_bitwise,
+    assert_close,
+    make_logits,
+    row_scale,
+    snapshot,
+    with_layout,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastxent
+import reference as ref
+
+FUNCS = {
+    "softmax": (fastxent.softmax, ref.softmax),
+    "log_softmax": (fastxent.log_softmax, ref.log_softmax),
+    "logsumexp": (fastxent.logsumexp, ref.logsumexp),
+}
+
+
+def _scale(name, z):
+    """Absolute error floor: softmax is bounded by 1; log_softmax and
+    logsumexp carry a few ulps of the row's size."""
+    rs = row_scale(z)
+    if name == "softmax":
+        return 1.0
+    if name == "logsumexp":
+        return rs.reshape(np.shape(z)[:-1])
+    return rs.reshape(np.shape(z)[:-1] + (1,))
+
+
+def check(name, z, **kw):
+    fx, rf = FUNCS[name]
+    z = np.asarray(z)
+    before = snapshot(z)
+    got = fx(z, **kw)
+    assert snapshot(z) == before, "input modified"
+    dtype = F64 if z.dtype.kind in "iu" or z.dtype == F64 else F32
+    assert got.dtype == dtype
+    expected = ref_expected = rf(z)
+    assert got.shape == np.shape(ref_expected)
+    assert_close(got, expected, dtype, _scale(name, z), what=name)
+    return got
+
+
+# ---- the reference itself, cross-checked with scipy ----
+
+def test_reference_matches_scipy(rng):
+    special = pytest.importorskip("scipy.special")
+    z = make_logits(rng, (7, 13), scale=20.0)
+    z[1, 3] = -np.inf
+    z[2] = 1e300
+    np.testing.assert_allclose(ref.logsumexp(z), special.logsumexp(z, axis=-1), rtol=1e-14)
+    np.testing.assert_allclose(ref.log_softmax(z), special.log_softmax(z, axis=-1),
+                               rtol=1e-14, atol=1e-14 * 20)
+    np.testing.assert_allclose(ref.softmax(z), special.softmax(z, axis=-1),
+                               rtol=1e-13, atol=1e-300)
+    inf_rows = np.array([[-np.inf, -np.inf], [np.inf, 0.0], [np.nan, 0.0]])
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(ref.logsumexp(inf_rows),
+                                      special.logsumexp(inf_rows, axis=-1))
+
+
+# ---- dtypes, layouts, shapes ----
+
+@pytest.mark.parametrize("name", list(FUNCS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dtypes_and_layouts(name, dtype, layout, rng):
+    z = with_layout(make_logits(rng, (9, 17), dtype), layout)
+    check(name, z)
+
+
+@pytest.mark.parametrize("name", list(FUNCS))
+@pytest.mark.parametrize("in_dtype, out_dtype", [
+    (np.float16, np.float32), (np.int8, np.float64), (np.int32, np.float64),
+    (np.int64, np.float64), (np.uint16, np.float64),
+])
+def test_converted_dtypes(name, in_dtype, out_dtype, rng):
+    z = (rng.standard_normal((4, 6)) * 4).astype(in_dtype)
+    got = check(name, z)
+    assert got.dtype == out_dtype
+
+
+@pytest.mark.parametrize("name", list(FUNCS))
+def test_list_input(name):
+    got = check(name, [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    assert got.dtype == F64
+
+
+@pytest.mark.parametrize("name", list(FUNCS))
+@pytest.mark.parametrize("shape", [(5,), (1, 1), (3, 1), (0, 4), (2, 3, 5), (2, 0, 3),
+                                   (1, 2, 2, 3)])
+def test_shapes(name, shape, rng):
+    z = make_logits(rng, shape)
+    got = check(name, z)
+    if name == "logsumexp":
+        assert got.shape == shape[:-1]
+    else:
+        assert got.shape == shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_m1(dtype):
+    z = np.array([[3.0], [-1e30], [0.0]], dtype=dtype)
+    assert_bitwise(fastxent.softmax(z), np.ones((3, 1), dtype))
+    assert_bitwise(fastxent.log_softmax(z), np.zeros((3, 1), dtype))
+    assert_bitwise(fastxent.logsumexp(z), z[:, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vocab_128256(dtype, rng):
+    z = make_logits(rng, (3, 128256), dtype, scale=4.0)
+    for name in FUNCS:
+        check(name, z)
+
+
+# ---- out= and in place ----
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 11), (2, 3, 7)])
+def test_out(name, dtype, shape, rng):
+    fx = FUNCS[name][0]
+    z = make_logits(rng, shape, dtype)
+    expected = fx(z)
+    out = np.full(shape, np.nan, dtype=dtype)
+    before = snapshot(z)
+    got = fx(z, out=out)
+    assert got is out
+    assert np.shares_memory(got, out)
+    assert snapshot(z) == before
+    assert_bitwise(out, expected, name)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place(name, dtype, rng):
+    fx = FUNCS[name][0]
+    z = make_logits(rng, (7, 33), dtype)
+    z[2, 5] = -np.inf
+    expected = fx(z)
+    got = fx(z, out=z)
+    assert got is z
+    assert_bitwise(z, expected, name)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_out_overlapping_input(name, rng):
+    """``out`` overlapping the logits without being them: the answer is
+    still that of the untouched logits."""
+    fx = FUNCS[name][0]
+    buf = make_logits(rng, (8, 5))
+    z = buf[:4].copy()
+    expected = fx(z)
+    buf[1:5] = z
+    got = fx(buf[1:5], out=buf[:4])
+    assert_bitwise(got, expected, name)
+
+
+# ---- numerical extremes ----
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extremes(dtype):
+    z = np.array([
+        [1e30, -1e30, 0.0, 1e30],        # huge, ties at the top
+        [-np.inf, 0.0, 1.0, -np.inf],    # masked classes
+        [2.0, 2.0, 2.0, 2.0],            # all tied
+        [-1e30, -1e30, -1e30, -1e29],
+        [-50.0, 50.0, -50.0, 0.0],       # underflowing exps
+    ], dtype=dtype)
+    for name in FUNCS:
+        check(name, z)
+    p = fastxent.softmax(z)
+    assert_bitwise(p[1, [0, 3]], np.zeros(2, dtype), "masked prob")
+    assert np.all(fastxent.log_softmax(z)[1, [0, 3]] == -np.inf)
+    assert p[0, 0] == p[0, 3] == dtype(0.5)
+    assert np.all(p[2] == dtype(0.25))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_row_is_nan_and_other_rows_unaffected(dtype, rng):
+    z = make_logits(rng, (4, 9), dtype)
+    z[1, 4] = np.nan
+    for name in FUNCS:
+        got = check(name, z)
+        assert np.all(np.isnan(got[1]))
+        assert not np.any(np.isnan(np.delete(got, 1, axis=0)))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "kernel: softmax_row returns mx + log(S) with S = exp(-inf - -inf) = NaN, so an "
+    "all -inf row gives logsumexp NaN (scipy/torch: -inf) and a row with +inf gives "
+    "NaN (scipy/torch: +inf)"))
+def test_logsumexp_infinite_rows():
+    z = np.array([[-np.inf, -np.inf], [np.inf, 0.0], [np.inf, -np.inf]])
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(fastxent.logsumexp(z), ref.logsumexp(z))
+
+
+# ---- properties over shapes and values ----
+
+_values = st.one_of(
+    st.floats(-30, 30, width=32),
+    st.sampled_from([0.0, 1.0, -np.inf, 1e30, -1e30, 88.0, -104.0, 700.0, -750.0]),
+)
+
+
+@st.composite
+def _logits(draw):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    batch = draw(st.sampled_from([(), (0,), (1,), (3,), (2, 3)]))
+    m = draw(st.integers(1, 24))
+    shape = batch + (m,)
+    size = int(np.prod(shape))
+    vals = draw(st.lists(_values, min_size=size, max_size=size))
+    z = np.array(vals, dtype=np.float64).reshape(shape)
+    if z.size:  # keep every row with at least one finite entry
+        z[..., draw(st.integers(0, m - 1))] = draw(st.floats(-30, 30, width=32))
+    return z.astype(dtype)
+
+
+@given(z=_logits(), name=st.sampled_from(list(FUNCS)))
+def test_property_vs_reference(z, name):
+    with np.errstate(all="ignore"):
+        check(name, z)
