@@ -1,0 +1,73 @@
+"""Fixtures and options of the benchmark suite (pytest-benchmark).
+
+Run with ``python -m pytest benchmarks --benchmark-json=bench.json`` and turn
+the JSON into tables with ``python benchmarks/report.py bench.json`` (see
+``benchmarks/README.md``).  The plain ``python -m pytest`` run never collects
+this directory (``testpaths = ["tests"]``).
+
+``case`` is session-scoped and parametrised over the core shapes and dtypes:
+pytest orders the tests so that each case is built once and dropped before
+the next one is built, so the run never holds more than one large case (the
+float64 4096 x 32000 logits alone are 1 GiB).  ``threads`` is parametrised
+from ``--bench-threads`` (default ``1,2``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from _common import CORE_SHAPES, DTYPES, Case, case_name
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fastxent-bench", "fastxent benchmarks")
+    group.addoption(
+        "--bench-threads",
+        default="1,2",
+        help="comma-separated thread counts to measure (default: 1,2)",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "threads" in metafunc.fixturenames:
+        raw = metafunc.config.getoption("--bench-threads")
+        counts = sorted({int(t) for t in str(raw).split(",") if t.strip()})
+        if not counts or counts[0] < 1:
+            raise pytest.UsageError(f"--bench-threads needs integers >= 1, got {raw!r}")
+        metafunc.parametrize("threads", counts, ids=[f"{t}T" for t in counts])
+
+
+@pytest.fixture(
+    scope="session",
+    params=[(n, m, d) for (n, m) in CORE_SHAPES for d in DTYPES],
+    ids=[f"{case_name(n, m)}-{d}" for (n, m) in CORE_SHAPES for d in DTYPES],
+)
+def case(request):
+    """One core case (logits, labels, gradient buffer) at a time."""
+    n, m, dtype = request.param
+    return Case(n, m, dtype)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "bench_when(predicate): run this benchmark only for the parameter sets "
+        "(dict of callspec params) the predicate accepts; the others are deselected",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect parameter combinations a benchmark does not apply to; skip
+    everything when the pytest-benchmark plugin is missing or disabled."""
+    if not config.pluginmanager.hasplugin("benchmark"):
+        skip = pytest.mark.skip(reason="pytest-benchmark is not installed or disabled "
+                                       "(pip install '.[bench]')")
+        for item in items:
+            item.add_marker(skip)
+    keep, drop = [], []
+    for item in items:
+        mark = item.get_closest_marker("bench_when")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        (keep if mark is None or mark.args[0](params) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -1,0 +1,320 @@
+"""Turn a pytest-benchmark JSON file into Markdown tables (and a PNG plot).
+
+Usage::
+
+    python benchmarks/report.py bench.json [--stat median|min] [--plot bench.png]
+
+Every ratio is between two numbers of the same run and the same
+pytest-benchmark group (same case, dtype and thread count); see
+``benchmarks/README.md``.  Times are the per-call ``--stat`` (default: the
+median over rounds) in milliseconds.  Ratios: ``x copy`` = fastxent time /
+``np.copyto`` time (1.00 = at the copy floor), ``x read`` = loss-only time /
+``z.max()`` time, speed-ups = peer time / fastxent loss+grad (``out=``) time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+
+# Implementations that read z and write an n x m array (loss+grad or copy):
+# the bandwidth plot charges them 2 x nbytes; the rest (loss-only, read
+# floor) 1 x nbytes.
+WRITERS = ["copyto", "copyto_threads", "fastxent_lossgrad_out", "fastxent_lossgrad_alloc",
+           "numpy_naive", "torch", "sklearn", "jax"]
+READERS = ["read_max", "fastxent_loss"]
+PEERS = [("numpy_naive", "NumPy naive"), ("torch", "torch"), ("sklearn", "scikit-learn"),
+         ("jax", "JAX")]
+LABELS = {
+    "copyto": "np.copyto", "copyto_threads": "copyto, T threads", "read_max": "z.max()",
+    "fastxent_lossgrad_out": "fastxent loss+grad", "fastxent_lossgrad_alloc":
+    "fastxent loss+grad (alloc)", "fastxent_loss": "fastxent loss",
+    "numpy_naive": "NumPy naive", "torch": "torch", "sklearn": "scikit-learn", "jax": "JAX",
+}
+
+
+def load(path, stat):
+    """Return (meta, {group: {impl: record}}) with record["t"] in seconds."""
+    with open(path) as f:
+        data = json.load(f)
+    groups = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = dict(b.get("extra_info") or {})
+        if "impl" not in info:
+            continue
+        info["t"] = b["stats"][stat]
+        info["rounds"] = b["stats"]["rounds"]
+        groups[b["group"]][info["impl"]] = info
+    return data, groups
+
+
+def case_key(case):
+    n, m = case.split("x")
+    return (int(m), int(n))
+
+
+def ms(t):
+    return "–" if t is None else (f"{t * 1e3:.3g}" if t * 1e3 < 100 else f"{t * 1e3:.0f}")
+
+
+def ratio(a, b, suffix="×"):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}{suffix}"
+
+
+def core_groups(groups):
+    """{(dtype, threads): [(case, impls)]} for the core case groups, cases by m."""
+    out = defaultdict(list)
+    for impls in groups.values():
+        any_rec = next(iter(impls.values()))
+        if "fastxent_lossgrad_out" not in impls or "copyto" not in impls:
+            continue
+        out[(any_rec["dtype"], any_rec["threads"])].append((any_rec["case"], impls))
+    for rows in out.values():
+        rows.sort(key=lambda r: case_key(r[0]))
+    return dict(sorted(out.items()))
+
+
+def t_of(impls, name):
+    rec = impls.get(name)
+    return None if rec is None else rec["t"]
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def per_config(core, title, note, header, row):
+    """A section with one table per (dtype, threads): ``row(case, impls)`` per case."""
+    out = [f"## {title}", "", note, ""]
+    for (dtype, threads), rows in core.items():
+        out += [f"### {dtype}, {threads} thread{'s' if threads > 1 else ''}", "",
+                table(header, [row(case, im) for case, im in rows]), ""]
+    return out
+
+
+def floors_row(case, im):
+    lg, copy = t_of(im, "fastxent_lossgrad_out"), t_of(im, "copyto")
+    alloc, fresh = t_of(im, "fastxent_lossgrad_alloc"), t_of(im, "copy_fresh")
+    extra = (f"{ms(alloc - lg)} vs {ms(fresh - copy)}"
+             if None not in (alloc, lg, fresh, copy) else "–")
+    return [case, ms(copy), ms(lg), ratio(lg, copy), ratio(lg, t_of(im, "copyto_threads")),
+            ms(t_of(im, "read_max")), ms(t_of(im, "fastxent_loss")),
+            ratio(t_of(im, "fastxent_loss"), t_of(im, "read_max")),
+            extra, ratio(t_of(im, "fastxent_lossgrad_masked"), lg)]
+
+
+def peers_row(case, im):
+    fx = t_of(im, "fastxent_lossgrad_out")
+    cells, best = [], None
+    for key, _ in PEERS:
+        t = t_of(im, key)
+        cells.append("–" if t is None else f"{ms(t)} ({ratio(t, fx)})")
+        if t is not None and (best is None or t < best[1]):
+            best = (key, t)
+    best_cell = "–" if best is None else f"{ratio(best[1], fx)} ({LABELS[best[0]]})"
+    return [case, ms(fx), *cells, best_cell]
+
+
+def floors_section(core):
+    return per_config(
+        core, "fastxent against the memory floors",
+        ("`× copy`: loss+grad (`out=`) / `np.copyto` (single-threaded); `× T-copy`: / the "
+         "same copy split over T threads; `× read`: loss-only / `z.max()`.  `alloc extra`: "
+         "(loss+grad without `out=`) − (with `out=`), next to `z.copy()` − `np.copyto` "
+         "(what fresh pages cost).  `masked`: loss+grad with half the logits −inf / without."),
+        ["n×m", "copyto ms", "loss+grad ms", "× copy", "× T-copy", "z.max() ms", "loss ms",
+         "× read", "alloc extra ms (fastxent vs z.copy)", "masked"],
+        floors_row)
+
+
+def peers_section(core):
+    return per_config(
+        core, "Speed-up of fastxent loss+grad (`out=`) over each peer",
+        ("Each cell: peer time in ms (peer time / fastxent time).  `best peer`: the "
+         "smallest of those ratios."),
+        ["n×m", "fastxent ms", *(label for _, label in PEERS), "best peer"],
+        peers_row)
+
+
+def threads_section(core):
+    by_case = defaultdict(dict)
+    for (dtype, threads), rows in core.items():
+        for case, im in rows:
+            by_case[(dtype, case)][threads] = im
+    counts = sorted({t for (_, t) in core})
+    if len(counts) < 2 or counts[0] != 1:
+        return []
+    out = ["## Thread scaling (time at 1 thread / time at T threads)", ""]
+    header = ["dtype", "n×m"]
+    for t in counts[1:]:
+        header += [f"loss+grad {t}T", f"loss {t}T", f"copyto {t}T-split"]
+    body = []
+    for (dtype, case), per in sorted(by_case.items(), key=lambda kv: (kv[0][0],
+                                                                       case_key(kv[0][1]))):
+        one = per.get(1)
+        row = [dtype, case]
+        for t in counts[1:]:
+            im = per.get(t)
+            if one is None or im is None:
+                row += ["–"] * 3
+                continue
+            row += [ratio(t_of(one, "fastxent_lossgrad_out"), t_of(im, "fastxent_lossgrad_out")),
+                    ratio(t_of(one, "fastxent_loss"), t_of(im, "fastxent_loss")),
+                    ratio(t_of(one, "copyto"), t_of(im, "copyto_threads"))]
+        body.append(row)
+    return out + [table(header, body), ""]
+
+
+def options_section(groups):
+    per_threads = {}
+    case = None
+    for g, impls in groups.items():
+        if g.startswith("options-") and "option_plain" in impls:
+            rec = impls["option_plain"]
+            per_threads[rec["threads"]] = impls
+            case = f"{rec['case']} {rec['dtype']}"
+    if not per_threads:
+        return []
+    counts = sorted(per_threads)
+    names = [k[len("option_"):] for k in per_threads[counts[0]]]
+    names.sort(key=lambda s: (s != "plain", s))
+    out = [f"## Option overhead at {case}, loss+grad with `out=` (option / plain)", ""]
+    header = ["option"]
+    for t in counts:
+        header += [f"{t}T ms", f"{t}T × plain"]
+    body = []
+    for name in names:
+        row = [name]
+        for t in counts:
+            im = per_threads[t]
+            tt = t_of(im, f"option_{name}")
+            row += [ms(tt), ratio(tt, t_of(im, "option_plain"))]
+        body.append(row)
+    return out + [table(header, body), ""]
+
+
+def small_section(groups):
+    out = []
+    for g, impls in sorted(groups.items()):
+        if g.startswith("small-") and "fastxent_lossgrad_alloc" in impls and "np_exp" in impls:
+            fx, ex = t_of(impls, "fastxent_lossgrad_alloc"), t_of(impls, "np_exp")
+            out += [f"## Small call ({g[len('small-'):]}, default threads, gradient allocated)", "",
+                    table(["fastxent loss+grad µs", "np.exp µs", "× np.exp"],
+                          [[f"{fx * 1e6:.2f}", f"{ex * 1e6:.2f}", ratio(fx, ex)]]), ""]
+    imp = groups.get("import", {})
+    if "import_numpy" in imp and "import_fastxent" in imp:
+        startup = t_of(imp, "import_startup")
+
+        def own(key):
+            return imp[key].get("importtime_median_us")
+
+        def wall(key):
+            return None if startup is None else imp[key]["t"] - startup
+
+        rows = [[label, "–" if own(key) is None else f"{own(key) / 1e3:.1f}", ms(wall(key))]
+                for key, label in (("import_numpy", "import numpy"),
+                                   ("import_fastxent", "import fastxent"))]
+        rows.append(["fastxent / numpy", ratio(own("import_fastxent"), own("import_numpy")),
+                     ratio(wall("import_fastxent"), wall("import_numpy"))])
+        out += ["## Import cost (fresh interpreters; `import fastxent` includes numpy)", "",
+                table(["", "-X importtime cumulative ms (median)",
+                       "wall − bare interpreter ms"], rows), ""]
+    return out
+
+
+def header_lines(data, stat, path):
+    cpu = data.get("machine_info", {}).get("cpu", {})
+    commit = data.get("commit_info", {})
+    versions = {}
+    for b in data["benchmarks"]:
+        info = b.get("extra_info") or {}
+        if "version" in info:
+            versions[info["impl"]] = info["version"]
+    lines = [
+        f"# fastxent benchmarks ({path})",
+        "",
+        (f"- machine: {cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} logical CPUs, "
+         f"{data.get('machine_info', {}).get('system', '')} "
+         f"Python {data.get('machine_info', {}).get('python_version', '?')}"),
+        (f"- commit: {commit.get('id', '?')[:12]}{' (dirty)' if commit.get('dirty') else ''}, "
+         f"run {data.get('datetime', '?')}"),
+        f"- peers: {', '.join(f'{k} {v}' for k, v in sorted(versions.items())) or 'none'}",
+        f"- statistic: per-call {stat} over rounds; all ratios within one run and group",
+        "",
+    ]
+    return lines
+
+
+def plot(core, path, stat):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(core)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(12, 3.6 * len(keys)), squeeze=False)
+    impls = [i for i in WRITERS + READERS
+             if any(i in im for rows in core.values() for _, im in rows)]
+    width = 0.8 / len(impls)
+    colours = dict(zip(WRITERS + READERS, plt.get_cmap("tab10").colors, strict=False))
+    for ax, key in zip(axes[:, 0], keys):
+        rows = core[key]
+        for j, impl in enumerate(impls):
+            xs, ys = [], []
+            for i, (case, im) in enumerate(rows):
+                if impl in im:
+                    moved = im[impl]["nbytes"] * (1 if impl in READERS else 2)
+                    xs.append(i + (j - len(impls) / 2 + 0.5) * width)
+                    ys.append(moved / im[impl]["t"] / 1e9)
+            if not xs:
+                continue
+            hatch = "//" if impl in ("copyto", "copyto_threads", "read_max") else None
+            ax.bar(xs, ys, width, label=LABELS.get(impl, impl), hatch=hatch,
+                   color=colours.get(impl), edgecolor="white" if hatch else None)
+        ax.set_xticks(range(len(rows)), [c for c, _ in rows])
+        ax.set_yscale("log")
+        ax.set_ylabel("GB/s")
+        ax.set_title(f"{key[0]}, {key[1]} thread(s): bytes of z read + gradient written "
+                     f"(loss-only, z.max(): z read) / {stat} time")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    legend = {}
+    for ax in axes[:, 0]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(lab, h)
+    fig.legend(legend.values(), legend.keys(), loc="upper center", ncol=5, fontsize="small")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", help="file written by pytest --benchmark-json=FILE")
+    ap.add_argument("--stat", choices=["median", "min", "mean"], default="median",
+                    help="per-call statistic to use (default: median)")
+    ap.add_argument("--plot", metavar="PNG", help="also write a bandwidth plot (matplotlib)")
+    args = ap.parse_args(argv)
+
+    data, groups = load(args.json, args.stat)
+    core = core_groups(groups)
+    lines = header_lines(data, args.stat, args.json)
+    if core:
+        lines += floors_section(core) + peers_section(core) + threads_section(core)
+    lines += options_section(groups) + small_section(groups)
+    print("\n".join(lines))
+    if args.plot:
+        if not core:
+            print("no core benchmark groups: no plot", file=sys.stderr)
+        else:
+            plot(core, args.plot, args.stat)
+            print(f"\nplot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
