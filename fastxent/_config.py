@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import TextIO
+from typing import TextIO, TypedDict
 
 from . import _kernels
 from ._version import __version__
 
 
-def config() -> dict[str, object]:
+class BuildConfig(TypedDict):
+    """What :func:`config` returns."""
+
+    version: str
+    python: str
+    platform: str
+    openmp: bool
+    default_threads: int
+    simd: str
+    compile_flags: str
+
+
+def config() -> BuildConfig:
     """The facts :func:`show_config` prints, as a dict."""
     return {
         "version": __version__,
