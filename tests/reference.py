@@ -113,7 +113,8 @@ def cross_entropy(logits, target, *, reduction="mean", weight=None, sample_weigh
         loss_i   = s_i (-sum_c w_c Y'_ic L_ic + zl lse_i^2)
         "mean"   = sum_i loss_i / sum_i s_i
 
-    ``"mean"`` with a zero denominator is NaN with a zero gradient.
+    ``"mean"`` with a zero denominator is NaN with a zero gradient (NaN
+    only in rows whose softmax is undefined: NaN or all ``-inf``).
     """
     z, shape = _rows(logits)
     n, m = z.shape
@@ -180,7 +181,9 @@ def cross_entropy(logits, target, *, reduction="mean", weight=None, sample_weigh
     if reduction == "mean":
         if denom > 0:
             return float(np.sum(per_sample) / denom), (grad / denom).reshape(shape)
-        return float("nan"), np.zeros(shape)
+        # Zero total weight: the gradient is 0 times that of the sum (so
+        # still NaN where a row has no defined softmax, e.g. all -inf).
+        return float("nan"), np.where(np.isnan(grad), np.nan, 0.0).reshape(shape)
     raise ValueError(f"reference: unknown reduction {reduction!r}")
 
 
