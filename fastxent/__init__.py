@@ -20,3 +20,13 @@ __all__ = [
     "show_config",
     "softmax",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # fastxent.estimators and fastxent.metrics load on first access, so that
+    # `import fastxent` never imports scikit-learn or SciPy.
+    if name in ("estimators", "metrics"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
