@@ -23,10 +23,11 @@ Design
   ``lse = max + log S``::
 
       loss_i = s_i * (sum_k q_k (lse - z_k) + zloss * lse**2)
-      grad_i = s_i * scale * ((Q + 2 zloss lse) softmax(z) - q) * cap'(z)
+      grad_i = s_i / D * ((Q + 2 zloss lse) softmax(z) - q) * cap'(z)
 
-  where ``s_i`` is the sample weight, ``scale`` is ``1/denominator`` under
-  ``"mean"``, and ``cap'`` the derivative of the optional soft-cap.
+  where ``s_i`` is the sample weight, ``D`` the denominator under ``"mean"``
+  (1 otherwise; +inf when it is 0, which makes that gradient 0), and
+  ``cap'`` the derivative of the optional soft-cap.
 * Per-row losses are written to a float64 array and reduced by the caller in
   a fixed order, so results do not depend on the number of threads.
 * Errors (a failed scratch allocation) are flagged through a pointer, never
@@ -34,7 +35,7 @@ Design
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport log
+from libc.math cimport INFINITY, log
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -67,6 +68,20 @@ cdef extern from "_rowops.h" nogil:
     void fx_tanh_array_f(const float *x, Py_ssize_t n, float *out)
     void fx_tanh_array_d(const double *x, Py_ssize_t n, double *out)
     const char *fx_simd_dispatch()
+    double fx_log(double x)
+    enum:
+        FX_TILE_ROWS
+        FX_SMALL_M_MAX
+    void fx_small_labels_f(const float *z, Py_ssize_t R, Py_ssize_t m,
+                           const void *labels, int labels_64bit,
+                           long long ignore_index, const float *w,
+                           const double *sw, double smoothing, double zloss,
+                           double grad_denom, double *loss_out, float *g)
+    void fx_small_labels_d(const double *z, Py_ssize_t R, Py_ssize_t m,
+                           const void *labels, int labels_64bit,
+                           long long ignore_index, const double *w,
+                           const double *sw, double smoothing, double zloss,
+                           double grad_denom, double *loss_out, double *g)
 
 # Builds without OpenMP (e.g. Apple clang without libomp) still compile:
 # prange then runs serially, and this shim answers "one thread".
@@ -91,6 +106,13 @@ ctypedef fused label_t:
 # OpenMP team costs a few microseconds, more than the work itself.
 cdef enum:
     PARALLEL_MIN_ELEMENTS = 32768
+
+
+cdef struct LossOptions:
+    double smoothing    # label smoothing epsilon
+    double zloss        # coefficient of lse**2
+    double softcap      # c of c*tanh(z/c); 0 when off
+    double grad_denom   # the "mean" denominator (inf when it is 0), else 1
 
 
 # ---- typed front ends of the C primitives (float or double) ----
@@ -154,14 +176,20 @@ cdef inline void row_scale(floating *g, Py_ssize_t m, floating a) noexcept nogil
         fx_scale_d(g, m, a)
 
 
+cdef inline void small_labels_block(
+    const floating *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
+    bint labels_64bit, int64_t ignore_index, const floating *w,
+    const double *sw, const LossOptions *opt, double *loss_out, floating *g,
+) noexcept nogil:
+    if floating is float:
+        fx_small_labels_f(z, R, m, labels, labels_64bit, ignore_index, w, sw,
+                          opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g)
+    else:
+        fx_small_labels_d(z, R, m, labels, labels_64bit, ignore_index, w, sw,
+                          opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g)
+
+
 # ---- the row kernels ----
-
-cdef struct LossOptions:
-    double smoothing    # label smoothing epsilon
-    double zloss        # coefficient of lse**2
-    double softcap      # c of c*tanh(z/c); 0 when off
-    double grad_scale   # 1/denominator under "mean", else 1
-
 
 cdef double cross_entropy_row(
     const floating *z, Py_ssize_t m, Py_ssize_t label, const floating *y,
@@ -212,7 +240,9 @@ cdef double cross_entropy_row(
     if opt.zloss != 0:
         loss += opt.zloss * lse * lse
     if g != NULL:
-        b = s * opt.grad_scale
+        # Dividing (rather than multiplying by 1/denominator) stays finite
+        # for a subnormal total weight.
+        b = s / opt.grad_denom
         a = b * (Q + 2.0 * opt.zloss * lse) / S
         if label >= 0:
             # Without smoothing the class weights only enter through c_main.
@@ -236,6 +266,14 @@ cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
     returns the row's logsumexp.  ``out`` may alias ``z``."""
     cdef floating mx = row_max(z, m)
     cdef double S
+    cdef Py_ssize_t k
+    if out == NULL and (mx == INFINITY or mx == -INFINITY):
+        # All -inf, or some +inf: the shifted sum is NaN, but the limit is
+        # mx itself (as in scipy and PyTorch) unless the row holds a NaN.
+        for k in range(m):
+            if z[k] != z[k]:
+                return z[k]
+        return mx
     if take_log or out == NULL:
         S = row_expsum(z, m, mx, <floating *>NULL)
         if out != NULL:
@@ -252,6 +290,27 @@ cdef inline bint _use_threads(Py_ssize_t n, Py_ssize_t m, int num_threads) noexc
     return num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS
 
 
+cdef void _small_labels(
+    const floating[:, ::1] z, const label_t[::1] labels, const floating *w,
+    const double *sw, const LossOptions *opt, double[::1] loss_out,
+    floating[:, ::1] grad_out, bint want_grad, int64_t ignore_index,
+    int num_threads,
+) noexcept:
+    """Few classes: blocks of FX_TILE_ROWS rows, vectorised across rows."""
+    cdef Py_ssize_t n = z.shape[0], m = z.shape[1]
+    cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS
+    cdef Py_ssize_t blk, r0, R
+    with nogil:
+        for blk in prange(nblocks, schedule='static', num_threads=num_threads,
+                          use_threads_if=_use_threads(n, m, num_threads)):
+            r0 = blk * FX_TILE_ROWS
+            R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
+            small_labels_block(
+                &z[r0, 0], R, m, &labels[r0], label_t is int64_t,
+                ignore_index, w, sw + r0 if sw != NULL else NULL, opt,
+                &loss_out[r0], &grad_out[r0, 0] if want_grad else NULL)
+
+
 def cross_entropy_labels(
     const floating[:, ::1] z,
     const label_t[::1] labels,
@@ -264,7 +323,7 @@ def cross_entropy_labels(
     double smoothing,
     double zloss,
     double softcap,
-    double grad_scale,
+    double grad_denom,
     int num_threads,
 ):
     """Per-row losses (and gradient) for class-index targets.
@@ -286,8 +345,13 @@ def cross_entropy_labels(
     opt.smoothing = smoothing
     opt.zloss = zloss
     opt.softcap = softcap
-    opt.grad_scale = grad_scale
+    opt.grad_denom = grad_denom
     if n == 0:
+        return 0
+    if m <= FX_SMALL_M_MAX and softcap == 0:
+        _small_labels(z, labels, w, &sample_weight[0] if have_sw else NULL,
+                      &opt, loss_out, grad_out, want_grad, ignore_index,
+                      num_threads)
         return 0
     with nogil, parallel(num_threads=num_threads,
                          use_threads_if=_use_threads(n, m, num_threads)):
@@ -324,7 +388,7 @@ def cross_entropy_probs(
     double smoothing,
     double zloss,
     double softcap,
-    double grad_scale,
+    double grad_denom,
     int num_threads,
 ):
     """Per-row losses (and gradient) for class-probability targets.
@@ -342,7 +406,7 @@ def cross_entropy_probs(
     opt.smoothing = smoothing
     opt.zloss = zloss
     opt.softcap = softcap
-    opt.grad_scale = grad_scale
+    opt.grad_denom = grad_denom
     if n == 0:
         return 0
     with nogil, parallel(num_threads=num_threads,

@@ -68,17 +68,17 @@ def _run(
     if reduction == "mean":
         # A zero denominator (n == 0, every sample ignored or weighted 0)
         # gives a NaN loss, as in NumPy and PyTorch; its gradient is zero.
-        grad_scale = 1.0 / denom if denom > 0 else 0.0
+        grad_denom = denom if denom > 0 else float("inf")
     else:
-        grad_scale = 1.0
+        grad_denom = 1.0
 
     losses = np.empty(n, dtype=np.float64)
     if kind == "labels":
         status = _kernels.cross_entropy_labels(
-            z, t, w, s, losses, g, want_grad, ignore, eps, zl, cap, grad_scale, nt)
+            z, t, w, s, losses, g, want_grad, ignore, eps, zl, cap, grad_denom, nt)
     else:
         status = _kernels.cross_entropy_probs(
-            z, t, w, s, losses, g, want_grad, eps, zl, cap, grad_scale, nt)
+            z, t, w, s, losses, g, want_grad, eps, zl, cap, grad_denom, nt)
     if status != 0:
         raise MemoryError("fastxent: could not allocate per-thread scratch memory")
 

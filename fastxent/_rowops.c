@@ -121,6 +121,60 @@ FX_INLINE double exp_inl(double x)
     return x > hi ? HUGE_VAL : res;
 }
 
+/* exp(x) for x <= 0 or NaN, the only arguments the kernels produce
+ * (logit minus its row max).  Dropping the overflow side and flushing
+ * results below the smallest normal number (x < log(FLT_MIN)) to 0 lets the
+ * scale be a single 2^n and saves a quarter of the work of expf_inl; the
+ * flushed values are below 1.2e-38 (2.3e-308 for double), invisible next to
+ * the row max's own term of 1. */
+FX_INLINE float expnegf_inl(float x)
+{
+    const float lo = -87.3365448f; /* log(FLT_MIN) */
+    const float magic = 12582912.0f;
+    float xc = x < lo ? lo : x;
+    float t = xc * 1.44269504088896341f + magic;
+    float nf = t - magic;
+    uint32_t nb = f_to_bits(t) - f_to_bits(magic);
+    float r = xc - nf * 0.693359375f;
+    r = r - nf * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    float res = p * bits_to_f((nb + 127u) << 23);
+    return x < lo ? 0.0f : res;
+}
+
+FX_INLINE double expneg_inl(double x)
+{
+    const double lo = -708.3964185322641; /* log(DBL_MIN) */
+    const double magic = 6755399441055744.0;
+    double xc = x < lo ? lo : x;
+    double t = xc * 1.4426950408889634074 + magic;
+    double nf = t - magic;
+    uint64_t nb = d_to_bits(t) - d_to_bits(magic);
+    double r = xc - nf * 6.93147180369123816490e-01;
+    r = r - nf * 1.90821492927058770002e-10;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * (r * r) + r + 1.0;
+    double res = p * bits_to_d((nb + 1023u) << 52);
+    return x < lo ? 0.0 : res;
+}
+
 FX_INLINE float tanhf_inl(float x)
 {
     float ax = x < 0.0f ? -x : x;
@@ -150,7 +204,43 @@ FX_INLINE double tanh_inl(double x)
     return ax < 0.625 ? small : big;
 }
 
+/* log(x) for the row sums (x >= 1 in practice; any positive normal x
+ * works): x = 2^e * u with u in [sqrt(1/2), sqrt(2)), log u = 2 atanh(s),
+ * s = (u - 1) / (u + 1), |s| <= 0.1716, whose odd series to s^23 is below
+ * 1e-17.  Vectorisable, unlike libm's log without -ffast-math; the small-m
+ * kernel needs one log per row, which at m = 10 would otherwise cost more
+ * than the row itself.  NaN, 0 and negative inputs give NaN / -inf. */
+FX_INLINE double log_inl(double x)
+{
+    uint64_t b = d_to_bits(x);
+    int64_t e = (int64_t)(b >> 52) - 1023;
+    double u = bits_to_d((b & 0x000FFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL);
+    int big = u > 1.4142135623730951;
+    u = big ? u * 0.5 : u;
+    e = big ? e + 1 : e;
+    double s = (u - 1.0) / (u + 1.0);
+    double s2 = s * s;
+    double p = 1.0 / 23.0;
+    p = p * s2 + 1.0 / 21.0;
+    p = p * s2 + 1.0 / 19.0;
+    p = p * s2 + 1.0 / 17.0;
+    p = p * s2 + 1.0 / 15.0;
+    p = p * s2 + 1.0 / 13.0;
+    p = p * s2 + 1.0 / 11.0;
+    p = p * s2 + 1.0 / 9.0;
+    p = p * s2 + 1.0 / 7.0;
+    p = p * s2 + 1.0 / 5.0;
+    p = p * s2 + 1.0 / 3.0;
+    double de = (double)e;
+    double res = de * 6.93147180369123816490e-01 +
+                 (2.0 * s + 2.0 * s * s2 * p + de * 1.90821492927058770002e-10);
+    res = x == 0.0 ? -HUGE_VAL : res;
+    res = x == HUGE_VAL ? x : res;
+    return (x < 0.0 || x != x) ? NAN : res;
+}
+
 float fx_expf(float x) { return expf_inl(x); }
+double fx_log(double x) { return log_inl(x); }
 double fx_exp(double x) { return exp_inl(x); }
 float fx_tanhf(float x) { return tanhf_inl(x); }
 double fx_tanh(double x) { return tanh_inl(x); }
@@ -159,21 +249,25 @@ double fx_tanh(double x) { return tanh_inl(x); }
 #define FX_T float
 #define FX_NAME(base) base##_f
 #define FX_EXP expf_inl
+#define FX_EXPNEG expnegf_inl
 #define FX_TANH tanhf_inl
 #include "_rowops_t.h"
 #undef FX_T
 #undef FX_NAME
 #undef FX_EXP
+#undef FX_EXPNEG
 #undef FX_TANH
 
 #define FX_T double
 #define FX_NAME(base) base##_d
 #define FX_EXP exp_inl
+#define FX_EXPNEG expneg_inl
 #define FX_TANH tanh_inl
 #include "_rowops_t.h"
 #undef FX_T
 #undef FX_NAME
 #undef FX_EXP
+#undef FX_EXPNEG
 #undef FX_TANH
 
 const char *fx_simd_dispatch(void)

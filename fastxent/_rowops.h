@@ -26,6 +26,7 @@ extern "C" {
 float fx_expf(float x);
 double fx_exp(double x);
 float fx_tanhf(float x);
+double fx_log(double x);
 double fx_tanh(double x);
 
 /* Array versions of the above (out may alias x); used by tests. */
@@ -82,6 +83,30 @@ void fx_sub2_d(const double *z, ptrdiff_t n, double shift1, double shift2,
 /* g[k] *= a. */
 void fx_scale_f(float *g, ptrdiff_t n, float a);
 void fx_scale_d(double *g, ptrdiff_t n, double a);
+
+/* Rows per block of the small-m kernel, and the largest m it takes. */
+#define FX_TILE_ROWS 64
+#define FX_SMALL_M_MAX 64
+
+/* Fused loss (+ gradient) for R <= FX_TILE_ROWS rows of m <= FX_SMALL_M_MAX
+ * classes with class-index targets.  The block is transposed into a tile
+ * so that every step (max, exp, sums, log, loss, gradient) is vectorised
+ * across rows instead of along a short row.  labels points at R int32 or
+ * int64 labels (labels_64bit), already range-checked; rows whose label is
+ * ignore_index get loss 0 and a zero gradient.  w (class weights) and sw
+ * (sample weights) may be NULL.  Writes R losses (sample-weighted, before
+ * any reduction) and, if g is not NULL, the R x m gradient divided by
+ * grad_denom.  Same per-row formula as the general row kernel, no soft-cap. */
+void fx_small_labels_f(const float *z, ptrdiff_t R, ptrdiff_t m,
+                       const void *labels, int labels_64bit,
+                       long long ignore_index, const float *w,
+                       const double *sw, double smoothing, double zloss,
+                       double grad_denom, double *loss_out, float *g);
+void fx_small_labels_d(const double *z, ptrdiff_t R, ptrdiff_t m,
+                       const void *labels, int labels_64bit,
+                       long long ignore_index, const double *w,
+                       const double *sw, double smoothing, double zloss,
+                       double grad_denom, double *loss_out, double *g);
 
 /* Build facts for show_config(). */
 const char *fx_simd_dispatch(void);
