@@ -29,7 +29,7 @@ def cross_entropy_labels(
     smoothing: float,
     zloss: float,
     softcap: float,
-    grad_scale: float,
+    grad_denom: float,
     num_threads: int,
 ) -> int: ...
 def cross_entropy_probs(
@@ -43,7 +43,7 @@ def cross_entropy_probs(
     smoothing: float,
     zloss: float,
     softcap: float,
-    grad_scale: float,
+    grad_denom: float,
     num_threads: int,
 ) -> int: ...
 def softmax_rows(
