@@ -188,13 +188,14 @@ def _error_scales(logits, target, reduction, weight, sample_weight, ignore_index
     return loss_scale, grad_scale, denom
 
 
-def check_cross_entropy(logits, target, *, reduction="mean", **options):
+def check_cross_entropy(logits, target, *, reduction="mean", num_threads=None, **options):
     """Call all three loss functions with the same arguments and check:
     each against the float64 reference (dtype-aware tolerances), the loss of
     ``cross_entropy`` bitwise equal to that of ``cross_entropy_with_grad``,
     the gradients of ``cross_entropy_grad`` and ``cross_entropy_with_grad``
     bitwise equal, result dtypes and shapes, and inputs left untouched.
-    Returns ``(loss, grad)`` from ``cross_entropy_with_grad``."""
+    ``num_threads`` goes to fastxent only.  Returns ``(loss, grad)`` from
+    ``cross_entropy_with_grad``."""
     import fastxent
     import reference as ref
 
@@ -203,10 +204,10 @@ def check_cross_entropy(logits, target, *, reduction="mean", **options):
     arrays = (logits, target, options.get("weight"), options.get("sample_weight"))
     before = snapshot(*arrays)
     with np.errstate(all="ignore"):
-        loss1 = fastxent.cross_entropy(logits, target, reduction=reduction, **options)
-        grad1 = fastxent.cross_entropy_grad(logits, target, reduction=reduction, **options)
-        loss2, grad2 = fastxent.cross_entropy_with_grad(
-            logits, target, reduction=reduction, **options)
+        kw = dict(options, reduction=reduction, num_threads=num_threads)
+        loss1 = fastxent.cross_entropy(logits, target, **kw)
+        grad1 = fastxent.cross_entropy_grad(logits, target, **kw)
+        loss2, grad2 = fastxent.cross_entropy_with_grad(logits, target, **kw)
         expected_loss, expected_grad = ref.cross_entropy(
             logits, target, reduction=reduction, **options)
     assert snapshot(*arrays) == before, "an input was modified"
