@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import warnings
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy import optimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -58,7 +60,7 @@ try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
 except ImportError:  # pragma: no cover - scikit-learn < 1.6
 
-    def _validate_data(estimator, *args, **kwargs):
+    def _validate_data(estimator: Any, *args: Any, **kwargs: Any) -> Any:
         return estimator._validate_data(*args, **kwargs)
 
 
@@ -138,8 +140,21 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     0.97
     """
 
-    def __init__(self, C=1.0, *, fit_intercept=True, max_iter=100, tol=1e-4,
-                 warm_start=False, num_threads=None):
+    classes_: NDArray[Any]
+    coef_: NDArray[np.float64]
+    intercept_: NDArray[np.float64]
+    n_iter_: NDArray[np.int32]
+
+    def __init__(
+        self,
+        C: float = 1.0,
+        *,
+        fit_intercept: bool = True,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        warm_start: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
         self.C = C
         self.fit_intercept = fit_intercept
         self.max_iter = max_iter
@@ -147,12 +162,12 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.num_threads = num_threads
 
-    def __sklearn_tags__(self):
+    def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         return tags
 
-    def _check_params(self):
+    def _check_params(self) -> None:
         check_scalar(self.C, "C", Real, min_val=0, include_boundaries="neither")
         check_scalar(self.max_iter, "max_iter", Integral, min_val=0)
         check_scalar(self.tol, "tol", Real, min_val=0)
@@ -162,7 +177,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         if self.num_threads is not None:
             check_scalar(self.num_threads, "num_threads", Integral, min_val=1)
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(
+        self, X: Any, y: ArrayLike, sample_weight: ArrayLike | None = None
+    ) -> SoftmaxRegression:
         """Fit the model by L-BFGS on fastxent's loss and gradient.
 
         Parameters
@@ -181,8 +198,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             The fitted estimator.
         """
         self._check_params()
-        X, y = _validate_data(self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES,
-                              order="C")
+        X, y = _validate_data(self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES, order="C")
         check_classification_targets(y)
         classes, y_idx = np.unique(y, return_inverse=True)
         n_classes = classes.shape[0]
@@ -192,10 +208,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 f"but the data contains only one class: {classes[0]!r}"
             )
         n, d = X.shape
+        sw: NDArray[Any] | None = None
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype,
-                                                 ensure_non_negative=True)
-            sw_sum = float(sample_weight.sum(dtype=np.float64))
+            sw = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+            sw_sum = float(sw.sum(dtype=np.float64))
             if not sw_sum > 0:
                 raise ValueError("Sample weights must contain at least one non-zero number.")
         else:
@@ -212,50 +228,67 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 )
             w0[: k * d] = self.coef_.ravel()
             if self.fit_intercept:
-                w0[k * d:] = self.intercept_
+                w0[k * d :] = self.intercept_
 
         res = optimize.minimize(
-            self._objective, w0, method="L-BFGS-B", jac=True,
-            args=(X, y_idx, sample_weight, l2, k),
-            options={"maxiter": self.max_iter, "maxls": 50, "gtol": self.tol,
-                     "ftol": 64 * np.finfo(float).eps},
+            self._objective,
+            w0,
+            method="L-BFGS-B",
+            jac=True,
+            args=(X, y_idx, sw, l2, k),
+            options={
+                "maxiter": self.max_iter,
+                "maxls": 50,
+                "gtol": self.tol,
+                "ftol": 64 * np.finfo(float).eps,
+            },
         )
         if res.status != 0:
             warnings.warn(
                 f"L-BFGS failed to converge after {res.nit} iteration(s) (status="
                 f"{res.status}): {res.message}. Increase max_iter, or scale the data "
                 "(e.g. with sklearn.preprocessing.StandardScaler).",
-                ConvergenceWarning, stacklevel=2,
+                ConvergenceWarning,
+                stacklevel=2,
             )
         self.classes_ = classes
         self.coef_ = res.x[: k * d].reshape(k, d).copy()
-        self.intercept_ = res.x[k * d:].copy() if self.fit_intercept else np.zeros(k)
+        self.intercept_ = res.x[k * d :].copy() if self.fit_intercept else np.zeros(k)
         self.n_iter_ = np.array([min(res.nit, self.max_iter)], dtype=np.int32)
         return self
 
-    def _objective(self, w, X, y_idx, sample_weight, l2, k):
+    def _objective(
+        self,
+        w: NDArray[np.float64],
+        X: Any,
+        y_idx: NDArray[np.intp],
+        sample_weight: NDArray[Any] | None,
+        l2: float,
+        k: int,
+    ) -> tuple[float, NDArray[np.float64]]:
         """LogisticRegression's objective and its gradient at the flat parameters w."""
         d = X.shape[1]
         W = w[: k * d].reshape(k, d)
         S = np.asarray(safe_sparse_dot(X, W.T.astype(X.dtype, copy=False)))
         if self.fit_intercept:
-            S += w[k * d:].astype(X.dtype, copy=False)
+            S += w[k * d :].astype(X.dtype, copy=False)
         if k == 1:  # binomial: the two-class cross-entropy of [0, z]
             Z = np.zeros((X.shape[0], 2), dtype=X.dtype)
             Z[:, 1] = S[:, 0]
         else:
             Z = np.ascontiguousarray(S)
-        loss, G = cross_entropy_with_grad(Z, y_idx, sample_weight=sample_weight, out=Z,
-                                          num_threads=self.num_threads)
+        loss, G = cross_entropy_with_grad(
+            Z, y_idx, sample_weight=sample_weight, out=Z, num_threads=self.num_threads
+        )
         if k == 1:
             G = G[:, 1:]
         grad = np.empty_like(w)
         grad[: k * d] = (np.asarray(safe_sparse_dot(G.T, X)) + l2 * W).ravel()
         if self.fit_intercept:
-            grad[k * d:] = G.sum(axis=0, dtype=np.float64)
+            grad[k * d :] = G.sum(axis=0, dtype=np.float64)
         return float(loss) + 0.5 * l2 * float(W.ravel() @ W.ravel()), grad
 
-    def decision_function(self, X):
+    def decision_function(self, X: Any) -> NDArray[np.floating[Any]]:
         """The logits ``X @ coef_.T + intercept_``.
 
         Parameters
@@ -273,14 +306,14 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         S = np.asarray(safe_sparse_dot(X, self.coef_.T)) + self.intercept_
         return S[:, 0] if S.shape[1] == 1 else S
 
-    def _logits(self, X):
+    def _logits(self, X: Any) -> NDArray[np.floating[Any]]:
         """The logits of all classes: ``[0, z]`` for a binary problem."""
         S = self.decision_function(X)
         if S.ndim == 1:
             return np.column_stack([np.zeros_like(S), S])
         return np.ascontiguousarray(S)
 
-    def predict(self, X):
+    def predict(self, X: Any) -> NDArray[Any]:
         """Predict class labels: the class with the largest logit.
 
         Parameters
@@ -294,9 +327,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         """
         S = self.decision_function(X)
         idx = (S > 0).astype(np.intp) if S.ndim == 1 else S.argmax(axis=1)
-        return self.classes_[idx]
+        labels: NDArray[Any] = self.classes_[idx]
+        return labels
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: Any) -> NDArray[np.floating[Any]]:
         """Class probabilities: :func:`fastxent.softmax` of the logits.
 
         Parameters
@@ -311,7 +345,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Z = self._logits(X)
         return softmax(Z, out=Z, num_threads=self.num_threads)
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: Any) -> NDArray[np.floating[Any]]:
         """Log class probabilities: :func:`fastxent.log_softmax` of the logits.
 
         Computed from the logits directly, so very small probabilities keep

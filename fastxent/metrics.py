@@ -8,13 +8,21 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._loss import cross_entropy
 
 __all__ = ["log_loss"]
 
 
-def log_loss(y_true, logits, *, normalize=True, sample_weight=None, labels=None):
+def log_loss(
+    y_true: ArrayLike,
+    logits: ArrayLike,
+    *,
+    normalize: bool = True,
+    sample_weight: ArrayLike | None = None,
+    labels: ArrayLike | None = None,
+) -> float:
     """Log loss (cross-entropy) of class labels under the softmax of logits.
 
     The semantics of :func:`sklearn.metrics.log_loss` (label handling,
@@ -90,8 +98,7 @@ def log_loss(y_true, logits, *, normalize=True, sample_weight=None, labels=None)
         )
     if z.shape[0] != y.shape[0]:
         raise ValueError(
-            f"y_true and logits have different numbers of samples: {y.shape[0]} vs "
-            f"{z.shape[0]}."
+            f"y_true and logits have different numbers of samples: {y.shape[0]} vs {z.shape[0]}."
         )
 
     if labels is None:
@@ -113,7 +120,8 @@ def log_loss(y_true, logits, *, normalize=True, sample_weight=None, labels=None)
                 f"Labels passed were {given}. But this function assumes labels are "
                 f"ordered lexicographically. Pass the ordered labels={classes.tolist()} "
                 "and ensure that the columns of logits correspond to this ordering.",
-                UserWarning, stacklevel=2,
+                UserWarning,
+                stacklevel=2,
             )
     idx = np.searchsorted(classes, y)
     bad = (idx >= classes.shape[0]) | (classes[np.minimum(idx, classes.shape[0] - 1)] != y)

@@ -26,7 +26,6 @@ from fastxent.estimators import SoftmaxRegression  # noqa: E402
 from fastxent.metrics import log_loss  # noqa: E402
 
 
-
 @pytest.fixture(autouse=True)
 def _single_threaded_blas():
     """One BLAS thread: the matrix products here are small, and a multi-threaded
@@ -58,7 +57,8 @@ try:  # scikit-learn >= 1.6 takes the expected failures as an argument
     )
 except TypeError:  # pragma: no cover - older scikit-learn
     _checks = parametrize_with_checks(
-        [SoftmaxRegression(), SoftmaxRegression(fit_intercept=False, C=10.0, num_threads=1)])
+        [SoftmaxRegression(), SoftmaxRegression(fit_intercept=False, C=10.0, num_threads=1)]
+    )
 
 
 @_checks
@@ -67,6 +67,7 @@ def test_sklearn_estimator_checks(estimator, check):
 
 
 # ------------------------------------------------- the same optimum as LogisticRegression
+
 
 def _standardised(load):
     X, y = load(return_X_y=True)
@@ -77,8 +78,9 @@ def _rel_diff(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-@pytest.mark.parametrize("load", [load_iris, load_digits, load_breast_cancer],
-                         ids=["iris", "digits", "breast_cancer"])
+@pytest.mark.parametrize(
+    "load", [load_iris, load_digits, load_breast_cancer], ids=["iris", "digits", "breast_cancer"]
+)
 @pytest.mark.parametrize("C", [0.1, 1.0])
 def test_same_optimum_as_logistic_regression(load, C):
     X, y = _standardised(load)
@@ -89,12 +91,12 @@ def test_same_optimum_as_logistic_regression(load, C):
     d_ours, d_theirs = ours.decision_function(X), theirs.decision_function(X)
     assert d_ours.shape == d_theirs.shape
     assert _rel_diff(d_ours, d_theirs) < 1e-4
-    np.testing.assert_allclose(d_ours, d_theirs, rtol=1e-4,
-                               atol=1e-4 * np.max(np.abs(d_theirs)))
+    np.testing.assert_allclose(d_ours, d_theirs, rtol=1e-4, atol=1e-4 * np.max(np.abs(d_theirs)))
     np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-5)
-    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-4,
-                               atol=1e-4 * np.max(np.abs(theirs.coef_)))
+    np.testing.assert_allclose(
+        ours.coef_, theirs.coef_, rtol=1e-4, atol=1e-4 * np.max(np.abs(theirs.coef_))
+    )
     assert ours.score(X, y) == theirs.score(X, y)
 
 
@@ -128,28 +130,32 @@ def test_gradient_matches_finite_differences(rng):
     """The objective's gradient, including the penalty, weights and intercepts."""
     X = rng.standard_normal((40, 3))
     sw = rng.random(40)
+    l2 = 1 / (0.7 * sw.sum())
+    clf = SoftmaxRegression()
+
+    def f(v, *args):
+        return clf._objective(v, *args)[0]
+
+    def g(v, *args):
+        return clf._objective(v, *args)[1]
+
     for n_classes in (2, 4):
         y = rng.integers(0, n_classes, size=40)
-        clf = SoftmaxRegression(C=0.7)
         k = 1 if n_classes == 2 else n_classes
         w = rng.standard_normal(k * 4)
         for Xi in (X, sparse.csr_matrix(X)):
-            def f(v, Xi=Xi, y=y, k=k):
-                return clf._objective(v, Xi, y, sw, 1 / (0.7 * sw.sum()), k)[0]
-
-            def g(v, Xi=Xi, y=y, k=k):
-                return clf._objective(v, Xi, y, sw, 1 / (0.7 * sw.sum()), k)[1]
-
-            assert optimize.check_grad(f, g, w) < 1e-6
+            assert optimize.check_grad(f, g, w, Xi, y, sw, l2, k) < 1e-6
 
 
 # --------------------------------------------------------------------- behaviour
 
+
 def test_predict_log_proba_is_log_softmax_without_underflow():
     X, y = _standardised(load_iris)
     clf = SoftmaxRegression(C=100.0, **TIGHT).fit(X, y)
-    np.testing.assert_allclose(np.exp(clf.predict_log_proba(X)), clf.predict_proba(X),
-                               rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(
+        np.exp(clf.predict_log_proba(X)), clf.predict_proba(X), rtol=1e-10, atol=1e-300
+    )
     far = 200 * X[:5]  # probabilities that underflow to 0: log_softmax keeps them finite
     assert np.any(clf.predict_proba(far) == 0)
     assert np.all(np.isfinite(clf.predict_log_proba(far)))
@@ -208,8 +214,7 @@ def test_warm_start_continues_from_the_previous_fit():
         warm.fit(X, y).fit(X, y)
     assert cold.n_iter_[0] > 20
     assert warm.n_iter_[0] <= 2
-    np.testing.assert_allclose(warm.decision_function(X), cold.decision_function(X),
-                               atol=1e-3)
+    np.testing.assert_allclose(warm.decision_function(X), cold.decision_function(X), atol=1e-3)
     with pytest.raises(ValueError, match="warm_start"):
         warm.fit(X[:, :10], y)
 
@@ -221,10 +226,18 @@ def test_not_fitted_error():
 
 @pytest.mark.parametrize(
     ("params", "error"),
-    [({"C": 0.0}, ValueError), ({"C": -1.0}, ValueError), ({"C": "1"}, TypeError),
-     ({"max_iter": -1}, ValueError), ({"max_iter": 1.5}, TypeError), ({"tol": -1e-4}, ValueError),
-     ({"num_threads": 0}, ValueError), ({"num_threads": 1.0}, TypeError),
-     ({"fit_intercept": "yes"}, TypeError), ({"warm_start": 1}, TypeError)],
+    [
+        ({"C": 0.0}, ValueError),
+        ({"C": -1.0}, ValueError),
+        ({"C": "1"}, TypeError),
+        ({"max_iter": -1}, ValueError),
+        ({"max_iter": 1.5}, TypeError),
+        ({"tol": -1e-4}, ValueError),
+        ({"num_threads": 0}, ValueError),
+        ({"num_threads": 1.0}, TypeError),
+        ({"fit_intercept": "yes"}, TypeError),
+        ({"warm_start": 1}, TypeError),
+    ],
 )
 def test_bad_parameters_raise_at_fit(params, error):
     X, y = _standardised(load_iris)
@@ -253,6 +266,7 @@ def test_feature_names_from_a_dataframe():
 
 # --------------------------------------------------------------- sklearn tooling
 
+
 def test_pipeline_with_standard_scaler():
     X, y = load_digits(return_X_y=True)
     pipe = make_pipeline(StandardScaler(), SoftmaxRegression(**TIGHT)).fit(X, y)
@@ -264,13 +278,16 @@ def test_pipeline_with_standard_scaler():
 def test_grid_search_over_C_scores_like_logistic_regression():
     X, y = load_iris(return_X_y=True)
     grid = {"logisticregression__C": [0.01, 0.1, 1.0]}
-    ours = GridSearchCV(make_pipeline(StandardScaler(), SoftmaxRegression(**TIGHT)),
-                        {"softmaxregression__C": grid["logisticregression__C"]}, cv=3)
+    ours = GridSearchCV(
+        make_pipeline(StandardScaler(), SoftmaxRegression(**TIGHT)),
+        {"softmaxregression__C": grid["logisticregression__C"]},
+        cv=3,
+    )
     theirs = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(**TIGHT)), grid, cv=3)
     ours.fit(X, y)
     theirs.fit(X, y)
-    np.testing.assert_array_equal(ours.cv_results_["mean_test_score"],
-                                  theirs.cv_results_["mean_test_score"])
-    assert ours.best_params_["softmaxregression__C"] == theirs.best_params_[
-        "logisticregression__C"]
+    np.testing.assert_array_equal(
+        ours.cv_results_["mean_test_score"], theirs.cv_results_["mean_test_score"]
+    )
+    assert ours.best_params_["softmaxregression__C"] == theirs.best_params_["logisticregression__C"]
     assert isinstance(ours.best_estimator_[-1], SoftmaxRegression)

@@ -42,8 +42,9 @@ def test_agrees_with_sklearn_on_probabilities(rng, dtype, normalize, weighted):
     assert isinstance(got, float)
     assert got == pytest.approx(want, rel=1e-6 if dtype == np.float32 else 1e-12)
     y_idx = np.searchsorted(LABELS, y)
-    assert got == pytest.approx(ref_log_loss(y_idx, logits, sw, normalize),
-                                rel=1e-6 if dtype == np.float32 else 1e-13)
+    assert got == pytest.approx(
+        ref_log_loss(y_idx, logits, sw, normalize), rel=1e-6 if dtype == np.float32 else 1e-13
+    )
 
 
 def test_binary_1d_logits_are_log_odds_of_the_larger_label(rng):
@@ -86,12 +87,17 @@ def test_no_clipping_confident_mistakes_cost_their_full_log_loss():
 def test_minus_inf_logit_of_the_true_class_is_infinite_others_are_fine():
     z = np.array([[0.0, -np.inf, 1.0], [2.0, -np.inf, 0.0]])
     assert log_loss([0, 0], z, labels=[0, 1, 2]) == pytest.approx(
-        ref_log_loss([0, 0], z), rel=1e-15)
+        ref_log_loss([0, 0], z), rel=1e-15
+    )
     assert log_loss([1, 0], z, labels=[0, 1, 2]) == np.inf
 
 
-@given(n=st.integers(1, 40), m=st.integers(2, 12), seed=st.integers(0, 2**32 - 1),
-       scale=st.sampled_from([0.1, 3.0, 50.0]))
+@given(
+    n=st.integers(1, 40),
+    m=st.integers(2, 12),
+    seed=st.integers(0, 2**32 - 1),
+    scale=st.sampled_from([0.1, 3.0, 50.0]),
+)
 def test_matches_reference_for_any_shape(n, m, seed, scale):
     rng = np.random.default_rng(seed)
     logits = scale * rng.standard_normal((n, m))
