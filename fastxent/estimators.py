@@ -210,7 +210,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         n, d = X.shape
         sw: NDArray[Any] | None = None
         if sample_weight is not None:
-            sw = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+            # (ensure_non_negative= needs scikit-learn >= 1.6: check it here)
+            sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+            if np.any(sw < 0):
+                raise ValueError("Negative values in sample_weight are not allowed.")
             sw_sum = float(sw.sum(dtype=np.float64))
             if not sw_sum > 0:
                 raise ValueError("Sample weights must contain at least one non-zero number.")

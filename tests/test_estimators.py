@@ -251,6 +251,8 @@ def test_one_class_and_zero_weights_raise():
         SoftmaxRegression().fit(X, [3, 3, 3, 3])
     with pytest.raises(ValueError, match="non-zero"):
         SoftmaxRegression().fit(X, [0, 1, 0, 1], sample_weight=np.zeros(4))
+    with pytest.raises(ValueError, match="Negative"):
+        SoftmaxRegression().fit(X, [0, 1, 0, 1], sample_weight=[1, -1, 1, 1])
 
 
 def test_feature_names_from_a_dataframe():
