@@ -69,6 +69,7 @@ cdef extern from "_rowops.h" nogil:
     void fx_tanh_array_d(const double *x, Py_ssize_t n, double *out)
     const char *fx_simd_dispatch()
     double fx_log(double x)
+    double fx_pairwise_sum(const double *x, Py_ssize_t n)
     enum:
         FX_TILE_ROWS
         FX_SMALL_M_MAX
@@ -285,30 +286,57 @@ cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
 
 
 # ---- prange drivers (called from Python with validated arrays) ----
+#
+# Optional arrays (class weights, sample weights, the gradient, the
+# softmax output, the logsumexp output) are passed as None when absent:
+# Python then skips acquiring a buffer, which matters for small calls.
 
 cdef inline bint _use_threads(Py_ssize_t n, Py_ssize_t m, int num_threads) noexcept nogil:
     return num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS
 
 
+cdef Py_ssize_t _label_pass(const label_t[::1] labels, Py_ssize_t m,
+                            int64_t ignore_index, const floating *w,
+                            const double *sw, double *denom) noexcept nogil:
+    """Position of the first label outside [0, m) that is not ignore_index
+    (-1 if none), and in *denom the "mean" denominator sum_i s_i w[y_i] over
+    the kept rows, summed in row order (so it is the same for any thread
+    count)."""
+    cdef Py_ssize_t i
+    cdef int64_t lab
+    cdef double total = 0, term
+    for i in range(labels.shape[0]):
+        lab = labels[i]
+        if lab == ignore_index:
+            continue
+        if lab < 0 or lab >= m:
+            denom[0] = total
+            return i
+        term = <double>w[lab] if w != NULL else 1.0
+        if sw != NULL:
+            term = term * sw[i]
+        total += term
+    denom[0] = total
+    return -1
+
+
 cdef void _small_labels(
     const floating[:, ::1] z, const label_t[::1] labels, const floating *w,
-    const double *sw, const LossOptions *opt, double[::1] loss_out,
-    floating[:, ::1] grad_out, bint want_grad, int64_t ignore_index,
-    int num_threads,
-) noexcept:
+    const double *sw, const LossOptions *opt, double *loss_out,
+    floating *grad, int64_t ignore_index, int num_threads,
+) noexcept nogil:
     """Few classes: blocks of FX_TILE_ROWS rows, vectorised across rows."""
     cdef Py_ssize_t n = z.shape[0], m = z.shape[1]
     cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS
     cdef Py_ssize_t blk, r0, R
-    with nogil:
-        for blk in prange(nblocks, schedule='static', num_threads=num_threads,
-                          use_threads_if=_use_threads(n, m, num_threads)):
-            r0 = blk * FX_TILE_ROWS
-            R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
-            small_labels_block(
-                &z[r0, 0], R, m, &labels[r0], label_t is int64_t,
-                ignore_index, w, sw + r0 if sw != NULL else NULL, opt,
-                &loss_out[r0], &grad_out[r0, 0] if want_grad else NULL)
+    for blk in prange(nblocks, schedule='static', num_threads=num_threads,
+                      use_threads_if=_use_threads(n, m, num_threads)):
+        r0 = blk * FX_TILE_ROWS
+        R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
+        small_labels_block(
+            &z[r0, 0], R, m, &labels[r0], label_t is int64_t, ignore_index, w,
+            sw + r0 if sw != NULL else NULL, opt, loss_out + r0,
+            grad + r0 * m if grad != NULL else NULL)
 
 
 def cross_entropy_labels(
@@ -318,63 +346,79 @@ def cross_entropy_labels(
     const double[::1] sample_weight,
     double[::1] loss_out,
     floating[:, ::1] grad_out,
-    bint want_grad,
     int64_t ignore_index,
     double smoothing,
     double zloss,
     double softcap,
-    double grad_denom,
+    bint mean,
     int num_threads,
 ):
-    """Per-row losses (and gradient) for class-index targets.
+    """Per-row losses into ``loss_out`` (and the gradient into ``grad_out``)
+    for class-index targets; ``class_weight``, ``sample_weight`` and
+    ``grad_out`` may be None.
 
-    Empty ``class_weight``/``sample_weight`` mean "none".  Rows whose label
-    equals ``ignore_index`` get loss 0 and a zero gradient.  Labels must
-    already be checked to lie in ``[0, m)`` (or equal ``ignore_index``).
-    Returns 0, or -1 if a thread could not allocate its scratch row.
+    Returns ``(bad, total, denominator)``.  ``bad`` is the position of the
+    first label outside ``[0, m)`` that is not ``ignore_index`` (then nothing
+    else was computed) or -1; ``total`` is the pairwise sum of the per-row
+    losses; ``denominator`` is ``sum_i s_i w[y_i]`` over the kept rows, by
+    which the gradient was divided if ``mean``.  Ignored rows get loss 0
+    and a zero gradient.
     """
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
-    cdef Py_ssize_t label
+    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i, bad
     cdef LossOptions opt
-    cdef const floating *w = &class_weight[0] if class_weight.shape[0] > 0 else NULL
-    cdef bint have_sw = sample_weight.shape[0] > 0
+    cdef const floating *w = &class_weight[0] if class_weight is not None else NULL
+    cdef const double *sw = NULL
+    cdef floating *grad = NULL
     cdef floating *scratch
     cdef floating *g
+    cdef double denom = 0
     cdef int failed = 0
     cdef int *failed_p = &failed
+    if n == 0:
+        return -1, 0.0, 0.0
+    if sample_weight is not None:
+        sw = &sample_weight[0]
+    if grad_out is not None:
+        grad = &grad_out[0, 0]
     opt.smoothing = smoothing
     opt.zloss = zloss
     opt.softcap = softcap
-    opt.grad_denom = grad_denom
-    if n == 0:
-        return 0
-    if m <= FX_SMALL_M_MAX and softcap == 0:
-        _small_labels(z, labels, w, &sample_weight[0] if have_sw else NULL,
-                      &opt, loss_out, grad_out, want_grad, ignore_index,
-                      num_threads)
-        return 0
-    with nogil, parallel(num_threads=num_threads,
-                         use_threads_if=_use_threads(n, m, num_threads)):
-        scratch = NULL
-        if softcap > 0:
-            scratch = <floating *>malloc(m * sizeof(floating))
-            if scratch == NULL:
-                failed_p[0] = 1
-        for i in prange(n, schedule='static'):
-            if softcap > 0 and scratch == NULL:
-                continue
-            g = &grad_out[i, 0] if want_grad else NULL
-            label = <Py_ssize_t>labels[i]
-            if labels[i] == ignore_index:
-                loss_out[i] = 0
-                if g != NULL:
-                    memset(g, 0, m * sizeof(floating))
-                continue
-            loss_out[i] = cross_entropy_row(
-                &z[i, 0], m, label, <const floating *>NULL, w,
-                sample_weight[i] if have_sw else 1.0, &opt, g, scratch)
-        free(scratch)
-    return -failed
+    with nogil:
+        bad = _label_pass(labels, m, ignore_index, w, sw, &denom)
+    if bad >= 0:
+        return bad, 0.0, denom
+    # A zero denominator makes the mean NaN (computed by the caller) and
+    # its gradient zero: dividing by +inf gives exactly that.
+    opt.grad_denom = (denom if denom > 0 else INFINITY) if mean else 1.0
+    with nogil:
+        if m <= FX_SMALL_M_MAX and softcap == 0:
+            _small_labels(z, labels, w, sw, &opt, &loss_out[0], grad,
+                          ignore_index, num_threads)
+        else:
+            with parallel(num_threads=num_threads,
+                          use_threads_if=_use_threads(n, m, num_threads)):
+                scratch = NULL
+                if softcap > 0:
+                    scratch = <floating *>malloc(m * sizeof(floating))
+                    if scratch == NULL:
+                        failed_p[0] = 1
+                for i in prange(n, schedule='static'):
+                    if softcap > 0 and scratch == NULL:
+                        continue
+                    g = grad + i * m if grad != NULL else NULL
+                    if labels[i] == ignore_index:
+                        loss_out[i] = 0
+                        if g != NULL:
+                            memset(g, 0, m * sizeof(floating))
+                        continue
+                    loss_out[i] = cross_entropy_row(
+                        &z[i, 0], m, <Py_ssize_t>labels[i],
+                        <const floating *>NULL, w,
+                        sw[i] if sw != NULL else 1.0, &opt, g, scratch)
+                free(scratch)
+    if failed:
+        raise MemoryError("fastxent: could not allocate per-thread scratch memory")
+    return -1, fx_pairwise_sum(&loss_out[0], n), denom
 
 
 def cross_entropy_probs(
@@ -384,31 +428,38 @@ def cross_entropy_probs(
     const double[::1] sample_weight,
     double[::1] loss_out,
     floating[:, ::1] grad_out,
-    bint want_grad,
     double smoothing,
     double zloss,
     double softcap,
-    double grad_denom,
+    bint mean,
     int num_threads,
 ):
-    """Per-row losses (and gradient) for class-probability targets.
-
-    Same conventions as :func:`cross_entropy_labels`; ``target`` has the
-    shape of ``z`` and may alias ``grad_out`` only if the caller copied it.
-    """
+    """As :func:`cross_entropy_labels` for class-probability targets of the
+    shape of ``z`` (which must not overlap ``grad_out``).  Returns
+    ``(-1, total, denominator)`` with the denominator ``sum_i s_i`` (``n``
+    without sample weights)."""
     cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
     cdef LossOptions opt
-    cdef const floating *w = &class_weight[0] if class_weight.shape[0] > 0 else NULL
-    cdef bint have_sw = sample_weight.shape[0] > 0
+    cdef const floating *w = &class_weight[0] if class_weight is not None else NULL
+    cdef const double *sw = NULL
+    cdef floating *grad = NULL
     cdef floating *scratch
+    cdef double denom
     cdef int failed = 0
     cdef int *failed_p = &failed
+    if n == 0:
+        return -1, 0.0, 0.0
+    if sample_weight is not None:
+        sw = &sample_weight[0]
+        denom = fx_pairwise_sum(sw, n)
+    else:
+        denom = <double>n
+    if grad_out is not None:
+        grad = &grad_out[0, 0]
     opt.smoothing = smoothing
     opt.zloss = zloss
     opt.softcap = softcap
-    opt.grad_denom = grad_denom
-    if n == 0:
-        return 0
+    opt.grad_denom = (denom if denom > 0 else INFINITY) if mean else 1.0
     with nogil, parallel(num_threads=num_threads,
                          use_threads_if=_use_threads(n, m, num_threads)):
         scratch = NULL
@@ -421,58 +472,34 @@ def cross_entropy_probs(
                 continue
             loss_out[i] = cross_entropy_row(
                 &z[i, 0], m, -1, &target[i, 0], w,
-                sample_weight[i] if have_sw else 1.0, &opt,
-                &grad_out[i, 0] if want_grad else NULL, scratch)
+                sw[i] if sw != NULL else 1.0, &opt,
+                grad + i * m if grad != NULL else NULL, scratch)
         free(scratch)
-    return -failed
+    if failed:
+        raise MemoryError("fastxent: could not allocate per-thread scratch memory")
+    return -1, fx_pairwise_sum(&loss_out[0], n), denom
 
 
-def softmax_rows(const floating[:, ::1] z, floating[:, ::1] out,
-                 bint want_out, bint take_log, double[::1] lse_out,
-                 int num_threads):
+def softmax_rows(const floating[:, ::1] z, floating[:, ::1] out, bint take_log,
+                 double[::1] lse_out, int num_threads):
     """Row-wise softmax (or log_softmax) into ``out`` and logsumexp into
-    ``lse_out`` (either may be skipped: ``want_out`` false, or an empty
-    ``lse_out``)."""
+    ``lse_out``; either may be None."""
     cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
-    cdef bint want_lse = lse_out.shape[0] > 0
-    cdef double lse
+    cdef floating *o = NULL
+    cdef double *lse = NULL
+    cdef double v
     if n == 0:
         return
+    if out is not None:
+        o = &out[0, 0]
+    if lse_out is not None:
+        lse = &lse_out[0]
     with nogil:
         for i in prange(n, schedule='static', num_threads=num_threads,
                         use_threads_if=_use_threads(n, m, num_threads)):
-            lse = softmax_row(&z[i, 0], m, &out[i, 0] if want_out else NULL,
-                              take_log)
-            if want_lse:
-                lse_out[i] = lse
-
-
-def check_labels(const label_t[::1] labels, Py_ssize_t m, int64_t ignore_index,
-                 const double[::1] class_weight, const double[::1] sample_weight):
-    """Validate labels and compute the ``"mean"`` denominator in one pass.
-
-    Returns ``(first_bad_position, denominator)``: the position of the first
-    label outside ``[0, m)`` that is not ``ignore_index`` (-1 if none), and
-    ``sum_i s_i w[y_i]`` over the non-ignored rows (fixed order).
-    """
-    cdef Py_ssize_t n = labels.shape[0], i, bad = -1
-    cdef int64_t lab
-    cdef double total = 0, term
-    cdef bint have_w = class_weight.shape[0] > 0
-    cdef bint have_sw = sample_weight.shape[0] > 0
-    with nogil:
-        for i in range(n):
-            lab = labels[i]
-            if lab == ignore_index:
-                continue
-            if lab < 0 or lab >= m:
-                bad = i
-                break
-            term = class_weight[lab] if have_w else 1.0
-            if have_sw:
-                term = term * sample_weight[i]
-            total += term
-    return bad, total
+            v = softmax_row(&z[i, 0], m, o + i * m if o != NULL else NULL, take_log)
+            if lse != NULL:
+                lse[i] = v
 
 
 def exp_array(const floating[::1] x, floating[::1] out):

@@ -36,11 +36,12 @@ def _run(
     ignore = v.ignore_index(ignore_index, kind)
     eps = v.float_option(label_smoothing, "label_smoothing", 0.0, 1.0)
     zl = v.float_option(z_loss, "z_loss", 0.0)
-    cap = 0.0 if softcap is None else v.float_option(softcap, "softcap", 0.0, low_open=True)
-    w, w64 = v.class_weight(weight, m, dtype)
+    cap = v.softcap(softcap, dtype)
+    w = v.class_weight(weight, m, dtype)
     s = v.sample_weight(sample_weight, shape[:-1])
     nt = v.resolve_threads(num_threads)
 
+    g: FloatArray | None = None
     if want_grad:
         if out is None:
             g = np.empty((n, m), dtype=dtype)
@@ -50,51 +51,45 @@ def _run(
             # other overlap would have the kernel read what it just wrote.
             z = v.detach_from(z, g)
             t = t.copy() if np.may_share_memory(t, g) else t
-            w = w.copy() if np.may_share_memory(w, g) else w
-            s = s.copy() if np.may_share_memory(s, g) else s
-    else:
-        g = v.empty_2d(dtype)
+            w = w.copy() if w is not None and np.may_share_memory(w, g) else w
+            s = s.copy() if s is not None and np.may_share_memory(s, g) else s
 
+    losses = np.empty(n, dtype=np.float64)
+    mean = reduction == "mean"
     if kind == "labels":
-        bad, denom = _kernels.check_labels(t, m, ignore, w64, s)
+        bad, total, denom = _LABEL_KERNELS[dtype, t.dtype](
+            z, t, w, s, losses, g, ignore, eps, zl, cap, mean, nt)
         if bad >= 0:
             raise ValueError(
                 f"target contains a label outside [0, {m}) that is not ignore_index="
                 f"{ignore}: {int(t[bad])} at flat position {bad}."
             )
     else:
-        denom = float(s.sum()) if s.size else float(n)
-
-    if reduction == "mean":
-        # A zero denominator (n == 0, every sample ignored or weighted 0)
-        # gives a NaN loss, as in NumPy and PyTorch; its gradient is zero.
-        grad_denom = denom if denom > 0 else float("inf")
-    else:
-        grad_denom = 1.0
-
-    losses = np.empty(n, dtype=np.float64)
-    if kind == "labels":
-        status = _kernels.cross_entropy_labels(
-            z, t, w, s, losses, g, want_grad, ignore, eps, zl, cap, grad_denom, nt)
-    else:
-        status = _kernels.cross_entropy_probs(
-            z, t, w, s, losses, g, want_grad, eps, zl, cap, grad_denom, nt)
-    if status != 0:
-        raise MemoryError("fastxent: could not allocate per-thread scratch memory")
+        _, total, denom = _PROB_KERNELS[dtype](z, t, w, s, losses, g, eps, zl, cap, mean, nt)
 
     grad: FloatArray | None = None
     if want_grad:
-        grad = out if out is not None else g.reshape(shape)
+        grad = out if out is not None else g.reshape(shape)  # type: ignore[union-attr]
     loss: FloatScalar | FloatArray | None = None
     if want_loss:
         if reduction == "none":
             loss = losses.astype(dtype, copy=False).reshape(shape[:-1])
         elif reduction == "sum":
-            loss = dtype.type(losses.sum())
+            loss = dtype.type(total)
         else:
-            total = losses.sum()
+            # A zero denominator (n == 0, every sample ignored or weighted 0)
+            # gives NaN, as in NumPy and PyTorch; the kernel made its gradient 0.
             loss = dtype.type(total / denom) if denom > 0 else dtype.type(np.nan)
     return loss, grad
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_LABEL_KERNELS = {
+    (f, i): v.specialised(_kernels.cross_entropy_labels, f, i)
+    for f in _FLOATS
+    for i in (np.dtype(np.int32), np.dtype(np.int64))
+}
+_PROB_KERNELS = {f: v.specialised(_kernels.cross_entropy_probs, f) for f in _FLOATS}
 
 
 _OPTIONS_DOC = """

@@ -270,6 +270,27 @@ double fx_tanh(double x) { return tanh_inl(x); }
 #undef FX_EXPNEG
 #undef FX_TANH
 
+/* Pairwise summation in a fixed order (blocks of 8 summed in lanes, then
+ * halves recursively), as NumPy does: error O(log n * eps) instead of
+ * O(n * eps), and the same bits whatever the thread count. */
+double fx_pairwise_sum(const double *x, ptrdiff_t n)
+{
+    if (n <= 128) {
+        double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        ptrdiff_t k = 0;
+        for (; k + 8 <= n; k += 8)
+            for (int j = 0; j < 8; ++j)
+                lane[j] += x[k + j];
+        double s = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+                   ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+        for (; k < n; ++k)
+            s += x[k];
+        return s;
+    }
+    ptrdiff_t half = (n / 2) & ~(ptrdiff_t)7;
+    return fx_pairwise_sum(x, half) + fx_pairwise_sum(x + half, n - half);
+}
+
 const char *fx_simd_dispatch(void)
 {
 #if FX_HAVE_CLONES

@@ -108,6 +108,9 @@ void fx_small_labels_d(const double *z, ptrdiff_t R, ptrdiff_t m,
                        const double *sw, double smoothing, double zloss,
                        double grad_denom, double *loss_out, double *g);
 
+/* Sum of n doubles by pairwise summation, in a fixed order. */
+double fx_pairwise_sum(const double *x, ptrdiff_t n);
+
 /* Build facts for show_config(). */
 const char *fx_simd_dispatch(void);
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
 from . import _validation as v
@@ -19,21 +19,27 @@ def _rows(
 ) -> FloatArray:
     z, shape, dtype = v.as_logits(logits)
     nt = v.resolve_threads(num_threads)
-    n = z.shape[0]
+    o: FloatArray | None = None
+    lse: NDArray[np.float64] | None = None
     if want_out:
         if out is None:
             o = np.empty(z.shape, dtype=dtype)
         else:
             o = v.check_out(out, shape, dtype)
             z = v.detach_from(z, o)
-        lse = v._EMPTY_F64
     else:
-        o = v.empty_2d(dtype)
-        lse = np.empty(n, dtype=np.float64)
-    _kernels.softmax_rows(z, o, want_out, take_log, lse, nt)
-    if want_out:
+        lse = np.empty(z.shape[0], dtype=np.float64)
+    _SOFTMAX_KERNELS[dtype](z, o, take_log, lse, nt)
+    if o is not None:
         return out if out is not None else o.reshape(shape)
+    assert lse is not None
     return lse.astype(dtype, copy=False).reshape(shape[:-1])
+
+
+_SOFTMAX_KERNELS = {
+    np.dtype(t): v.specialised(_kernels.softmax_rows, np.dtype(t))
+    for t in (np.float32, np.float64)
+}
 
 
 def log_softmax(

@@ -22,23 +22,26 @@ REDUCTIONS: tuple[Literal["mean", "sum", "none"], ...] = ("mean", "sum", "none")
 DEFAULT_IGNORE_INDEX = -100
 
 _INT64_MAX = np.iinfo(np.int64).max
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_NATIVE_LABELS = (np.dtype(np.int32), np.dtype(np.int64))
 
-# Stand-ins for "no array" (the kernels read an empty array as absent).
-_EMPTY_F64 = np.empty(0, dtype=np.float64)
-_EMPTY_1D: dict[np.dtype[Any], FloatArray] = {
-    np.dtype(t): np.empty(0, dtype=t) for t in (np.float32, np.float64)
+
+_CYTHON_NAMES = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.int32): "int32_t",
+    np.dtype(np.int64): "int64_t",
 }
-_EMPTY_2D: dict[np.dtype[Any], FloatArray] = {
-    np.dtype(t): np.empty((0, 0), dtype=t) for t in (np.float32, np.float64)
-}
 
 
-def empty_1d(dtype: np.dtype[Any]) -> FloatArray:
-    return _EMPTY_1D[dtype]
+def specialised(fused: Any, *dtypes: np.dtype[Any]) -> Any:
+    """The compiled specialisation of a Cython fused kernel for these dtypes.
 
-
-def empty_2d(dtype: np.dtype[Any]) -> FloatArray:
-    return _EMPTY_2D[dtype]
+    Calling it directly skips Cython's run-time fused dispatch, which costs
+    several microseconds a call: most of a small call's time."""
+    table = getattr(fused, "__signatures__", None) or {}
+    return table.get("|".join(_CYTHON_NAMES[d] for d in dtypes), fused)
 
 
 def compute_dtype(dtype: np.dtype[Any], what: str = "logits") -> np.dtype[np.floating[Any]]:
@@ -57,7 +60,10 @@ def as_logits(logits: ArrayLike) -> tuple[FloatArray, tuple[int, ...], np.dtype[
     """Return ``(z2d, shape, dtype)``: the logits as a C-contiguous
     ``(n, m)`` array of the compute dtype, the original shape and that dtype."""
     z = np.asarray(logits)
-    dtype = compute_dtype(z.dtype)
+    dtype = z.dtype
+    if (dtype is _F32 or dtype is _F64) and z.ndim == 2 and z.shape[1] and z.flags.c_contiguous:
+        return z, z.shape, dtype  # the common case, without the general checks
+    dtype = compute_dtype(dtype)
     if z.ndim == 0:
         raise ValueError(
             "logits must have at least one dimension (..., m) with the classes last; "
@@ -81,6 +87,8 @@ def as_labels_or_probs(
     """
     t = np.asarray(target)
     if t.shape == shape[:-1]:
+        if t.dtype in _NATIVE_LABELS and t.ndim == 1 and t.flags.c_contiguous:
+            return "labels", t
         if t.dtype.kind not in "iu":
             hint = (
                 " Class-probability targets must have the full logits shape."
@@ -96,7 +104,7 @@ def as_labels_or_probs(
                 f"target contains a label outside [0, {shape[-1]}): "
                 f"{int(t.reshape(-1)[pos])} at flat position {pos}."
             )
-        if t.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+        if t.dtype not in _NATIVE_LABELS:
             t = t.astype(np.int64)
         return "labels", np.ascontiguousarray(t).reshape(-1)
     if t.shape == shape:
@@ -113,7 +121,7 @@ def as_labels_or_probs(
 
 
 def check_reduction(reduction: object) -> Literal["mean", "sum", "none"]:
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+    if type(reduction) is not str or reduction not in REDUCTIONS:
         raise ValueError(
             f"reduction must be one of 'mean', 'sum' or 'none'; got {reduction!r}."
         )
@@ -156,29 +164,51 @@ def _real_vector(
 
 def class_weight(
     weight: ArrayLike | None, m: int, dtype: np.dtype[np.floating[Any]]
-) -> tuple[FloatArray, NDArray[np.float64]]:
-    """``(m,)`` class weights in the compute dtype, and in float64 (for the
-    denominator), or empty arrays for ``None``."""
+) -> FloatArray | None:
+    """``(m,)`` class weights in the compute dtype (the kernel also sums the
+    ``"mean"`` denominator from these), or ``None``."""
     if weight is None:
-        return empty_1d(dtype), _EMPTY_F64
+        return None
     w = _real_vector(weight, "weight", (m,), f"({m},) (one per class)")
     w_native = np.ascontiguousarray(w, dtype=dtype)
-    # The denominator uses exactly the weights the kernel sees.
-    return w_native, w_native.astype(np.float64)
+    if not np.all(np.isfinite(w_native)):
+        raise ValueError(f"weight must be finite in the compute dtype {dtype}; it overflows.")
+    return w_native
 
 
-def sample_weight(value: ArrayLike | None, batch_shape: tuple[int, ...]) -> NDArray[np.float64]:
+def sample_weight(
+    value: ArrayLike | None, batch_shape: tuple[int, ...]
+) -> NDArray[np.float64] | None:
     if value is None:
-        return _EMPTY_F64
+        return None
     s = _real_vector(value, "sample_weight", batch_shape, f"{batch_shape} (logits.shape[:-1])")
     return np.ascontiguousarray(s).reshape(-1)
+
+
+def softcap(value: Any, dtype: np.dtype[np.floating[Any]]) -> float:
+    """The soft-cap ``c`` (0.0 for ``None``); ``c`` and ``1/c`` must be finite
+    in the compute dtype, in which the kernel applies them."""
+    if value is None:
+        return 0.0
+    c = float_option(value, "softcap", 0.0, low_open=True)
+    info = np.finfo(dtype)
+    if c > float(info.max) or 1.0 / c > float(info.max):
+        raise ValueError(
+            f"softcap must lie in [{1.0 / float(info.max):.3g}, {float(info.max):.3g}] "
+            f"for {dtype} logits (c and 1/c must be finite there); got {value!r}."
+        )
+    return c
 
 
 def float_option(
     value: Any, name: str, low: float, high: float | None = None, *, low_open: bool = False
 ) -> float:
+    if type(value) is float and value == low and not low_open:
+        return value  # the default of every option
     try:
         v = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite; got {value!r}.") from None
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number; got {value!r}.") from None
     bad = not np.isfinite(v) or v < low or (low_open and v == low)
@@ -192,12 +222,15 @@ def float_option(
 
 
 def ignore_index(value: Any, kind: str) -> int:
-    if isinstance(value, (bool, np.bool_)):
+    if type(value) is int:
+        v = value
+    elif isinstance(value, (bool, np.bool_)):
         raise TypeError(f"ignore_index must be an integer; got {value!r}.")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"ignore_index must be an integer; got {value!r}.") from None
+    else:
+        try:
+            v = operator.index(value)
+        except TypeError:
+            raise TypeError(f"ignore_index must be an integer; got {value!r}.") from None
     if kind == "probs" and v != DEFAULT_IGNORE_INDEX:
         raise ValueError(
             "ignore_index applies to class-index targets only; it cannot be used "
