@@ -170,9 +170,12 @@ def cross_entropy(logits, target, *, reduction="mean", weight=None, sample_weigh
 
     zterm = np.where(keep, zl * lse * lse, 0.0) if zl else np.zeros(n)
     g_z = np.where(keep[:, None], (2.0 * zl * lse)[:, None] * P, 0.0) if zl else 0.0
-    per_sample = s * (main + zterm)
+    per_sample = s * (main + zterm)  # "mean" below: np.average's sum(s l) / sum(s)
+    # Under "mean" each sample's gradient weight is s_i / denominator, formed
+    # first (exact even for a subnormal total weight).
+    gw = s / denom if (reduction == "mean" and denom > 0) else s
     # Ignored samples get exactly zero, whatever their logits (NaN included).
-    grad = np.where(keep[:, None], s[:, None] * (g_term + g_z) * dzc, 0.0)
+    grad = np.where(keep[:, None], gw[:, None] * (g_term + g_z) * dzc, 0.0)
 
     if reduction == "none":
         return per_sample.reshape(batch), grad.reshape(shape)
@@ -180,7 +183,7 @@ def cross_entropy(logits, target, *, reduction="mean", weight=None, sample_weigh
         return float(np.sum(per_sample)), grad.reshape(shape)
     if reduction == "mean":
         if denom > 0:
-            return float(np.sum(per_sample) / denom), (grad / denom).reshape(shape)
+            return float(np.sum(per_sample) / denom), grad.reshape(shape)
         # Zero total weight: the gradient is 0 times that of the sum (so
         # still NaN where a row has no defined softmax, e.g. all -inf).
         return float("nan"), np.where(np.isnan(grad), np.nan, 0.0).reshape(shape)

@@ -39,11 +39,37 @@ def make_target(rng, kind, shape, dtype=np.float64):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("target_kind", TARGETS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_matrix(dtype, reduction, target_kind, layout, rng):
-    shape = (6, 3, 10) if layout == "F" else (7, 10)
+@pytest.mark.parametrize("m", [10, 100])
+def test_matrix(dtype, reduction, target_kind, layout, m, rng):
+    shape = (6, 3, m) if layout == "F" else (7, m)
     z = with_layout(make_logits(rng, shape, dtype), layout)
     t = with_layout(make_target(rng, target_kind, shape, dtype), layout)
     check_cross_entropy(z, t, reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 130])
+@pytest.mark.parametrize("m", [1, 2, 7, 64, 65])
+def test_row_tiles(dtype, label_dtype, n, m, rng):
+    """Class indices with m <= 64 are computed in tiles of 64 rows: every
+    row count (partial tiles) and both sides of the m limit, with masked
+    entries, ties and a NaN row that must not leak into its tile."""
+    z = make_logits(rng, (n, m), dtype)
+    y = make_labels(rng, (n,), m, label_dtype)
+    z[1::5] = 2.0  # all tied
+    if m > 1:
+        z[::3, 0] = -np.inf
+        y[::3] = m - 1
+    if n > 2:
+        z[2, -1] = np.nan
+    for reduction in REDUCTIONS:
+        loss, grad = check_cross_entropy(z, y, reduction=reduction)
+    if m > 1:
+        assert np.all(grad[::3, 0] == 0)
+    if n > 2:
+        assert np.isnan(loss[2]) and np.isfinite(np.delete(loss, 2)).all()
+        assert np.isfinite(np.delete(grad, 2, axis=0)).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

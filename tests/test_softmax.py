@@ -197,14 +197,16 @@ def test_nan_row_is_nan_and_other_rows_unaffected(dtype, rng):
         assert not np.any(np.isnan(np.delete(got, 1, axis=0)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kernel: softmax_row returns mx + log(S) with S = exp(-inf - -inf) = NaN, so an "
-    "all -inf row gives logsumexp NaN (scipy/torch: -inf) and a row with +inf gives "
-    "NaN (scipy/torch: +inf)"))
-def test_logsumexp_infinite_rows():
-    z = np.array([[-np.inf, -np.inf], [np.inf, 0.0], [np.inf, -np.inf]])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logsumexp_infinite_rows(dtype):
+    """As scipy and torch: an all -inf row has logsumexp -inf, a row with
+    +inf has +inf, NaN wins over both."""
+    z = np.array([[-np.inf, -np.inf], [np.inf, 0.0], [np.inf, -np.inf], [np.inf, np.nan],
+                  [-np.inf, np.nan]], dtype=dtype)
     with np.errstate(all="ignore"):
         np.testing.assert_array_equal(fastxent.logsumexp(z), ref.logsumexp(z))
+        np.testing.assert_array_equal(fastxent.logsumexp(z), [-np.inf, np.inf, np.inf,
+                                                              np.nan, np.nan])
 
 
 # ---- properties over shapes and values ----

@@ -15,7 +15,7 @@ from fastxent import _kernels
 # Big enough for the kernels to use their thread team (n * m >= 32768), with
 # a row count that does not split evenly between threads.
 N, M = 131, 257
-assert N * M >= 32768
+assert N * M >= 32768 and 1001 * 33 >= 32768
 
 OPTIONS = [
     {},
@@ -49,8 +49,11 @@ def _problem(rng, dtype, target_kind, shape=(N, M)):
 @pytest.mark.parametrize("target_kind", ["labels", "probs"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("opt_index", range(len(OPTIONS)))
-def test_loss_bitwise_for_any_thread_count(dtype, target_kind, reduction, opt_index, rng):
-    z, t = _problem(rng, dtype, target_kind)
+@pytest.mark.parametrize("shape", [(N, M), (1001, 33)], ids=["rows", "tiles"])
+def test_loss_bitwise_for_any_thread_count(dtype, target_kind, reduction, opt_index, shape,
+                                           rng):
+    """Both kernel paths: long rows, and few classes (tiles of 64 rows)."""
+    z, t = _problem(rng, dtype, target_kind, shape)
     opts = _resolve(OPTIONS[opt_index], rng, z.shape)
     if target_kind == "probs":
         opts.pop("ignore_index", None)
