@@ -20,47 +20,37 @@ __test__: dict[str, str]
 def cross_entropy_labels(
     z: _Floating,
     labels: _Labels,
-    class_weight: _Floating,
-    sample_weight: _F64,
+    class_weight: _Floating | None,
+    sample_weight: _F64 | None,
     loss_out: _F64,
-    grad_out: _Floating,
-    want_grad: bool,
+    grad_out: _Floating | None,
     ignore_index: int,
     smoothing: float,
     zloss: float,
     softcap: float,
-    grad_denom: float,
+    mean: bool,
     num_threads: int,
-) -> int: ...
+) -> tuple[int, float, float]: ...
 def cross_entropy_probs(
     z: _Floating,
     target: _Floating,
-    class_weight: _Floating,
-    sample_weight: _F64,
+    class_weight: _Floating | None,
+    sample_weight: _F64 | None,
     loss_out: _F64,
-    grad_out: _Floating,
-    want_grad: bool,
+    grad_out: _Floating | None,
     smoothing: float,
     zloss: float,
     softcap: float,
-    grad_denom: float,
+    mean: bool,
     num_threads: int,
-) -> int: ...
+) -> tuple[int, float, float]: ...
 def softmax_rows(
     z: _Floating,
-    out: _Floating,
-    want_out: bool,
+    out: _Floating | None,
     take_log: bool,
-    lse_out: _F64,
+    lse_out: _F64 | None,
     num_threads: int,
 ) -> None: ...
-def check_labels(
-    labels: _Labels,
-    m: int,
-    ignore_index: int,
-    class_weight: _F64,
-    sample_weight: _F64,
-) -> tuple[int, float]: ...
 def exp_array(x: _Floating, out: _Floating) -> None: ...
 def tanh_array(x: _Floating, out: _Floating) -> None: ...
 def openmp_enabled() -> bool: ...

@@ -1,0 +1,927 @@
+"""Fuzzing every public function with hypothesis, in a subprocess.
+
+Hypothesis draws calls to each public function with arbitrary arguments:
+every NumPy dtype (ints of every width, unsigned, float16/32/64, longdouble,
+complex, bool, object, str/bytes, datetime64/timedelta64, structured),
+ranks 0-4, zero-sized axes, Fortran order, negative, zero (broadcast) and
+huge (MiB) strides, read-only, unaligned (``np.frombuffer`` at byte offset 1)
+and byte-swapped buffers, nested lists, labels at the int64/uint64
+extremes, NaN/+-inf/huge/subnormal values in every argument, weights as
+lists, scalars or of the wrong length, options of the wrong type or range,
+and ``out`` that is fresh, the logits themselves, the target, a view
+overlapping the logits, or wrong in shape, dtype, order, writeability or
+byte order.
+
+Every call must do exactly one of two things (``check_case``):
+
+* the arguments are valid by the documented rules (``problems``, an
+  independent statement of the API's contract): the call returns, with the
+  documented types, shapes and dtypes, values that match the float64 oracle
+  ``reference.py`` (evaluated on the inputs rounded to the compute dtype,
+  which is what the kernels see), and ``out`` when given;
+* otherwise it raises ``ValueError`` or ``TypeError`` whose message is
+  fastxent's own (no Cython buffer error leaks through).
+
+Any other exception, a crash, or a mismatch fails.  Around every call the
+bytes of every input array (and of the whole buffer under it, so a write
+just outside a view is caught) are compared before and after: only ``out``
+may change, and nothing at all changes when the call raises.
+
+The examples run in a child process (``python -X faulthandler
+tests/test_fuzz.py --worker FUNCTION``), so a segfault fails the test with
+the Python traceback and the description of the example that crashed
+(written to a file before every call) instead of killing pytest.  The child
+prints a JSON summary: examples tried, how many were valid, how many raised
+which error.
+
+Knobs (environment): ``FASTXENT_FUZZ_EXAMPLES`` examples per function
+(default 150; CI), ``FASTXENT_FUZZ_SEED`` an integer seed (default: hypothesis'
+derandomized, fixed sequence).  For example
+``FASTXENT_FUZZ_EXAMPLES=20000 FASTXENT_FUZZ_SEED=1 python -m pytest
+tests/test_fuzz.py -s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import operator
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if TESTS_DIR not in sys.path:  # the worker runs this file as a script
+    sys.path.insert(0, TESTS_DIR)
+
+from helpers import assert_close  # noqa: E402
+
+import fastxent  # noqa: E402
+import reference as ref  # noqa: E402
+
+LOSSES = ("cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad")
+ROWS = ("softmax", "log_softmax", "logsumexp")
+FUNCTIONS = LOSSES + ROWS
+WITH_OUT = ("cross_entropy_grad", "cross_entropy_with_grad", "softmax", "log_softmax")
+
+DEFAULT_EXAMPLES = 150
+
+INT_DTYPES = [np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64,
+                                    np.uint8, np.uint16, np.uint32, np.uint64)]
+FLOAT_DTYPES = [np.dtype(t) for t in (np.float16, np.float32, np.float64)]
+OTHER_DTYPES = [np.dtype(t) for t in (
+    np.longdouble, np.bool_, np.complex64, np.complex128, np.clongdouble, object,
+    "U3", "S3", "datetime64[s]", "timedelta64[ms]", [("a", "<f8")],
+)]
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+UINT64_MAX = 2**64 - 1
+
+# Cython/NumPy internals that must never reach a user.
+LEAKED_MESSAGES = ("Buffer dtype mismatch", "No matching signature", "is not C-contiguous",
+                   "memoryview", "buffer source array is read-only", "Cannot convert")
+
+
+@dataclasses.dataclass
+class Case:
+    fn: str
+    logits: object
+    target: object = None
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def call(self):
+        f = getattr(fastxent, self.fn)
+        if self.fn in LOSSES:
+            return f(self.logits, self.target, **self.kwargs)
+        return f(self.logits, **self.kwargs)
+
+
+# ---------------------------------------------------------------------------
+# The contract: which arguments are valid (independent of fastxent's code)
+# ---------------------------------------------------------------------------
+
+def compute_dtype(dtype):
+    """float32/float64 natively, float16 in float32, integers in float64;
+    anything else (bool, complex, longdouble wider than 8 bytes, ...) is
+    not accepted."""
+    if dtype.kind == "f" and dtype.itemsize <= 8:
+        return np.dtype(np.float32 if dtype.itemsize <= 4 else np.float64)
+    if dtype.kind in "iu":
+        return np.dtype(np.float64)
+    return None
+
+
+def _as_array(obj):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(obj)
+    except (ValueError, TypeError):
+        return None
+
+
+def _is_int(v):
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(v)
+    except TypeError:
+        return False
+    return True
+
+
+def _real_number(v):
+    """The float value of a real-number option, or None."""
+    if isinstance(v, (bool, np.bool_, str, bytes)) or v is None:
+        return None
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        try:
+            return float(v)
+        except OverflowError:
+            return float("inf")
+    return None
+
+
+def _weight_problem(value, name, shape):
+    a = _as_array(value)
+    if a is None or a.dtype.kind not in "fiu":
+        return f"{name}: not an array of real numbers"
+    if a.shape != shape:
+        return f"{name}: shape {a.shape} != {shape}"
+    with np.errstate(all="ignore"):
+        a64 = a.astype(np.float64)
+    if not np.all(np.isfinite(a64)):
+        return f"{name}: not finite"
+    if np.any(a64 < 0):
+        return f"{name}: negative"
+    return None
+
+
+def problems(case):
+    """Why the call is invalid (an empty list: it must succeed)."""
+    why = []
+    z = _as_array(case.logits)
+    if z is None:
+        return ["logits: not an array"]
+    cd = compute_dtype(z.dtype)
+    if cd is None:
+        why.append(f"logits: dtype {z.dtype}")
+    if z.ndim == 0 or z.shape[-1] == 0:
+        return why + ["logits: no class axis"]
+    shape, batch, m = z.shape, z.shape[:-1], z.shape[-1]
+    kw = case.kwargs
+    known = {"out", "num_threads"}
+    if case.fn in LOSSES:
+        known |= {"reduction", "weight", "sample_weight", "ignore_index",
+                  "label_smoothing", "z_loss", "softcap"}
+        if case.fn == "cross_entropy":
+            known.discard("out")
+    if case.fn == "logsumexp":
+        known.discard("out")
+    if set(kw) - known:
+        why.append(f"unknown keyword {set(kw) - known}")
+    if case.fn in LOSSES:
+        kind = None
+        t = _as_array(case.target)
+        if t is None:
+            why.append("target: not an array")
+        elif t.shape == batch:
+            kind = "labels"
+            if t.dtype.kind not in "iu":
+                why.append(f"labels: dtype {t.dtype}")
+        elif t.shape == shape:
+            kind = "probs"
+            if t.dtype.kind not in "fiu":
+                why.append(f"probs: dtype {t.dtype}")
+        else:
+            why.append(f"target: shape {t.shape}")
+        ignore = kw.get("ignore_index", -100)
+        if not _is_int(ignore) or not INT64_MIN <= operator.index(ignore) <= INT64_MAX:
+            why.append(f"ignore_index {ignore!r}")
+        elif kind == "probs" and operator.index(ignore) != -100:
+            why.append("ignore_index with probabilities")
+        elif kind == "labels" and not why:
+            lab = [int(x) for x in t.reshape(-1).tolist()]
+            ig = operator.index(ignore)
+            if any(not (0 <= x < m or x == ig) for x in lab):
+                why.append("labels: out of range")
+        if kw.get("reduction", "mean") not in ("mean", "sum", "none") or not isinstance(
+                kw.get("reduction", "mean"), str):
+            why.append(f"reduction {kw.get('reduction')!r}")
+        for name, lo, hi, lo_open in (("label_smoothing", 0, 1, False),
+                                      ("z_loss", 0, None, False),
+                                      ("softcap", 0, None, True)):
+            if name not in kw or (name == "softcap" and kw[name] is None):
+                continue
+            v = _real_number(kw[name])
+            if (v is None or not np.isfinite(v) or v < lo or (lo_open and v == lo)
+                    or (hi is not None and v > hi)):
+                why.append(f"{name} {kw[name]!r}")
+        if kw.get("weight") is not None:
+            p = _weight_problem(kw["weight"], "weight", (m,))
+            why += [p] if p else []
+        if kw.get("sample_weight") is not None:
+            p = _weight_problem(kw["sample_weight"], "sample_weight", batch)
+            why += [p] if p else []
+    nt = kw.get("num_threads")
+    if nt is not None and (not _is_int(nt) or operator.index(nt) < 1):
+        why.append(f"num_threads {nt!r}")
+    out = kw.get("out")
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            why.append("out: not an ndarray")
+        elif (out.shape != shape or out.dtype != cd or not out.flags.c_contiguous
+              or not out.flags.writeable or not out.dtype.isnative):
+            why.append("out: wrong shape, dtype, layout or not writeable")
+    return why
+
+
+# ---------------------------------------------------------------------------
+# Strategies
+# ---------------------------------------------------------------------------
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is a test extra
+    st = None
+
+SPECIAL_FLOATS = (np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 1e300, -1e300,
+                  3e38, 1e-310, 1e-40, -88.0, 710.0)
+
+
+def _finite_float_values(draw, dtype, size):
+    """Values of ``dtype`` (a float): mostly moderate, at some scale, with
+    a few special values poked in."""
+    scale = _choice(draw, [1.0, 1.0, 1.0, 20.0, 1e4, 1e30])
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    vals = rng.standard_normal(size) * scale
+    for _ in range(_choice(draw, (0, 0, 1, 2, 3)) if size else 0):
+        vals[draw(st.integers(0, size - 1))] = _choice(draw, SPECIAL_FLOATS)
+    with np.errstate(over="ignore"):
+        return vals.astype(dtype)
+
+
+def _values(draw, dtype, shape):
+    """An array of ``dtype`` and ``shape`` with adversarial content."""
+    size = int(np.prod(shape))
+    if dtype.kind == "f" or dtype.kind == "c":
+        v = _finite_float_values(draw, np.float64, size)
+        with np.errstate(all="ignore"):
+            a = v.astype(dtype)
+            if dtype.kind == "c" and size:
+                a = a + 1j * v[::-1]
+        return a.reshape(shape)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        hi = _choice(draw, [3, 100, int(info.max)])
+        lo = max(int(info.min), -hi)
+        a = rng.integers(lo, hi, size=size, dtype=dtype, endpoint=True)
+        for _ in range(_choice(draw, (0, 1, 2)) if size else 0):
+            a[draw(st.integers(0, size - 1))] = _choice(draw, (info.min, info.max, 0))
+        return a.reshape(shape)
+    if dtype.kind == "V":
+        return np.zeros(shape, dtype=dtype)
+    base = np.arange(size).reshape(shape) % 7
+    if dtype.kind == "O":
+        return base.astype(np.float64).astype(object)
+    return base.astype(dtype)
+
+
+def _layout(draw, a):
+    """The same kind of array in an adversarial memory layout (values may
+    change only for the broadcast layout)."""
+    if not isinstance(a, np.ndarray):
+        return a
+    choices = ["C", "C", "F", "reversed", "strided", "readonly", "list"]
+    if a.ndim >= 1 and a.shape[0] > 0:
+        choices += ["huge_stride", "broadcast"]
+    if a.dtype.kind not in "OV" and a.size:
+        choices += ["unaligned", "unaligned_readonly"]
+    if a.dtype.kind in "fiuc" and a.dtype.itemsize > 1:
+        choices.append("byteswapped")
+    how = _choice(draw, choices)
+    if how == "C":
+        return a
+    if how == "F":
+        return np.asfortranarray(a)
+    if how == "readonly":
+        r = a.copy()
+        r.flags.writeable = False
+        return r
+    if how == "list":
+        return a.tolist()
+    if how == "byteswapped":
+        return a.astype(a.dtype.newbyteorder())
+    if a.ndim == 0:
+        return a
+    axis = draw(st.integers(0, a.ndim - 1))
+    if how == "reversed":
+        return np.flip(np.flip(a, axis=axis).copy(), axis=axis)  # same values, stride < 0
+    if how == "strided":
+        step = _choice(draw, [2, 3, 7])
+        big_shape = list(a.shape)
+        big_shape[axis] *= step
+        big = np.zeros(big_shape, dtype=a.dtype)
+        idx = [slice(None)] * a.ndim
+        idx[axis] = slice(None, None, step)
+        big[tuple(idx)] = a
+        return big[tuple(idx)]
+    if how == "huge_stride":
+        # Consecutive entries of the first axis one MiB apart in memory.
+        step = max(1, (1 << 20) // a.itemsize)
+        inner = tuple(a.itemsize * int(np.prod(a.shape[k + 1:])) for k in range(1, a.ndim))
+        buf = np.zeros(a.shape[0] * step + int(np.prod(a.shape[1:])), dtype=a.dtype)
+        view = np.lib.stride_tricks.as_strided(
+            buf, shape=a.shape, strides=(step * a.itemsize,) + inner)
+        view[...] = a
+        return view
+    if how == "broadcast":
+        idx = [slice(None)] * a.ndim
+        idx[axis] = slice(0, 1)
+        return np.broadcast_to(a[tuple(idx)], a.shape)  # stride 0, read-only
+    # unaligned: a view one byte into a buffer
+    buf = bytearray(a.nbytes + 1)
+    view = np.frombuffer(buf, dtype=a.dtype, offset=1, count=a.size).reshape(a.shape)
+    view[...] = a
+    if how == "unaligned_readonly":
+        view = np.frombuffer(bytes(buf), dtype=a.dtype, offset=1, count=a.size)
+        view = view.reshape(a.shape)
+    return view
+
+
+def _shape(draw):
+    rank = _pick(draw, [1, 1, 2, 2, 3, 4], [0])
+    if rank == 0:
+        return ()
+    batch = tuple(_choice(draw, (0, 1, 1, 2, 3, 4)) for _ in range(rank - 1))
+    m = _pick(draw, [1, 2, 3, 5, 8, 16, 17, 33, 64], [0])
+    return batch + (m,)
+
+
+def _logits(draw):
+    kind = _pick(draw, ["float"] * 4 + ["int"], ["other", "other", "junk"])
+    if kind == "junk":
+        return _choice(draw, [None, "abc", 3.0, [], [[1.0, 2.0], [3.0]], {"a": 1},
+                              b"\x00\x01", [[1, "x"]], object()])
+    shape = _shape(draw)
+    dtype = _choice(draw, {"float": FLOAT_DTYPES, "int": INT_DTYPES,
+                           "other": OTHER_DTYPES}[kind])
+    return _layout(draw, _values(draw, dtype, shape))
+
+
+def _labels(draw, batch, m, ignore):
+    size = int(np.prod(batch))
+    dtype = _pick(draw, INT_DTYPES, FLOAT_DTYPES + OTHER_DTYPES[1:])
+    if dtype.kind not in "iu":
+        return _layout(draw, _values(draw, dtype, batch))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    vals = [int(x) for x in rng.integers(0, max(m, 1), size=size)]
+    specials = [m, -1, INT64_MIN, INT64_MAX, UINT64_MAX, -100, m - 1]
+    if _is_int(ignore):
+        specials.append(operator.index(ignore))
+    if size and _one_in(draw, 4):
+        vals[draw(st.integers(0, size - 1))] = _choice(draw, specials)
+    info = np.iinfo(dtype)
+    vals = [v if info.min <= v <= info.max else 0 for v in vals]
+    return _layout(draw, np.array(vals, dtype=dtype).reshape(batch))
+
+
+def _probs(draw, shape):
+    dtype = _pick(draw, FLOAT_DTYPES * 3 + INT_DTYPES[:2] + OTHER_DTYPES[:1],
+                  OTHER_DTYPES[1:4])
+    if dtype.kind == "f":
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        p = rng.random(shape)
+        size = p.size
+        for _ in range(_choice(draw, (0, 0, 1, 2)) if size else 0):
+            p.reshape(-1)[draw(st.integers(0, size - 1))] = _choice(
+                draw, (np.nan, np.inf, -1.0, 0.0, 1e30, 1e-40))
+        with np.errstate(over="ignore"):
+            return _layout(draw, p.astype(dtype))
+    return _layout(draw, _values(draw, dtype, shape))
+
+
+def _target(draw, logits, ignore):
+    z = _as_array(logits)
+    if z is None or z.ndim == 0:
+        return _choice(draw, [0, [0], None, np.zeros(2)])
+    batch, m = z.shape[:-1], z.shape[-1]
+    kind = _pick(draw, ["labels"] * 3 + ["probs"] * 2, ["wrong_shape", "junk"])
+    if kind == "labels":
+        t = _labels(draw, batch, m, ignore)
+        if batch == () and _coin(draw) and isinstance(t, np.ndarray):
+            t = t.item() if t.dtype.kind in "iu" else t  # a Python/NumPy scalar label
+        return t
+    if kind == "probs":
+        return _probs(draw, z.shape)
+    if kind == "wrong_shape":
+        return np.zeros(_choice(draw, [batch + (1,), (m,) + batch, batch + (m + 1,),
+                                       (2,) + z.shape]), dtype=np.int64)
+    return _choice(draw, [None, "0", object(), [[0], [1, 2]]])
+
+
+def _choice(draw, seq):
+    """An element of ``seq``, uniformly (``st.integers`` would favour the
+    first; and index strategies are cached, unlike ``st.sampled_from`` of a
+    fresh list)."""
+    return seq[draw(st.sampled_from(range(len(seq))))]
+
+
+def _coin(draw):
+    return draw(st.booleans())
+
+
+def _one_in(draw, k):
+    """True about one time in ``k``."""
+    return draw(st.sampled_from(range(k))) == k - 1
+
+
+def _pick(draw, good, bad, one_in=12):
+    """One of ``good``, or (about one time in ``one_in``) one of ``bad``."""
+    if _one_in(draw, one_in):
+        return _choice(draw, bad)
+    return _choice(draw, good)
+
+
+def _class_weights(draw, shape):
+    kind = _pick(draw, ["none", "ok"], ["scalar", "wrong_len", "bad_value", "bad_type"])
+    if kind == "none":
+        return None
+    if kind == "scalar":
+        return _choice(draw, [1.0, 2, np.float32(0.5)])
+    if kind == "wrong_len":
+        return np.ones(shape[:-1] + (shape[-1] + 1,) if shape else (2,))
+    if kind == "bad_type":
+        return _choice(draw, ["abc", np.ones(shape, dtype=np.complex128),
+                              np.ones(shape, dtype=bool), object()])
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    # Up to 1e6, so that weight * probability (up to 1e30) stays in float32
+    # range: the kernels form it in the compute dtype.  Weights that overflow
+    # float32 by themselves are a known bug (test_weight_overflowing_float32).
+    w = rng.random(shape) * _choice(draw, [1.0, 3.0, 1e6, 1e-3])
+    if w.size and _coin(draw):
+        w.reshape(-1)[draw(st.integers(0, w.size - 1))] = 0.0
+    if kind == "bad_value" and w.size:
+        w.reshape(-1)[draw(st.integers(0, w.size - 1))] = _choice(
+            draw, [np.nan, np.inf, -1.0, -np.inf])
+    dtype = _choice(draw, [np.float64, np.float32, np.float16, np.int64, np.uint8])
+    with np.errstate(all="ignore"):
+        w = w.astype(dtype) if np.dtype(dtype).kind == "f" else np.ceil(w).astype(dtype)
+    if _coin(draw):
+        return w.tolist()
+    return _layout(draw, w)
+
+
+def _options(draw, fn, logits):
+    z = _as_array(logits)
+    shape = z.shape if z is not None and z.ndim >= 1 else (3,)
+    kw = {}
+    if fn in LOSSES:
+        if _coin(draw):
+            kw["reduction"] = _pick(draw, ["mean", "sum", "none"],
+                                    ["MEAN", "", None, 1, b"sum"])
+        if _coin(draw):
+            kw["ignore_index"] = _pick(
+                draw, [-100, 0, 1, -1, INT64_MIN, INT64_MAX, np.int64(2), np.uint8(0)],
+                [True, 1.0, "0", 2**63, INT64_MIN - 1, None])
+        if _coin(draw):
+            kw["weight"] = _class_weights(draw, shape[-1:])
+        if _coin(draw):
+            kw["sample_weight"] = _class_weights(draw, shape[:-1])
+        if _coin(draw):
+            kw["label_smoothing"] = _pick(
+                draw, [0.0, 0.1, 1.0, np.float32(0.25), 1, np.float64(0.5)],
+                [-0.1, 1.5, np.nan, np.inf, "abc", None, [0.1, 0.2], 1j])
+        if _coin(draw):
+            # Huge Python ints (10**400) are a known bug: test_huge_int_option.
+            kw["z_loss"] = _pick(draw, [0.0, 1e-4, 1.0, 1e3, 2, 1e30],
+                                         [-1.0, -1e-300, np.nan, np.inf, "x", None])
+        if _coin(draw):
+            # Soft-caps that over/underflow float32 are a known bug: see
+            # test_softcap_outside_float32.
+            kw["softcap"] = _pick(draw, [None, 0.5, 1.0, 5.0, 30.0, 1e6, 1e-3],
+                                          [0.0, -1.0, np.nan, np.inf, "y"])
+    if _coin(draw):
+        kw["num_threads"] = _pick(draw, [None, 1, 2, 3, 8, np.int32(2)],
+                                  [0, -1, True, 1.5, "2"])
+    if fn in WITH_OUT and _coin(draw):
+        kw["out"] = None
+    if _one_in(draw, 30):
+        kw["axis"] = 0  # not a keyword of any function
+    return kw
+
+
+def _out(draw, case):
+    """Replace ``out`` (when the key is present) by something out-like."""
+    z = _as_array(case.logits)
+    cd = compute_dtype(z.dtype) if z is not None else None
+    if z is None or cd is None or z.ndim == 0:
+        case.kwargs["out"] = _choice(draw, [None, np.zeros(3), [0.0]])
+        return
+    shape = z.shape
+    how = _pick(draw, ["fresh", "fresh", "logits", "target", "overlap"],
+                ["wrong_shape", "wrong_dtype", "fortran", "readonly", "byteswapped",
+                 "strided", "list"], one_in=6)
+    fresh = np.full(shape, np.nan, dtype=cd)
+    if how == "fresh":
+        out = fresh
+    elif how == "logits":
+        out = case.logits
+    elif how == "target":
+        out = case.target
+    elif how == "overlap":
+        # logits and out both views of one buffer, shifted by k elements.
+        k = draw(st.integers(1, max(1, z.size)))
+        buf = np.zeros(z.size + k, dtype=cd)
+        first = _coin(draw)
+        zv = (buf[:z.size] if first else buf[k:]).reshape(shape)
+        with np.errstate(all="ignore"):
+            zv[...] = z
+        case.logits = zv
+        out = (buf[k:] if first else buf[:z.size]).reshape(shape)
+    elif how == "wrong_shape":
+        out = np.zeros(shape + (1,), dtype=cd)
+    elif how == "wrong_dtype":
+        out = np.zeros(shape, dtype=np.float32 if cd == np.float64 else np.float64)
+    elif how == "fortran":
+        out = np.asfortranarray(fresh)
+    elif how == "readonly":
+        out = fresh
+        out.flags.writeable = False
+    elif how == "byteswapped":
+        out = fresh.astype(cd.newbyteorder())
+    elif how == "strided":
+        out = np.zeros(shape[:-1] + (2 * shape[-1],), dtype=cd)[..., ::2]
+    else:
+        out = fresh.tolist()
+    case.kwargs["out"] = out
+
+
+if st is not None:
+    @st.composite
+    def cases(draw, fn):
+        logits = _logits(draw)
+        kw = _options(draw, fn, logits)
+        case = Case(fn, logits, None, kw)
+        if fn in LOSSES:
+            case.target = _target(draw, logits, kw.get("ignore_index", -100))
+        if "out" in kw:
+            _out(draw, case)
+        return case
+
+
+# ---------------------------------------------------------------------------
+# The oracle
+# ---------------------------------------------------------------------------
+
+def _rounded(a, cd):
+    with np.errstate(all="ignore"):
+        return np.asarray(a).astype(cd).astype(np.float64)
+
+
+def _row_terms(z, kind, t, w, s, ignore, eps, zl, cap):
+    """Per-row sizes of the terms that make up each loss and gradient row
+    (the kernels' rounding error is a few ulps of these), without the
+    sample weight ``s`` and the ``"mean"`` factor: ``(loss_size, grad_size,
+    coef)`` where ``coef`` bounds the softmax coefficient ``Q + 2 zl lse``."""
+    n, m = z.shape
+    with np.errstate(all="ignore"):
+        zc = cap * np.tanh(z / cap) if cap else z
+        fin = np.where(np.isfinite(zc), zc, 0.0)
+        mx = np.max(fin, axis=1) if n else np.zeros(0)
+        shifted = np.abs(fin - mx[:, None])
+        log_s = np.log(np.maximum(1.0, float(m)))
+        wv = np.ones(m) if w is None else w
+        if kind == "labels":
+            lab = t.reshape(n).astype(np.int64)
+            keep = lab != ignore
+            q = np.broadcast_to(eps / m * wv, (n, m)).copy()
+            q[np.arange(n)[keep], lab[keep]] += (1 - eps) * wv[lab[keep]]
+            q[~keep] = 0.0
+        else:
+            q = np.abs(wv * ((1 - eps) * t.reshape(n, m) + eps / m))
+            q = np.where(np.isfinite(q), q, 0.0)
+        big = np.abs(mx) + np.max(np.abs(fin), axis=1, initial=0.0) + log_s + 1.0
+        qsum, qmax = q.sum(axis=1), q.max(axis=1, initial=0.0)
+        loss = (qsum * (log_s + 1.0) + np.sum(q * shifted, axis=1) + qmax * big
+                + 3.0 * zl * big * big)
+        grad = qsum + qmax + 4.0 * zl * big + 1e-300
+        coef = qsum + 2.0 * zl * big
+    return loss, grad, coef
+
+
+def expected_loss_and_grad(case):
+    """The oracle's loss and gradient for a valid loss call, with the
+    absolute error allowed on each and the rows allowed to be non-finite
+    (``Expected``)."""
+    z0 = np.asarray(case.logits)
+    cd = compute_dtype(z0.dtype)
+    z = _rounded(z0, cd)
+    kw = case.kwargs
+    t = np.asarray(case.target)
+    kind = "labels" if t.shape == z.shape[:-1] else "probs"
+    if kind == "probs":
+        t = _rounded(t, cd)
+    w = None if kw.get("weight") is None else _rounded(kw["weight"], cd)
+    s = None if kw.get("sample_weight") is None else np.asarray(kw["sample_weight"],
+                                                                  dtype=np.float64)
+    opts = dict(reduction=kw.get("reduction", "mean"), weight=w, sample_weight=s,
+                ignore_index=operator.index(kw.get("ignore_index", -100)),
+                label_smoothing=float(kw.get("label_smoothing", 0.0)),
+                z_loss=float(kw.get("z_loss", 0.0)), softcap=kw.get("softcap"))
+    with np.errstate(all="ignore"):
+        loss, grad = ref.cross_entropy(z, t, **opts)
+    batch, m = z.shape[:-1], z.shape[-1]
+    z2 = z.reshape(-1, m)
+    n = z2.shape[0]
+    s_flat = np.ones(n) if s is None else s.reshape(n)
+    loss_size, grad_size, coef = _row_terms(
+        z2, kind, t, w, s_flat, opts["ignore_index"], opts["label_smoothing"],
+        opts["z_loss"], None if opts["softcap"] is None else float(opts["softcap"]))
+    factor = np.abs(s_flat)
+    if opts["reduction"] == "mean":
+        if kind == "labels":
+            lab = t.reshape(n).astype(np.int64)
+            keep = lab != opts["ignore_index"]
+            wy = np.ones(n) if w is None else w[np.where(keep, lab, 0)]
+            denom = float(np.sum(np.where(keep, s_flat * wy, 0.0)))
+        else:
+            denom = float(s_flat.sum())
+        factor = factor / denom if denom > 0 else factor
+    loss_tol = factor * loss_size
+    loss_tol = loss_tol.reshape(batch) if opts["reduction"] == "none" else loss_tol.sum()
+    # Rows allowed to come out non-finite where the oracle is finite (or
+    # NaN where it is +-inf): garbage in, and no finite answer either way.
+    # * An infinite target probability: the kernels' Q log S - sum_k q_k
+    #   (z_k - max) form gives inf * 0 = NaN where the oracle gives +-inf.
+    # * A softmax coefficient b (Q + 2 zl lse) beyond the compute dtype's
+    #   range (huge z_loss times huge logits): the kernels form it in that
+    #   dtype, inf * exp(-big) = inf * 0 = NaN where the oracle has 0.
+    with np.errstate(all="ignore"):
+        overflow = factor * coef > np.finfo(cd).max
+    lenient = overflow | (np.isinf(t.reshape(n, m)).any(axis=1) if kind == "probs"
+                          else np.zeros(n, dtype=bool))
+    loss_lenient = lenient.reshape(batch) if opts["reduction"] == "none" else lenient.any()
+    return cd, (loss, loss_tol, loss_lenient), (grad, (factor * grad_size)[:, None],
+                                                 lenient[:, None])
+
+
+def _assert_matches(got, expected, cd, tol, lenient, what):
+    """``got`` against the float64 ``expected`` (rounded to ``cd``), where
+    ``lenient`` entries may be non-finite instead."""
+    with np.errstate(all="ignore"):
+        e = np.asarray(expected, dtype=np.float64).astype(cd).astype(np.float64)
+    g = np.asarray(got, dtype=np.float64)
+    e = np.where(np.broadcast_to(lenient, e.shape) & ~np.isfinite(g), g, e)
+    assert_close(g, e, cd, tol, what=what)
+
+
+def _check_loss_value(got, expected, cd, reduction, batch):
+    loss, tol, lenient = expected
+    if reduction == "none":
+        assert isinstance(got, np.ndarray) and got.shape == batch, (type(got), np.shape(got))
+    else:
+        assert isinstance(got, np.generic), type(got)
+    assert got.dtype == cd, (got.dtype, cd)
+    _assert_matches(got, loss, cd, tol, lenient, f"loss ({reduction})")
+
+
+def _check_array(got, shape, cd, out):
+    assert isinstance(got, np.ndarray), type(got)
+    assert got.shape == shape and got.dtype == cd, (got.shape, got.dtype, shape, cd)
+    if out is not None:
+        assert got is out, "the result is not `out`"
+
+
+def check_result(case, result, out):
+    """``result`` of the call ``case`` (whose arrays are copies taken before
+    the call) against the oracle."""
+    z0 = np.asarray(case.logits)
+    cd = compute_dtype(z0.dtype)
+    shape = z0.shape
+    if case.fn in LOSSES:
+        cd, exp_loss, (grad, grad_tol, grad_lenient) = expected_loss_and_grad(case)
+        reduction = case.kwargs.get("reduction", "mean")
+        if case.fn == "cross_entropy":
+            _check_loss_value(result, exp_loss, cd, reduction, shape[:-1])
+            return
+        if case.fn == "cross_entropy_with_grad":
+            assert isinstance(result, tuple) and len(result) == 2
+            _check_loss_value(result[0], exp_loss, cd, reduction, shape[:-1])
+            result = result[1]
+        _check_array(result, shape, cd, out)
+        g = result.reshape(-1, shape[-1])
+        _assert_matches(g, grad.reshape(g.shape), cd, grad_tol, grad_lenient, "grad")
+        return
+    z = _rounded(z0, cd)
+    z2 = z.reshape(-1, shape[-1])
+    with np.errstate(all="ignore"):
+        fin = np.where(np.isfinite(z2), np.abs(z2), 0.0)
+        big = 2 * np.max(fin, axis=1, keepdims=True, initial=0.0) + np.log(shape[-1]) + 1
+        if case.fn == "logsumexp":
+            _check_array(result, shape[:-1], cd, None)
+            expected = ref.logsumexp(z).astype(cd)
+            # Rows whose max is +-inf give NaN, not +-inf: a known kernel
+            # discrepancy pinned by test_softmax.py::test_logsumexp_infinite_rows.
+            mx = np.max(z2, axis=1).reshape(shape[:-1]) if z2.shape[0] else expected
+            expected = np.where(np.isinf(mx) & np.isnan(result), np.nan, expected)
+            assert_close(result, expected, cd, big.reshape(shape[:-1]), what="logsumexp")
+            return
+        _check_array(result, shape, cd, out)
+        fn = ref.softmax if case.fn == "softmax" else ref.log_softmax
+        scale = 1.0 if case.fn == "softmax" else big
+        assert_close(result.reshape(z2.shape), fn(z2).astype(cd), cd, scale, what=case.fn)
+
+
+# ---------------------------------------------------------------------------
+# One call, checked
+# ---------------------------------------------------------------------------
+
+def _root(a):
+    """The object that owns the memory under an array (a bigger array, a
+    bytearray, bytes)."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
+def _snapshot(obj):
+    """The bytes of an array and of the whole buffer under it (or a list's repr)."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "O":
+            return ("O", repr(obj.tolist()))
+        root = _root(obj)
+        if isinstance(root, np.ndarray):
+            whole = root.tobytes() if root.dtype.kind != "O" else b""
+        elif isinstance(root, (bytes, bytearray)):
+            whole = bytes(root)
+        else:
+            whole = b""
+        return ("A", obj.tobytes(), whole)
+    if isinstance(obj, list):
+        return ("L", repr(obj))
+    return None
+
+
+def check_case(case):
+    """Call, classify and check one case; returns "ok", "ValueError" or
+    "TypeError"."""
+    why = problems(case)
+    out = case.kwargs.get("out")
+    inputs = {"logits": case.logits, "target": case.target,
+              "weight": case.kwargs.get("weight"),
+              "sample_weight": case.kwargs.get("sample_weight"), "out": out}
+    before = {k: _snapshot(v) for k, v in inputs.items()}
+    # Copies of the arguments the oracle needs: out may alias them.
+    orig = case if why else dataclasses.replace(
+        case, logits=np.array(case.logits),
+        target=np.array(case.target) if isinstance(case.target, np.ndarray) else case.target)
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = case.call()
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        assert why, f"valid call raised {type(e).__name__}: {msg}"
+        assert not any(s in msg for s in LEAKED_MESSAGES), f"internal error leaked: {msg}"
+        for k, v in inputs.items():
+            assert _snapshot(v) == before[k], f"{k} modified by a call that raised"
+        return type(e).__name__
+    assert not why, f"invalid call accepted ({'; '.join(why)}); returned {result!r}"
+    for k, v in inputs.items():
+        if k == "out" or (isinstance(out, np.ndarray) and isinstance(v, np.ndarray)
+                          and np.may_share_memory(_root(v), out)):
+            continue
+        assert _snapshot(v) == before[k], f"input {k} modified"
+    check_result(orig, result, out)
+    return "ok"
+
+
+def describe(case):
+    """A reproducible description of a case (repr of every argument)."""
+    def one(v):
+        if isinstance(v, np.ndarray):
+            return (f"ndarray(dtype={v.dtype}, shape={v.shape}, strides={v.strides}, "
+                    f"C={v.flags.c_contiguous}, writeable={v.flags.writeable}, "
+                    f"aligned={v.flags.aligned}) {np.array2string(v, threshold=10**6)}")
+        return repr(v)
+    lines = [f"fastxent.{case.fn}(", f"  logits={one(case.logits)},"]
+    if case.fn in LOSSES:
+        lines.append(f"  target={one(case.target)},")
+    lines += [f"  {k}={one(v)}," for k, v in case.kwargs.items()] + [")"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# The worker (child process) and the tests
+# ---------------------------------------------------------------------------
+
+def run_worker(fn, examples, seed, last_path):
+    counts = Counter()
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              derandomize=seed is None, suppress_health_check=list(HealthCheck),
+              print_blob=True)
+    @given(case=cases(fn))
+    def fuzz(case):
+        # Rewritten before every call; the page cache keeps it if we crash.
+        last.seek(0)
+        last.write(describe(case))
+        last.truncate()
+        last.flush()
+        counts[check_case(case)] += 1
+
+    if seed is not None:
+        fuzz = hypothesis_seed(seed)(fuzz)
+    with open(last_path, "w") as last:
+        fuzz()
+    return {"function": fn, "examples": sum(counts.values()), **counts}
+
+
+def _run_child(fn, examples, seed, tmp_path):
+    last = tmp_path / f"last_{fn}.txt"
+    cmd = [sys.executable, "-X", "faulthandler", os.path.abspath(__file__), "--worker",
+           fn, str(examples), "" if seed is None else str(seed), str(last)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        last_case = last.read_text() if last.exists() else "(none)"
+        pytest.fail(
+            f"fuzz child for {fn} exited with {proc.returncode}"
+            f"{' (killed by a signal: a crash)' if proc.returncode < 0 else ''}.\n"
+            f"--- stderr (tail) ---\n{proc.stderr[-6000:]}\n"
+            f"--- last example tried ---\n{last_case}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_fuzz(fn, tmp_path):
+    pytest.importorskip("hypothesis")
+    examples = int(os.environ.get("FASTXENT_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
+    seed = os.environ.get("FASTXENT_FUZZ_SEED")
+    summary = _run_child(fn, examples, None if not seed else int(seed), tmp_path)
+    print(f"fuzz {json.dumps(summary)}")
+    assert summary["examples"] >= examples * 0.9
+    # Both sides of the contract were exercised.
+    assert summary.get("ok", 0) >= examples * 0.15, summary
+    assert summary.get("ValueError", 0) + summary.get("TypeError", 0) >= examples * 0.15
+
+
+def test_child_catches_a_crash(tmp_path):
+    """The harness itself: a child that dies by a signal fails with the
+    last example printed (a fake crash, so no fastxent bug is needed)."""
+    last = tmp_path / "last.txt"
+    last.write_text("the example")
+    code = "import faulthandler, os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
+                          capture_output=True, text=True)
+    assert proc.returncode < 0 and "Fatal Python error" in proc.stderr
+
+
+# ---- regressions for bugs the fuzzer found (fixed) ----
+
+def test_huge_int_option():
+    """float(10**400) raises OverflowError; the option check turns it into a
+    ValueError."""
+    with pytest.raises(ValueError):
+        fastxent.cross_entropy(np.zeros((2, 3)), [0, 1], z_loss=10**400)
+
+
+def test_weight_overflowing_float32():
+    """Weights finite in float64 but inf in float32 (1e39): a clear error or
+    the float64 answer, never NaN."""
+    z = np.array([[0.5, 1.0, -1.0]], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            got = fastxent.cross_entropy(z, [0], weight=[1e39, 1.0, 1.0])
+        except ValueError:
+            return
+    expected, _ = ref.cross_entropy(z, [0], weight=[1e39, 1.0, 1.0])
+    assert np.isclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,cap", [(np.float32, 1e300), (np.float32, 1e-40),
+                                       (np.float64, 1e-310)])
+def test_softcap_outside_compute_dtype(dtype, cap):
+    """c or 1/c not finite in the compute dtype: an error, not NaN."""
+    z = np.array([[0.5, 1.0, -1.0]], dtype=dtype)
+    try:
+        loss, grad = fastxent.cross_entropy_with_grad(z, [0], softcap=cap)
+    except ValueError:
+        return
+    exp_loss, exp_grad = ref.cross_entropy(z, [0], softcap=cap)
+    np.testing.assert_allclose(loss, exp_loss, rtol=1e-5)
+    np.testing.assert_allclose(grad, exp_grad, rtol=1e-5, atol=1e-6)
+
+
+if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--worker":
+    _fn, _n, _seed, _last = sys.argv[2:]
+    print(json.dumps(run_worker(_fn, int(_n), int(_seed) if _seed else None, _last)))
