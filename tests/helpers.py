@@ -196,8 +196,9 @@ def check_cross_entropy(logits, target, *, reduction="mean", num_threads=None, *
     bitwise equal, result dtypes and shapes, and inputs left untouched.
     ``num_threads`` goes to fastxent only.  Returns ``(loss, grad)`` from
     ``cross_entropy_with_grad``."""
-    import fastxent
     import reference as ref
+
+    import fastxent
 
     dtype = compute_dtype(logits)
     shape = np.shape(logits)

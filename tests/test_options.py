@@ -7,6 +7,7 @@ sample_weight)."""
 
 import numpy as np
 import pytest
+import reference as ref
 from helpers import (
     REDUCTIONS,
     assert_bitwise,
@@ -19,7 +20,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastxent
-import reference as ref
 
 N, M = 7, 6
 
@@ -256,9 +256,9 @@ def test_label_smoothing_labels_equal_smoothed_one_hot(rng):
         b = fastxent.cross_entropy_with_grad(z, smoothed, reduction=reduction)
         c = fastxent.cross_entropy_with_grad(z, np.eye(5)[y], label_smoothing=eps,
                                              reduction=reduction)
-        for x, x2 in zip(a, b):
+        for x, x2 in zip(a, b, strict=True):
             np.testing.assert_allclose(x, x2, rtol=1e-13, atol=1e-16)
-        for x, x2 in zip(c, b):
+        for x, x2 in zip(c, b, strict=True):
             np.testing.assert_allclose(x, x2, rtol=1e-13, atol=1e-16)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from reference import ulp_distance
 
+import fastxent
 from fastxent import _kernels
 
 F32_EXP_LO, F32_EXP_HI = -103.972076, 88.7228394    # exp underflows to 0 / overflows
@@ -150,3 +151,44 @@ def test_tanh_special_values(dtype, rng):
     pos, neg = fx(_kernels.tanh_array, x), fx(_kernels.tanh_array, -x)
     assert pos.tobytes() == (-neg).tobytes()
     assert np.all(np.abs(pos) <= 1)
+
+
+# ---- the exp of non-positive arguments inside the row kernels ----
+
+@pytest.mark.parametrize("dtype, lo, flush", [
+    (np.float32, -87.0, -87.3365448), (np.float64, -708.0, -708.3964185322641)])
+def test_row_exp_of_nonpositive_arguments(dtype, lo, flush, rng):
+    """The kernels use a cheaper exp for ``z - max <= 0`` (no overflow side,
+    results below the smallest normal number flushed to 0).  It is observable
+    through softmax: in a row ``[0, x_1, ..., x_k]`` with every
+    ``x_j <= -45`` the sum of exponentials is exactly 1 in double, so
+    ``softmax(row)[j] == exp(x_j)`` as the kernel computes it."""
+    x = np.concatenate([rng.uniform(lo, -45.0, 3000), np.linspace(lo, -45.0, 1001)])
+    x = x.astype(dtype)
+    row = np.concatenate([[0.0], x]).astype(dtype)[None, :]
+    p = fastxent.softmax(row)[0]
+    assert p[0] == 1
+    if dtype == np.float32:
+        d = ulp_distance(p[1:], f64_exp_rounded_to_f32(x))
+        assert d.max() <= 1, f"{d.max()} ulp at x={x[np.argmax(d)]!r}"
+    else:
+        d = ulp_distance(p[1:], np.exp(x))
+        assert d.max() <= 2, f"{d.max()} ulp at x={x[np.argmax(d)]!r}"
+    # Below log(smallest normal) (and -inf): exactly 0.
+    deep = np.array([0.0, np.nextafter(dtype(flush), dtype(-np.inf)), 2 * flush, -1e30,
+                     -np.inf, np.finfo(dtype).min], dtype=dtype)[None, :]
+    np.testing.assert_array_equal(fastxent.softmax(deep)[0], [1, 0, 0, 0, 0, 0])
+    just_above = np.array([[0.0, dtype(flush) * dtype(0.9999)]], dtype=dtype)
+    assert fastxent.softmax(just_above)[0, 1] >= np.finfo(dtype).tiny
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_exp_near_zero_via_softmax(dtype, rng):
+    """softmax([0, x]) = 1 / (1 + exp(-x)) for x in [-45, 0]: a few ulps."""
+    x = np.concatenate([rng.uniform(-45.0, 0.0, 5000), -np.logspace(-8, 1.6, 500)])
+    x = x.astype(dtype)
+    rows = np.stack([np.zeros_like(x), x], axis=1)
+    p = fastxent.softmax(rows)[:, 1]
+    x64 = x.astype(np.float64)
+    expected = (np.exp(x64) / (1.0 + np.exp(x64))).astype(dtype)
+    assert ulp_distance(p, expected).max() <= 4

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import reference as ref
 from helpers import (
     F32,
     F64,
@@ -17,7 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastxent
-import reference as ref
 
 FUNCS = {
     "softmax": (fastxent.softmax, ref.softmax),

@@ -140,7 +140,7 @@ def test_concurrent_python_threads_match_serial(rng):
             for _ in range(5):
                 results[i].append(fastxent.cross_entropy_with_grad(z, t, num_threads=2, **o))
                 results[i].append((fastxent.logsumexp(z, num_threads=2),))
-        except Exception as exc:  # reported below, in the main thread
+        except Exception as exc:  # noqa: BLE001 -- reported by the assert below, in the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(problems))]
