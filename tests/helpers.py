@@ -143,7 +143,7 @@ def assert_bitwise(a, b, what=""):
 
 def compute_dtype(logits):
     dt = np.asarray(logits).dtype
-    return F64 if dt.kind in "iu" or dt == F64 else F32
+    return F64 if dt.kind in "iu" or dt.itemsize == 8 else F32
 
 
 def _error_scales(logits, target, reduction, weight, sample_weight, ignore_index,

@@ -137,6 +137,24 @@ def test_probability_target_dtypes(t_dtype, dtype, rng):
     check_cross_entropy(z, y)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("target_kind", ["int32", "int64", "probs"])
+def test_non_native_byte_order(dtype, target_kind, rng):
+    """Byte-swapped logits, targets and weights are read correctly."""
+    z = make_logits(rng, (6, 9), dtype)
+    t = make_target(rng, target_kind, z.shape, dtype)
+    w = rng.uniform(0.5, 2, 9)
+    s = rng.uniform(0.5, 2, 6)
+    swapped = [a.astype(a.dtype.newbyteorder()) for a in (z, t, w, s)]
+    assert not swapped[0].dtype.isnative
+    expected = fastxent.cross_entropy_with_grad(z, t, weight=w, sample_weight=s)
+    loss, grad = check_cross_entropy(swapped[0], swapped[1], weight=swapped[2],
+                                     sample_weight=swapped[3])
+    assert_bitwise(loss, expected[0])
+    assert_bitwise(grad, expected[1])
+    assert grad.dtype.isnative
+
+
 def test_list_inputs():
     loss, _ = check_cross_entropy([[1.0, 2.0, 3.0], [1.0, 1.0, 0.0]], [2, 0])
     assert loss.dtype == F64

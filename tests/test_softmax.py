@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import reference as ref
 from helpers import (
-    F32,
     F64,
     LAYOUTS,
     assert_bitwise,
     assert_close,
+    compute_dtype,
     make_logits,
     row_scale,
     snapshot,
@@ -43,7 +43,7 @@ def check(name, z, **kw):
     before = snapshot(z)
     got = fx(z, **kw)
     assert snapshot(z) == before, "input modified"
-    dtype = F64 if z.dtype.kind in "iu" or z.dtype == F64 else F32
+    dtype = compute_dtype(z)
     assert got.dtype == dtype
     expected = ref_expected = rf(z)
     assert got.shape == np.shape(ref_expected)
@@ -88,6 +88,16 @@ def test_converted_dtypes(name, in_dtype, out_dtype, rng):
     z = (rng.standard_normal((4, 6)) * 4).astype(in_dtype)
     got = check(name, z)
     assert got.dtype == out_dtype
+
+
+@pytest.mark.parametrize("name", list(FUNCS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_native_byte_order(name, dtype, rng):
+    z = make_logits(rng, (5, 7), dtype)
+    swapped = z.astype(z.dtype.newbyteorder())
+    got = check(name, swapped)
+    assert got.dtype.isnative
+    assert_bitwise(got, FUNCS[name][0](z))
 
 
 @pytest.mark.parametrize("name", list(FUNCS))
