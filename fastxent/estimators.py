@@ -66,7 +66,7 @@ except ImportError:  # pragma: no cover - scikit-learn < 1.6
 
 __all__ = ["SoftmaxRegression"]
 
-_FLOAT_DTYPES = (np.float64, np.float32)
+_FLOAT_DTYPES: tuple[type[np.floating[Any]], ...] = (np.float64, np.float32)
 
 
 class SoftmaxRegression(ClassifierMixin, BaseEstimator):
