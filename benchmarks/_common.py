@@ -24,6 +24,8 @@ LOGIT_SCALE = 3.0
 # Calls faster than this go through pytest-benchmark's own calibration (many
 # iterations per round); slower ones run one call per round (pedantic mode).
 PEDANTIC_ABOVE_S = 5e-3
+# A first warm-up call slower than this is not repeated.
+SLOW_WARMUP_S = 0.2
 # The fewest rounds a slow (pedantic) benchmark gets.
 MIN_SLOW_ROUNDS = 3
 
@@ -74,12 +76,12 @@ class Case:
         return p
 
 
-def measure(benchmark, fn, *, case, impl, threads, group=None, dtype=None, nbytes=None,
-            **extra):
+def measure(benchmark, fn, *, case, impl, threads, group=None, dtype=None, nbytes=None, **extra):
     """Time ``fn()`` under ``benchmark`` and tag the result for the report.
 
     ``fn`` is called twice first (warm-up: JIT compilation, lazy imports,
-    caches) and the second call sets the method: calls that take under
+    caches; once when that call took over ``SLOW_WARMUP_S``) and the last
+    warm-up call sets the method: calls that take under
     ``PEDANTIC_ABOVE_S`` use pytest-benchmark's calibrated loop (honours the
     ``--benchmark-*`` options); slower ones run one call per round for
     ``--benchmark-max-time`` seconds, at least ``MIN_SLOW_ROUNDS`` rounds.
@@ -90,12 +92,16 @@ def measure(benchmark, fn, *, case, impl, threads, group=None, dtype=None, nbyte
     nbytes = int(nbytes if nbytes is not None else case.nbytes)
     benchmark.group = group or group_name(cname, dtype, threads)
     benchmark.extra_info.update(
-        impl=impl, case=cname, dtype=dtype, threads=int(threads), nbytes=nbytes, **extra)
+        impl=impl, case=cname, dtype=dtype, threads=int(threads), nbytes=nbytes, **extra
+    )
 
-    fn()
     t0 = time.perf_counter()
     fn()
     est = time.perf_counter() - t0
+    if est < SLOW_WARMUP_S:  # second warm-up call, unless one is expensive
+        t0 = time.perf_counter()
+        fn()
+        est = time.perf_counter() - t0
     if est < PEDANTIC_ABOVE_S:
         return benchmark(fn)
     budget = benchmark._max_time  # --benchmark-max-time (default 1 s)

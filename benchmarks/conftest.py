@@ -14,6 +14,10 @@ from ``--bench-threads`` (default ``1,2``).
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+
 import pytest
 from _common import CORE_SHAPES, DTYPES, Case, case_name
 
@@ -47,6 +51,59 @@ def case(request):
     return Case(n, m, dtype)
 
 
+def _provenance():
+    """What is being measured: the git commit and the compiled extension."""
+    import fastxent
+    from fastxent import _kernels
+
+    def git(*args):
+        try:
+            return subprocess.run(
+                ["git", *args],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=os.path.dirname(os.path.abspath(fastxent.__file__)),
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    so = _kernels.__file__
+    with open(so, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "version": fastxent.__version__,
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": None if status is None else bool(status),
+        "extension": so,
+        "extension_sha256": digest,
+        "extension_mtime": os.path.getmtime(so),
+        "simd": _kernels.simd_dispatch(),
+        "max_threads": _kernels.max_threads(),
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def pytest_sessionstart(session):
+    session.config._fastxent_start = _provenance()
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-benchmark hook; absent without it
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Record the commit and extension as they were when the run *started*
+    (pytest-benchmark's own commit_info is taken at the end), and whether the
+    extension file changed during the run (someone rebuilt it)."""
+    start = getattr(config, "_fastxent_start", None)
+    if start is not None:
+        end = _provenance()
+        output_json["fastxent"] = {
+            **start,
+            "loadavg_end": end["loadavg"],
+            "extension_changed_during_run": end["extension_sha256"] != start["extension_sha256"],
+        }
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
@@ -59,8 +116,9 @@ def pytest_collection_modifyitems(config, items):
     """Deselect parameter combinations a benchmark does not apply to; skip
     everything when the pytest-benchmark plugin is missing or disabled."""
     if not config.pluginmanager.hasplugin("benchmark"):
-        skip = pytest.mark.skip(reason="pytest-benchmark is not installed or disabled "
-                                       "(pip install '.[bench]')")
+        skip = pytest.mark.skip(
+            reason="pytest-benchmark is not installed or disabled (pip install '.[bench]')"
+        )
         for item in items:
             item.add_marker(skip)
     keep, drop = [], []

@@ -22,16 +22,34 @@ from collections import defaultdict
 # Implementations that read z and write an n x m array (loss+grad or copy):
 # the bandwidth plot charges them 2 x nbytes; the rest (loss-only, read
 # floor) 1 x nbytes.
-WRITERS = ["copyto", "copyto_threads", "fastxent_lossgrad_out", "fastxent_lossgrad_alloc",
-           "numpy_naive", "torch", "sklearn", "jax"]
+WRITERS = [
+    "copyto",
+    "copyto_threads",
+    "fastxent_lossgrad_out",
+    "fastxent_lossgrad_alloc",
+    "numpy_naive",
+    "torch",
+    "sklearn",
+    "jax",
+]
 READERS = ["read_max", "fastxent_loss"]
-PEERS = [("numpy_naive", "NumPy naive"), ("torch", "torch"), ("sklearn", "scikit-learn"),
-         ("jax", "JAX")]
+PEERS = [
+    ("numpy_naive", "NumPy naive"),
+    ("torch", "torch"),
+    ("sklearn", "scikit-learn"),
+    ("jax", "JAX"),
+]
 LABELS = {
-    "copyto": "np.copyto", "copyto_threads": "copyto, T threads", "read_max": "z.max()",
-    "fastxent_lossgrad_out": "fastxent loss+grad", "fastxent_lossgrad_alloc":
-    "fastxent loss+grad (alloc)", "fastxent_loss": "fastxent loss",
-    "numpy_naive": "NumPy naive", "torch": "torch", "sklearn": "scikit-learn", "jax": "JAX",
+    "copyto": "np.copyto",
+    "copyto_threads": "copyto, T threads",
+    "read_max": "z.max()",
+    "fastxent_lossgrad_out": "fastxent loss+grad",
+    "fastxent_lossgrad_alloc": "fastxent loss+grad (alloc)",
+    "fastxent_loss": "fastxent loss",
+    "numpy_naive": "NumPy naive",
+    "torch": "torch",
+    "sklearn": "scikit-learn",
+    "jax": "JAX",
 }
 
 
@@ -93,20 +111,33 @@ def per_config(core, title, note, header, row):
     """A section with one table per (dtype, threads): ``row(case, impls)`` per case."""
     out = [f"## {title}", "", note, ""]
     for (dtype, threads), rows in core.items():
-        out += [f"### {dtype}, {threads} thread{'s' if threads > 1 else ''}", "",
-                table(header, [row(case, im) for case, im in rows]), ""]
+        out += [
+            f"### {dtype}, {threads} thread{'s' if threads > 1 else ''}",
+            "",
+            table(header, [row(case, im) for case, im in rows]),
+            "",
+        ]
     return out
 
 
 def floors_row(case, im):
     lg, copy = t_of(im, "fastxent_lossgrad_out"), t_of(im, "copyto")
     alloc, fresh = t_of(im, "fastxent_lossgrad_alloc"), t_of(im, "copy_fresh")
-    extra = (f"{ms(alloc - lg)} vs {ms(fresh - copy)}"
-             if None not in (alloc, lg, fresh, copy) else "–")
-    return [case, ms(copy), ms(lg), ratio(lg, copy), ratio(lg, t_of(im, "copyto_threads")),
-            ms(t_of(im, "read_max")), ms(t_of(im, "fastxent_loss")),
-            ratio(t_of(im, "fastxent_loss"), t_of(im, "read_max")),
-            extra, ratio(t_of(im, "fastxent_lossgrad_masked"), lg)]
+    extra = (
+        f"{ms(alloc - lg)} vs {ms(fresh - copy)}" if None not in (alloc, lg, fresh, copy) else "–"
+    )
+    return [
+        case,
+        ms(copy),
+        ms(lg),
+        ratio(lg, copy),
+        ratio(lg, t_of(im, "copyto_threads")),
+        ms(t_of(im, "read_max")),
+        ms(t_of(im, "fastxent_loss")),
+        ratio(t_of(im, "fastxent_loss"), t_of(im, "read_max")),
+        extra,
+        ratio(t_of(im, "fastxent_lossgrad_masked"), lg),
+    ]
 
 
 def peers_row(case, im):
@@ -123,23 +154,41 @@ def peers_row(case, im):
 
 def floors_section(core):
     return per_config(
-        core, "fastxent against the memory floors",
-        ("`× copy`: loss+grad (`out=`) / `np.copyto` (single-threaded); `× T-copy`: / the "
-         "same copy split over T threads; `× read`: loss-only / `z.max()`.  `alloc extra`: "
-         "(loss+grad without `out=`) − (with `out=`), next to `z.copy()` − `np.copyto` "
-         "(what fresh pages cost).  `masked`: loss+grad with half the logits −inf / without."),
-        ["n×m", "copyto ms", "loss+grad ms", "× copy", "× T-copy", "z.max() ms", "loss ms",
-         "× read", "alloc extra ms (fastxent vs z.copy)", "masked"],
-        floors_row)
+        core,
+        "fastxent against the memory floors",
+        (
+            "`× copy`: loss+grad (`out=`) / `np.copyto` (single-threaded); `× T-copy`: / the "
+            "same copy split over T threads; `× read`: loss-only / `z.max()`.  `alloc extra`: "
+            "(loss+grad without `out=`) − (with `out=`), next to `z.copy()` − `np.copyto` "
+            "(what fresh pages cost).  `masked`: loss+grad with half the logits −inf / without."
+        ),
+        [
+            "n×m",
+            "copyto ms",
+            "loss+grad ms",
+            "× copy",
+            "× T-copy",
+            "z.max() ms",
+            "loss ms",
+            "× read",
+            "alloc extra ms (fastxent vs z.copy)",
+            "masked",
+        ],
+        floors_row,
+    )
 
 
 def peers_section(core):
     return per_config(
-        core, "Speed-up of fastxent loss+grad (`out=`) over each peer",
-        ("Each cell: peer time in ms (peer time / fastxent time).  `best peer`: the "
-         "smallest of those ratios."),
+        core,
+        "Speed-up of fastxent loss+grad (`out=`) over each peer",
+        (
+            "Each cell: peer time in ms (peer time / fastxent time).  `best peer`: the "
+            "smallest of those ratios."
+        ),
         ["n×m", "fastxent ms", *(label for _, label in PEERS), "best peer"],
-        peers_row)
+        peers_row,
+    )
 
 
 def threads_section(core):
@@ -155,8 +204,9 @@ def threads_section(core):
     for t in counts[1:]:
         header += [f"loss+grad {t}T", f"loss {t}T", f"copyto {t}T-split"]
     body = []
-    for (dtype, case), per in sorted(by_case.items(), key=lambda kv: (kv[0][0],
-                                                                       case_key(kv[0][1]))):
+    for (dtype, case), per in sorted(
+        by_case.items(), key=lambda kv: (kv[0][0], case_key(kv[0][1]))
+    ):
         one = per.get(1)
         row = [dtype, case]
         for t in counts[1:]:
@@ -164,9 +214,11 @@ def threads_section(core):
             if one is None or im is None:
                 row += ["–"] * 3
                 continue
-            row += [ratio(t_of(one, "fastxent_lossgrad_out"), t_of(im, "fastxent_lossgrad_out")),
-                    ratio(t_of(one, "fastxent_loss"), t_of(im, "fastxent_loss")),
-                    ratio(t_of(one, "copyto"), t_of(im, "copyto_threads"))]
+            row += [
+                ratio(t_of(one, "fastxent_lossgrad_out"), t_of(im, "fastxent_lossgrad_out")),
+                ratio(t_of(one, "fastxent_loss"), t_of(im, "fastxent_loss")),
+                ratio(t_of(one, "copyto"), t_of(im, "copyto_threads")),
+            ]
         body.append(row)
     return out + [table(header, body), ""]
 
@@ -182,7 +234,7 @@ def options_section(groups):
     if not per_threads:
         return []
     counts = sorted(per_threads)
-    names = [k[len("option_"):] for k in per_threads[counts[0]]]
+    names = [k[len("option_") :] for k in per_threads[counts[0]]]
     names.sort(key=lambda s: (s != "plain", s))
     out = [f"## Option overhead at {case}, loss+grad with `out=` (option / plain)", ""]
     header = ["option"]
@@ -204,9 +256,15 @@ def small_section(groups):
     for g, impls in sorted(groups.items()):
         if g.startswith("small-") and "fastxent_lossgrad_alloc" in impls and "np_exp" in impls:
             fx, ex = t_of(impls, "fastxent_lossgrad_alloc"), t_of(impls, "np_exp")
-            out += [f"## Small call ({g[len('small-'):]}, default threads, gradient allocated)", "",
-                    table(["fastxent loss+grad µs", "np.exp µs", "× np.exp"],
-                          [[f"{fx * 1e6:.2f}", f"{ex * 1e6:.2f}", ratio(fx, ex)]]), ""]
+            out += [
+                f"## Small call ({g[len('small-') :]}, default threads, gradient allocated)",
+                "",
+                table(
+                    ["fastxent loss+grad µs", "np.exp µs", "× np.exp"],
+                    [[f"{fx * 1e6:.2f}", f"{ex * 1e6:.2f}", ratio(fx, ex)]],
+                ),
+                "",
+            ]
     imp = groups.get("import", {})
     if "import_numpy" in imp and "import_fastxent" in imp:
         startup = t_of(imp, "import_startup")
@@ -217,15 +275,51 @@ def small_section(groups):
         def wall(key):
             return None if startup is None else imp[key]["t"] - startup
 
-        rows = [[label, "–" if own(key) is None else f"{own(key) / 1e3:.1f}", ms(wall(key))]
-                for key, label in (("import_numpy", "import numpy"),
-                                   ("import_fastxent", "import fastxent"))]
-        rows.append(["fastxent / numpy", ratio(own("import_fastxent"), own("import_numpy")),
-                     ratio(wall("import_fastxent"), wall("import_numpy"))])
-        out += ["## Import cost (fresh interpreters; `import fastxent` includes numpy)", "",
-                table(["", "-X importtime cumulative ms (median)",
-                       "wall − bare interpreter ms"], rows), ""]
+        rows = [
+            [label, "–" if own(key) is None else f"{own(key) / 1e3:.1f}", ms(wall(key))]
+            for key, label in (
+                ("import_numpy", "import numpy"),
+                ("import_fastxent", "import fastxent"),
+            )
+        ]
+        rows.append(
+            [
+                "fastxent / numpy",
+                ratio(own("import_fastxent"), own("import_numpy")),
+                ratio(wall("import_fastxent"), wall("import_numpy")),
+            ]
+        )
+        out += [
+            "## Import cost (fresh interpreters; `import fastxent` includes numpy)",
+            "",
+            table(["", "-X importtime cumulative ms (median)", "wall − bare interpreter ms"], rows),
+            "",
+        ]
     return out
+
+
+def fastxent_lines(fx):
+    """Provenance recorded by benchmarks/conftest.py at the start of the run."""
+    if not fx:
+        return []
+    dirty = " + uncommitted changes" if fx.get("dirty") else ""
+    lines = [
+        f"- fastxent {fx.get('version')} at the start of the run: commit "
+        f"{(fx.get('commit') or '?')[:12]}{dirty}"
+        f", extension sha256 {fx.get('extension_sha256', '?')[:12]}, {fx.get('simd')}, "
+        f"{fx.get('max_threads')} OpenMP threads by default"
+    ]
+    if fx.get("loadavg") and fx.get("loadavg_end"):
+        lines.append(
+            f"- load average (1 min) at start / end of the run: {fx['loadavg'][0]:.1f} / "
+            f"{fx['loadavg_end'][0]:.1f} (other processes competing for the cores)"
+        )
+    if fx.get("extension_changed_during_run"):
+        lines.append(
+            "- **WARNING: the compiled extension changed during the run (rebuilt); "
+            "the numbers mix two builds**"
+        )
+    return lines
 
 
 def header_lines(data, stat, path):
@@ -239,11 +333,17 @@ def header_lines(data, stat, path):
     lines = [
         f"# fastxent benchmarks ({path})",
         "",
-        (f"- machine: {cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} logical CPUs, "
-         f"{data.get('machine_info', {}).get('system', '')} "
-         f"Python {data.get('machine_info', {}).get('python_version', '?')}"),
-        (f"- commit: {commit.get('id', '?')[:12]}{' (dirty)' if commit.get('dirty') else ''}, "
-         f"run {data.get('datetime', '?')}"),
+        (
+            f"- machine: {cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} logical CPUs, "
+            f"{data.get('machine_info', {}).get('system', '')} "
+            f"Python {data.get('machine_info', {}).get('python_version', '?')}"
+        ),
+        (
+            f"- git commit at the end of the run (pytest-benchmark): "
+            f"{commit.get('id', '?')[:12]}{' (dirty)' if commit.get('dirty') else ''}, "
+            f"finished {data.get('datetime', '?')}"
+        ),
+        *fastxent_lines(data.get("fastxent")),
         f"- peers: {', '.join(f'{k} {v}' for k, v in sorted(versions.items())) or 'none'}",
         f"- statistic: per-call {stat} over rounds; all ratios within one run and group",
         "",
@@ -259,15 +359,16 @@ def plot(core, path, stat):
 
     keys = list(core)
     fig, axes = plt.subplots(len(keys), 1, figsize=(12, 3.6 * len(keys)), squeeze=False)
-    impls = [i for i in WRITERS + READERS
-             if any(i in im for rows in core.values() for _, im in rows)]
+    impls = [
+        i for i in WRITERS + READERS if any(i in im for rows in core.values() for _, im in rows)
+    ]
     width = 0.8 / len(impls)
     colours = dict(zip(WRITERS + READERS, plt.get_cmap("tab10").colors, strict=False))
-    for ax, key in zip(axes[:, 0], keys):
+    for ax, key in zip(axes[:, 0], keys, strict=True):
         rows = core[key]
         for j, impl in enumerate(impls):
             xs, ys = [], []
-            for i, (case, im) in enumerate(rows):
+            for i, (_, im) in enumerate(rows):
                 if impl in im:
                     moved = im[impl]["nbytes"] * (1 if impl in READERS else 2)
                     xs.append(i + (j - len(impls) / 2 + 0.5) * width)
@@ -275,13 +376,22 @@ def plot(core, path, stat):
             if not xs:
                 continue
             hatch = "//" if impl in ("copyto", "copyto_threads", "read_max") else None
-            ax.bar(xs, ys, width, label=LABELS.get(impl, impl), hatch=hatch,
-                   color=colours.get(impl), edgecolor="white" if hatch else None)
+            ax.bar(
+                xs,
+                ys,
+                width,
+                label=LABELS.get(impl, impl),
+                hatch=hatch,
+                color=colours.get(impl),
+                edgecolor="white" if hatch else None,
+            )
         ax.set_xticks(range(len(rows)), [c for c, _ in rows])
         ax.set_yscale("log")
         ax.set_ylabel("GB/s")
-        ax.set_title(f"{key[0]}, {key[1]} thread(s): bytes of z read + gradient written "
-                     f"(loss-only, z.max(): z read) / {stat} time")
+        ax.set_title(
+            f"{key[0]}, {key[1]} thread(s): bytes of z read + gradient written "
+            f"(loss-only, z.max(): z read) / {stat} time"
+        )
         ax.grid(axis="y", which="both", alpha=0.3)
     legend = {}
     for ax in axes[:, 0]:
@@ -295,8 +405,12 @@ def plot(core, path, stat):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json", help="file written by pytest --benchmark-json=FILE")
-    ap.add_argument("--stat", choices=["median", "min", "mean"], default="median",
-                    help="per-call statistic to use (default: median)")
+    ap.add_argument(
+        "--stat",
+        choices=["median", "min", "mean"],
+        default="median",
+        help="per-call statistic to use (default: median)",
+    )
     ap.add_argument("--plot", metavar="PNG", help="also write a bandwidth plot (matplotlib)")
     args = ap.parse_args(argv)
 

@@ -28,9 +28,6 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
-
-pytest.importorskip("pytest_benchmark", reason="benchmarks need pytest-benchmark (pip install '.[bench]')")
-
 from _common import measure, numpy_naive_loss_grad
 
 import fastxent
@@ -41,30 +38,48 @@ MASKED_CASES = {(16_384, 1_000, "float32"), (4_096, 32_000, "float32")}
 
 def test_fastxent_loss(benchmark, case, threads):
     z, y = case.z, case.y
-    measure(benchmark, lambda: fastxent.cross_entropy(z, y, num_threads=threads),
-            case=case, impl="fastxent_loss", threads=threads)
+    measure(
+        benchmark,
+        lambda: fastxent.cross_entropy(z, y, num_threads=threads),
+        case=case,
+        impl="fastxent_loss",
+        threads=threads,
+    )
 
 
 def test_fastxent_lossgrad_out(benchmark, case, threads):
     z, y, out = case.z, case.y, case.out
     loss, grad = measure(
-        benchmark, lambda: fastxent.cross_entropy_with_grad(z, y, out=out, num_threads=threads),
-        case=case, impl="fastxent_lossgrad_out", threads=threads)
+        benchmark,
+        lambda: fastxent.cross_entropy_with_grad(z, y, out=out, num_threads=threads),
+        case=case,
+        impl="fastxent_lossgrad_out",
+        threads=threads,
+    )
     assert grad is out and np.isfinite(loss)
 
 
 def test_fastxent_lossgrad_alloc(benchmark, case, threads):
     z, y = case.z, case.y
-    measure(benchmark, lambda: fastxent.cross_entropy_with_grad(z, y, num_threads=threads),
-            case=case, impl="fastxent_lossgrad_alloc", threads=threads)
+    measure(
+        benchmark,
+        lambda: fastxent.cross_entropy_with_grad(z, y, num_threads=threads),
+        case=case,
+        impl="fastxent_lossgrad_alloc",
+        threads=threads,
+    )
 
 
 @pytest.mark.bench_when(lambda p: p["case"] in MASKED_CASES)
 def test_fastxent_lossgrad_masked(benchmark, case, threads):
     zm, y, out = case.masked, case.y, case.out
     loss, _ = measure(
-        benchmark, lambda: fastxent.cross_entropy_with_grad(zm, y, out=out, num_threads=threads),
-        case=case, impl="fastxent_lossgrad_masked", threads=threads)
+        benchmark,
+        lambda: fastxent.cross_entropy_with_grad(zm, y, out=out, num_threads=threads),
+        case=case,
+        impl="fastxent_lossgrad_masked",
+        threads=threads,
+    )
     assert np.isfinite(loss)
 
 
@@ -72,8 +87,13 @@ def test_numpy_naive(benchmark, case, threads):
     # Single-threaded whatever `threads` says (NumPy ufuncs do not thread);
     # measured in every group so that each group's ratios are same-run.
     z, y = case.z, case.y
-    measure(benchmark, lambda: numpy_naive_loss_grad(z, y),
-            case=case, impl="numpy_naive", threads=threads)
+    measure(
+        benchmark,
+        lambda: numpy_naive_loss_grad(z, y),
+        case=case,
+        impl="numpy_naive",
+        threads=threads,
+    )
 
 
 def test_copyto(benchmark, case, threads):
@@ -87,9 +107,11 @@ def test_copyto_threads(benchmark, case, threads):
     bounds = np.linspace(0, case.n, threads + 1).astype(int)
     parts = [(dst[a:b], z[a:b]) for a, b in pairwise(bounds)]
     with ThreadPoolExecutor(threads) as pool:
+
         def copy():
             for f in [pool.submit(np.copyto, d, s) for d, s in parts]:
                 f.result()
+
         measure(benchmark, copy, case=case, impl="copyto_threads", threads=threads)
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-pytest.importorskip("pytest_benchmark", reason="benchmarks need pytest-benchmark (pip install '.[bench]')")
-
 from _common import Case, measure
 
 import fastxent
@@ -53,6 +50,10 @@ def test_option(benchmark, opt_case, option, threads):
     loss, grad = measure(
         benchmark,
         lambda: fastxent.cross_entropy_with_grad(z, target, out=out, num_threads=threads, **kwargs),
-        case=c, impl=f"option_{option}", threads=threads,
-        group=f"options-{c.name}-{DTYPE}-{threads}T", option=option)
+        case=c,
+        impl=f"option_{option}",
+        threads=threads,
+        group=f"options-{c.name}-{DTYPE}-{threads}T",
+        option=option,
+    )
     assert grad is out and np.isfinite(loss)

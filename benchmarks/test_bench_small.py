@@ -22,6 +22,9 @@ import sys
 
 import numpy as np
 import pytest
+from _common import measure
+
+import fastxent
 
 SMALL_N, SMALL_M = 32, 10
 IMPORT_ROUNDS = 15
@@ -31,8 +34,9 @@ def import_time_us(module):
     """Run a fresh ``python -X importtime -c "import module"``; return the
     cumulative import time of ``module`` in microseconds (None for ``pass``)."""
     code = "pass" if module is None else f"import {module}"
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
+    )
     if module is None:
         return None
     for line in proc.stderr.splitlines():
@@ -50,19 +54,6 @@ def median_import_times(modules=("numpy", "fastxent"), repeats=IMPORT_ROUNDS):
     return {m: statistics.median(import_time_us(m) for _ in range(repeats)) for m in modules}
 
 
-if __name__ == "__main__":
-    t = median_import_times()
-    print(f"import numpy    {t['numpy'] / 1e3:8.2f} ms (median of {IMPORT_ROUNDS}, -X importtime)")
-    print(f"import fastxent {t['fastxent'] / 1e3:8.2f} ms  ({t['fastxent'] / t['numpy']:.2f}x numpy)")
-    sys.exit(0)
-
-pytest.importorskip("pytest_benchmark", reason="benchmarks need pytest-benchmark (pip install '.[bench]')")
-
-from _common import measure
-
-import fastxent
-
-
 @pytest.fixture(scope="module")
 def small():
     rng = np.random.default_rng(3)
@@ -72,14 +63,23 @@ def small():
 
 
 def _small(benchmark, fn, impl, z):
-    return measure(benchmark, fn, case=f"{SMALL_N}x{SMALL_M}", dtype=z.dtype, nbytes=z.nbytes,
-                   threads=0, impl=impl, group=f"small-{SMALL_N}x{SMALL_M}-{z.dtype}")
+    return measure(
+        benchmark,
+        fn,
+        case=f"{SMALL_N}x{SMALL_M}",
+        dtype=z.dtype,
+        nbytes=z.nbytes,
+        threads=0,
+        impl=impl,
+        group=f"small-{SMALL_N}x{SMALL_M}-{z.dtype}",
+    )
 
 
 def test_small_fastxent(benchmark, small):
     z, y = small
-    loss, grad = _small(benchmark, lambda: fastxent.cross_entropy_with_grad(z, y),
-                        "fastxent_lossgrad_alloc", z)
+    loss, grad = _small(
+        benchmark, lambda: fastxent.cross_entropy_with_grad(z, y), "fastxent_lossgrad_alloc", z
+    )
     assert grad.shape == z.shape and np.isfinite(loss)
 
 
@@ -88,7 +88,9 @@ def test_small_np_exp(benchmark, small):
     _small(benchmark, lambda: np.exp(z), "np_exp", z)
 
 
-@pytest.mark.parametrize("module", [None, "numpy", "fastxent"], ids=["startup", "numpy", "fastxent"])
+@pytest.mark.parametrize(
+    "module", [None, "numpy", "fastxent"], ids=["startup", "numpy", "fastxent"]
+)
 def test_import(benchmark, module):
     times = []
     benchmark.group = "import"
@@ -103,3 +105,11 @@ def test_import(benchmark, module):
         benchmark.extra_info["importtime_median_us"] = statistics.median(times)
     else:
         benchmark.extra_info.pop("importtime_us")
+
+
+if __name__ == "__main__":
+    t = median_import_times()
+    print(f"import numpy    {t['numpy'] / 1e3:8.2f} ms (median of {IMPORT_ROUNDS}, -X importtime)")
+    print(
+        f"import fastxent {t['fastxent'] / 1e3:8.2f} ms ({t['fastxent'] / t['numpy']:.2f}x numpy)"
+    )
