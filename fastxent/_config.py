@@ -39,11 +39,23 @@ def show_config(file: TextIO | None = None) -> None:
     """Print fastxent's version, OpenMP status, default thread count, the SIMD
     variant in use and the compiler flags it was built with.
 
+    Include its output in bug reports.  :func:`config` returns the same facts
+    as a dict.
+
+    Parameters
+    ----------
+    file : text stream, optional
+        Where to print; ``sys.stdout`` by default.
+
     Examples
     --------
-    >>> import fastxent
+    >>> import io, fastxent
     >>> fastxent.show_config()  # doctest: +ELLIPSIS
     fastxent ...
+    >>> buf = io.StringIO()
+    >>> fastxent.show_config(file=buf)
+    >>> "OpenMP:" in buf.getvalue()
+    True
     """
     c = config()
     lines = [

@@ -250,6 +250,13 @@ def cross_entropy_grad(
     grad : ndarray of the logits' shape and the compute dtype
         ``out`` when given.
 
+    Raises
+    ------
+    TypeError, ValueError
+        As in :func:`cross_entropy`, and for an ``out`` that is not a NumPy
+        array of the logits' shape and compute dtype, C-contiguous and
+        writeable.
+
     Examples
     --------
     >>> import numpy as np, fastxent
@@ -329,6 +336,11 @@ def cross_entropy_with_grad(
         As :func:`cross_entropy`.
     grad : ndarray
         As :func:`cross_entropy_grad`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As in :func:`cross_entropy_grad`.
 
     Examples
     --------

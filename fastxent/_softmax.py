@@ -63,7 +63,18 @@ def log_softmax(
 
     Returns
     -------
-    ndarray of the logits' shape
+    log_p : ndarray of the logits' shape and the compute dtype
+        ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        For non-numeric, complex or boolean logits, an ``out`` that is not a
+        NumPy array, or a non-integer ``num_threads``.
+    ValueError
+        For 0-d logits, ``m == 0``, an ``out`` of the wrong shape or dtype
+        (or not C-contiguous, writeable and native-endian), or
+        ``num_threads < 1``.
 
     Examples
     --------
@@ -79,16 +90,28 @@ def softmax(
 ) -> FloatArray:
     """Softmax over the last axis: ``P_ij = exp(Z_ij - max_i) / sum_k exp(Z_ik - max_i)``.
 
+    Each row is computed with one ``exp`` per element; a ``-inf`` logit gets
+    probability 0.
+
     Parameters
     ----------
     logits : array_like of shape (..., m)
+        float32/float64 computed natively, float16 in float32, integers in
+        float64.
     out : ndarray, optional
         As in :func:`log_softmax`; ``out=logits`` works in place.
     num_threads : int >= 1, optional
+        As in :func:`log_softmax`.
 
     Returns
     -------
-    ndarray of the logits' shape, rows summing to 1
+    p : ndarray of the logits' shape and the compute dtype
+        Rows summing to 1; ``out`` when given.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As in :func:`log_softmax`.
 
     Examples
     --------
@@ -103,15 +126,26 @@ def softmax(
 def logsumexp(logits: ArrayLike, *, num_threads: int | None = None) -> FloatArray:
     """Row-wise ``lse_i = max_i + log sum_k exp(Z_ik - max_i)`` over the last axis.
 
+    A row of ``-inf`` gives ``-inf`` and a row holding ``+inf`` gives
+    ``+inf`` (as ``scipy.special.logsumexp``).
+
     Parameters
     ----------
     logits : array_like of shape (..., m)
+        float32/float64 computed natively, float16 in float32, integers in
+        float64.
     num_threads : int >= 1, optional
+        As in :func:`log_softmax`.
 
     Returns
     -------
-    ndarray of shape ``logits.shape[:-1]`` in the compute dtype
-        (a 0-d array for 1-d input).
+    lse : ndarray of shape ``logits.shape[:-1]`` in the compute dtype
+        A 0-d array for 1-d input.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As in :func:`log_softmax` (without ``out``).
 
     Examples
     --------
