@@ -193,13 +193,17 @@ class _Progress:
                 bar_format="{desc:<34}{bar:30}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]",
             )
 
-    def step(self, what: str) -> None:
+    def start(self, what: str) -> None:
+        """Show the step now starting; the count moves when it is done."""
         self._n += 1
         if self._bar is not None:
-            self._bar.set_description_str(what, refresh=False)
-            self._bar.update(1)
+            self._bar.set_description_str(what)
         elif self._enabled:
             print(f"[{self._n}/{self._total}] {what}", file=self._file, flush=True)
+
+    def done(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -256,8 +260,9 @@ def _run_case(
     out = np.zeros_like(z)  # touched: no page faults inside the timings
     records = []
     for impl, t in jobs:
-        bar.step(f"{n}x{m} {dt} {impl} {t}T")
+        bar.start(f"{n}x{m} {dt} {impl} {t}T")
         median, all_times = time_call(_callable(impl, z, y, out, t), repeats)
+        bar.done()
         records.append(
             {
                 "n": n,
@@ -385,18 +390,47 @@ def plot(path: str, records: list[Timing], peers: Sequence[str]) -> None:
 
     rows = _rows(records)
     impls = ["fastxent", "numpy", *peers]
-    x = np.arange(len(rows))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    per_panel = max(sum(r["dtype"] == dt for r in rows) for dt in dtypes)
     width = 0.8 / len(impls)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
-    for i, impl in enumerate(impls):
-        gbs = [r["bytes"] / r["times"][impl] / 1e9 for r in rows]
-        ax.bar(x - 0.4 + width * (i + 0.5), gbs, width, label=impl)
-    floor = [r["bytes"] / r["times"]["copy"] / 1e9 for r in rows]
-    ax.scatter(x, floor, marker="_", s=900, color="black", zorder=3, label="np.copyto floor")
-    ax.set_xticks(x, [f"{r['n']}x{r['m']}\n{r['dtype']} {r['threads']}T" for r in rows], fontsize=7)
-    ax.set_ylabel("effective GB/s (logits read + gradient written)")
-    ax.set_title(f"mean cross-entropy loss + gradient\n{machine()}", fontsize=9)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(
+        len(dtypes),
+        1,
+        squeeze=False,
+        sharey=True,
+        figsize=(min(16.0, 1.0 * per_panel + 3), 2.2 + 2.6 * len(dtypes)),
+    )
+    for ax, dt in zip(axes[:, 0], dtypes, strict=True):
+        sub = [r for r in rows if r["dtype"] == dt]
+        x = np.arange(len(sub))
+        for i, impl in enumerate(impls):
+            gbs = [r["bytes"] / r["times"][impl] / 1e9 for r in sub]
+            ax.bar(x - 0.4 + width * (i + 0.5), gbs, width, label=impl)
+        floor = [r["bytes"] / r["times"]["copy"] / 1e9 for r in sub]
+        ax.scatter(
+            x,
+            floor,
+            marker="_",
+            s=1500 / max(1, len(sub)) ** 0.5 + 300,
+            color="black",
+            zorder=3,
+            label="np.copyto floor",
+        )
+        ax.set_xticks(x, [f"{r['n']}x{r['m']}, {r['threads']}T" for r in sub], fontsize=7)
+        ax.set_ylabel(f"{dt}: GB/s")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(
+        fontsize=7,
+        ncol=len(impls) + 1,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        frameon=False,
+    )
+    fig.suptitle(
+        "mean cross-entropy loss + gradient: effective bandwidth (logits read + "
+        f"gradient written)\n{machine()}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
