@@ -56,12 +56,24 @@ def compute_dtype(dtype: np.dtype[Any], what: str = "logits") -> np.dtype[np.flo
     )
 
 
+def _aligned(a: NDArray[Any]) -> NDArray[Any]:
+    """``a``, copied if its data is misaligned for its dtype (e.g. a view
+    at an odd byte offset of a buffer): the kernels load whole elements."""
+    return a if a.flags.aligned else a.copy()
+
+
 def as_logits(logits: ArrayLike) -> tuple[FloatArray, tuple[int, ...], np.dtype[np.floating[Any]]]:
     """Return ``(z2d, shape, dtype)``: the logits as a C-contiguous
     ``(n, m)`` array of the compute dtype, the original shape and that dtype."""
     z = np.asarray(logits)
     dtype = z.dtype
-    if (dtype is _F32 or dtype is _F64) and z.ndim == 2 and z.shape[1] and z.flags.c_contiguous:
+    if (
+        (dtype is _F32 or dtype is _F64)
+        and z.ndim == 2
+        and z.shape[1]
+        and z.flags.c_contiguous
+        and z.flags.aligned
+    ):
         return z, z.shape, dtype  # the common case, without the general checks
     dtype = compute_dtype(dtype)
     if z.ndim == 0:
@@ -72,7 +84,7 @@ def as_logits(logits: ArrayLike) -> tuple[FloatArray, tuple[int, ...], np.dtype[
     m = z.shape[-1]
     if m == 0:
         raise ValueError(f"logits must have at least one class (m >= 1); got shape {z.shape}.")
-    z2 = np.ascontiguousarray(z, dtype=dtype)
+    z2 = _aligned(np.ascontiguousarray(z, dtype=dtype))
     return z2.reshape(-1, m), z.shape, dtype
 
 
@@ -87,7 +99,7 @@ def as_labels_or_probs(
     """
     t = np.asarray(target)
     if t.shape == shape[:-1]:
-        if t.dtype in _NATIVE_LABELS and t.ndim == 1 and t.flags.c_contiguous:
+        if t.dtype in _NATIVE_LABELS and t.ndim == 1 and t.flags.c_contiguous and t.flags.aligned:
             return "labels", t
         if t.dtype.kind not in "iu":
             hint = (
@@ -106,13 +118,13 @@ def as_labels_or_probs(
             )
         if t.dtype not in _NATIVE_LABELS:
             t = t.astype(np.int64)
-        return "labels", np.ascontiguousarray(t).reshape(-1)
+        return "labels", _aligned(np.ascontiguousarray(t)).reshape(-1)
     if t.shape == shape:
         if t.dtype.kind not in "fiu":
             raise TypeError(
                 f"class-probability targets must be real numbers; got dtype={t.dtype}."
             )
-        t2 = np.ascontiguousarray(t, dtype=dtype)
+        t2 = _aligned(np.ascontiguousarray(t, dtype=dtype))
         return "probs", t2.reshape(-1, shape[-1])
     raise ValueError(
         f"target must have shape {shape[:-1]} (class indices) or {shape} "
@@ -256,6 +268,8 @@ def check_out(
         raise ValueError(f"{name} must be writeable; got a read-only array.")
     if not out.dtype.isnative:
         raise ValueError(f"{name} must be in native byte order.")
+    if not out.flags.aligned:
+        raise ValueError(f"{name} must be aligned; got a view at a misaligned address.")
     return out.reshape(-1, shape[-1])
 
 
