@@ -109,6 +109,10 @@ cdef enum:
     PARALLEL_MIN_ELEMENTS = 32768
 
 
+# Below this many logits (n * m) the kernels run on the calling thread.
+SERIAL_BELOW = PARALLEL_MIN_ELEMENTS
+
+
 cdef struct LossOptions:
     double smoothing    # label smoothing epsilon
     double zloss        # coefficient of lse**2

@@ -179,10 +179,10 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
 {
     enum { TR = FX_TILE_ROWS };
     FX_T tile[FX_SMALL_M_MAX * TR]; /* column-major: tile[j * TR + r] */
-    FX_T mx[TR];
-    double S[TR], dot[TR], Q[TR], coef[TR], sr[TR], a[TR], b[TR];
-    int64_t y[TR];
-    int ign[TR];
+    FX_T mx[TR], S[TR];
+    double dot[TR], Q[TR], coef[TR], sr[TR], a[TR], b[TR];
+    int32_t y[TR]; /* m <= FX_SMALL_M_MAX: 32-bit compares vectorise better */
+    int32_t ign[TR];
     const double beta = smoothing / (double)m;
     double qs_total = 0.0;
 
@@ -193,7 +193,7 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         int64_t yy = ig ? 0 : lab;
         double s = sw ? sw[r] : 1.0;
         ign[r] = ig;
-        y[r] = yy;
+        y[r] = (int32_t)yy;
         sr[r] = ig ? 0.0 : s;
         coef[r] = (1.0 - smoothing) * (w ? (double)w[yy] : 1.0);
         mx[r] = -(FX_T)INFINITY;
@@ -227,28 +227,29 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         }
     }
 
-    /* exp(z - max) in place, and the row sums. */
+    /* exp(z - max) in place, and the row sums: at most FX_SMALL_M_MAX terms
+     * in [0, 1], one of them 1, so the element type is accurate enough. */
     for (ptrdiff_t r = 0; r < R; ++r)
-        S[r] = 0.0;
+        S[r] = 0;
     for (ptrdiff_t j = 0; j < m; ++j) {
 #pragma omp simd
         for (ptrdiff_t r = 0; r < R; ++r) {
             FX_T e = FX_EXPNEG(tile[j * TR + r] - mx[r]);
             tile[j * TR + r] = e;
-            S[r] += (double)e;
+            S[r] += e;
         }
     }
 
 #pragma omp simd
     for (ptrdiff_t r = 0; r < R; ++r) {
         double q = Q[r] + qs_total;
-        double log_s = log_inl(S[r]);
+        double log_s = log_inl((double)S[r]);
         double lse = (double)mx[r] + log_s;
         double loss = q * log_s - dot[r];
         loss = zloss != 0.0 ? loss + zloss * lse * lse : loss;
         loss_out[r] = ign[r] ? 0.0 : sr[r] * loss;
         b[r] = sr[r] / grad_denom;
-        a[r] = b[r] * (q + 2.0 * zloss * lse) / S[r];
+        a[r] = b[r] * (q + 2.0 * zloss * lse) / (double)S[r];
     }
     if (!g)
         return;
@@ -257,7 +258,7 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         FX_T qj = (FX_T)(beta * (w ? (double)w[j] : 1.0));
 #pragma omp simd
         for (ptrdiff_t r = 0; r < R; ++r) {
-            FX_T q = qj + (y[r] == j ? (FX_T)coef[r] : (FX_T)0);
+            FX_T q = qj + (y[r] == (int32_t)j ? (FX_T)coef[r] : (FX_T)0);
             FX_T v = (FX_T)a[r] * tile[j * TR + r] - (FX_T)b[r] * q;
             tile[j * TR + r] = ign[r] ? (FX_T)0 : v;
         }
