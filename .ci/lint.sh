@@ -3,10 +3,11 @@
 #
 #   bash .ci/lint.sh
 #
-# Runs in the active Python, which must have fastxent installed (stubtest
-# imports the compiled module): in CI the virtualenv of .ci/run, locally an
-# editable install.  Installs the tools of the `lint` extra itself.  Every
-# check runs even when an earlier one fails; the exit status is 1 if any did.
+# Runs in the active Python (>= 3.11, for tomllib), which must have fastxent
+# installed, since stubtest imports the compiled module: in CI the virtualenv
+# of .ci/run, locally an editable install.  Installs the tools of the `lint`
+# extra itself.  Every check runs even when an earlier one fails; the exit
+# status is 1 if any did.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
