@@ -57,6 +57,7 @@ if ! FASTXENT_SANITIZE=1 python -m pip install -v --no-cache-dir --no-binary=fas
     exit 1
 fi
 grep -E "fastxent:|warning:" "$LOG" || true
+echo "    built in ${SECONDS} s"
 
 export LD_PRELOAD="$ASAN_LIB $UBSAN_LIB"
 # CPython does not free everything at exit: no leak checking.  Stop at the
@@ -96,7 +97,7 @@ if grep -qE "ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer|Undefin
     exit 1
 fi
 if [ "$status" -ne 0 ]; then
-    echo "sanitize: FAILED: pytest exited with $status" >&2
+    echo "sanitize: FAILED: pytest exited with $status after ${SECONDS} s" >&2
     exit "$status"
 fi
-echo "sanitize: OK (no sanitizer report)"
+echo "sanitize: OK (no sanitizer report; ${SECONDS} s in all)"

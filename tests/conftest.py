@@ -9,6 +9,10 @@
   ``FASTXENT_HYPOTHESIS_PROFILE=thorough python -m pytest tests``.
 * Fixtures: ``rng``, a NumPy generator seeded per test from its node id, so
   every test sees the same data on every run and in any order.
+* Every fastxent call of every test is checked not to modify its inputs
+  (other than ``out``): an autouse fixture installs the guard of
+  ``test_inputs_unmodified.py``; ``@pytest.mark.no_input_guard`` opts out
+  (tests that measure memory).
 """
 
 from __future__ import annotations
@@ -44,3 +48,18 @@ if settings is not None:
 def rng(request):
     """A generator seeded from the test's node id (stable across runs)."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "no_input_guard: do not check that fastxent leaves the inputs unmodified"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _inputs_unmodified(request, monkeypatch):
+    """Fail any fastxent call that modifies an input other than ``out``."""
+    if request.node.get_closest_marker("no_input_guard") is None:
+        from test_inputs_unmodified import install_guard
+
+        install_guard(monkeypatch)
