@@ -70,8 +70,24 @@ def main(argv=None):
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     p.add_argument("--repeats", type=int, default=1, help="fits per estimator (median)")
+    p.add_argument(
+        "--blas-threads",
+        type=int,
+        default=None,
+        help="limit BLAS to this many threads for both estimators (threadpoolctl); on a "
+        "busy machine a multi-threaded BLAS can be many times slower than one thread",
+    )
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
+    if args.blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=args.blas_threads, user_api="blas"):
+            return run(args)
+    return run(args)
+
+
+def run(args):
 
     X, y = make_problem(args.n, args.d, args.m, args.dtype)
     common = {"C": args.C, "tol": args.tol, "max_iter": args.max_iter}

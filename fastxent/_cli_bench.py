@@ -425,6 +425,7 @@ def plot(path: str, records: list[Timing], peers: Sequence[str]) -> None:
         loc="lower center",
         bbox_to_anchor=(0.5, 1.0),
         frameon=False,
+        markerscale=0.4,
     )
     fig.suptitle(
         "mean cross-entropy loss + gradient: effective bandwidth (logits read + "
