@@ -44,7 +44,9 @@ echo "cython-lint $("$PY" -c 'import importlib.metadata as m; print(m.version("c
 
 check "ruff check" "$PY" -m ruff check --output-format concise .
 check "ruff format --check" "$PY" -m ruff format --check .
-check "cython-lint" "$PY" -m cython_lint fastxent/
+# cython-lint has no `python -m` entry point: its script sits beside the interpreter's.
+SCRIPTS="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+check "cython-lint" "$SCRIPTS/cython-lint" fastxent/
 check "mypy --strict" "$PY" -m mypy --strict fastxent examples/typed_usage.py
 
 # stubtest compares the stubs with the module Python really imports, so it runs
