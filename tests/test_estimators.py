@@ -62,6 +62,8 @@ except TypeError:  # pragma: no cover - older scikit-learn
 
 
 @_checks
+# check_non_transformer_estimators_n_iter fits iris unscaled at max_iter=100
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
