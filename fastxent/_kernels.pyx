@@ -45,14 +45,12 @@ cdef extern from "_rowops.h" nogil:
     double fx_max_d(const double *z, Py_ssize_t n)
     float fx_softcap_max_f(const float *z, Py_ssize_t n, float c, float *out)
     double fx_softcap_max_d(const double *z, Py_ssize_t n, double c, double *out)
-    double fx_expsum_f(const float *z, Py_ssize_t n, float shift, float *out)
-    double fx_expsum_d(const double *z, Py_ssize_t n, double shift, double *out)
-    double fx_target_dot_f(const float *z, Py_ssize_t n, float shift,
-                           const float *w, const float *y, float alpha,
-                           float beta, double *qsum)
-    double fx_target_dot_d(const double *z, Py_ssize_t n, double shift,
-                           const double *w, const double *y, double alpha,
-                           double beta, double *qsum)
+    double fx_expsum_f(const float *z, Py_ssize_t n, float shift, float *out,
+                       const float *w, const float *y, float alpha, float beta,
+                       double *tdot)
+    double fx_expsum_d(const double *z, Py_ssize_t n, double shift, double *out,
+                       const double *w, const double *y, double alpha,
+                       double beta, double *tdot)
     void fx_grad_pass_f(float *g, Py_ssize_t n, float a, float b,
                         const float *w, const float *y, float alpha,
                         float beta, const float *zc, float inv_c)
@@ -138,21 +136,13 @@ cdef inline floating row_softcap_max(const floating *z, Py_ssize_t m,
 
 
 cdef inline double row_expsum(const floating *z, Py_ssize_t m, floating shift,
-                              floating *out) noexcept nogil:
+                              floating *out, const floating *w,
+                              const floating *y, floating alpha, floating beta,
+                              double *tdot) noexcept nogil:
     if floating is float:
-        return fx_expsum_f(z, m, shift, out)
+        return fx_expsum_f(z, m, shift, out, w, y, alpha, beta, tdot)
     else:
-        return fx_expsum_d(z, m, shift, out)
-
-
-cdef inline double row_target_dot(const floating *z, Py_ssize_t m,
-                                  floating shift, const floating *w,
-                                  const floating *y, floating alpha,
-                                  floating beta, double *qsum) noexcept nogil:
-    if floating is float:
-        return fx_target_dot_f(z, m, shift, w, y, alpha, beta, qsum)
-    else:
-        return fx_target_dot_d(z, m, shift, w, y, alpha, beta, qsum)
+        return fx_expsum_d(z, m, shift, out, w, y, alpha, beta, tdot)
 
 
 cdef inline void row_grad_pass(floating *g, Py_ssize_t m, floating a,
@@ -212,7 +202,7 @@ cdef double cross_entropy_row(
     cdef floating mx, inv_c = 0
     cdef floating beta = <floating>(opt.smoothing / m)
     cdef double S, log_s, lse, Q, dot, loss, a, b
-    cdef double c_main = 0, cap_y = 1, qsum
+    cdef double c_main = 0, cap_y = 1
     if opt.softcap > 0:
         mx = row_softcap_max(z, m, <floating>opt.softcap, scratch)
         zc = scratch
@@ -220,25 +210,28 @@ cdef double cross_entropy_row(
     else:
         mx = row_max(z, m)
 
-    # Everything that needs the logits is read before g (maybe z) is written.
+    # The target terms come out of the exp pass (tdot: their dot product
+    # with z - max, and their total mass); the label's own term is read
+    # before that pass writes g, which may alias z.
+    cdef double tdot[2]
+    tdot[0] = 0
+    tdot[1] = 0
     if label >= 0:
-        dot = 0
-        Q = 0
-        if opt.smoothing > 0:
-            dot = row_target_dot(zc, m, mx, w, <const floating *>NULL,
-                                 0, beta, &Q)
         c_main = (1.0 - opt.smoothing) * (w[label] if w != NULL else 1.0)
-        if c_main != 0:
-            # Skipping zero-mass terms keeps a masked (-inf) class out.
-            dot += c_main * (<double>zc[label] - <double>mx)
-            Q += c_main
+        # Skipping zero-mass terms keeps a masked (-inf) class out.
+        dot = c_main * (<double>zc[label] - <double>mx) if c_main != 0 else 0.0
         if opt.softcap > 0:
             cap_y = 1.0 - (<double>zc[label] * inv_c) ** 2
+        S = row_expsum(zc, m, mx, g, w, <const floating *>NULL, 0, beta,
+                       tdot if opt.smoothing > 0 else NULL)
+        Q = c_main + tdot[1]
+        dot += tdot[0]
     else:
-        dot = row_target_dot(zc, m, mx, w, y, <floating>(1.0 - opt.smoothing),
-                             beta, &Q)
+        S = row_expsum(zc, m, mx, g, w, y, <floating>(1.0 - opt.smoothing),
+                       beta, tdot)
+        Q = tdot[1]
+        dot = tdot[0]
 
-    S = row_expsum(zc, m, mx, g)
     log_s = log(S)
     lse = mx + log_s
     loss = Q * log_s - dot
@@ -280,11 +273,11 @@ cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
                 return z[k]
         return mx
     if take_log or out == NULL:
-        S = row_expsum(z, m, mx, <floating *>NULL)
+        S = row_expsum(z, m, mx, <floating *>NULL, NULL, NULL, 0, 0, NULL)
         if out != NULL:
             row_sub2(z, m, mx, <floating>log(S), out)
     else:
-        S = row_expsum(z, m, mx, out)
+        S = row_expsum(z, m, mx, out, NULL, NULL, 0, 0, NULL)
         row_scale(out, m, <floating>(1.0 / S))
     return mx + log(S)
 

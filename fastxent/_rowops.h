@@ -43,26 +43,24 @@ double fx_max_d(const double *z, ptrdiff_t n);
 float fx_softcap_max_f(const float *z, ptrdiff_t n, float c, float *out);
 double fx_softcap_max_d(const double *z, ptrdiff_t n, double c, double *out);
 
-/* sum_k exp(z[k] - shift), accumulated in double.  When out is not NULL it
- * also receives exp(z[k] - shift); out may alias z. */
-double fx_expsum_f(const float *z, ptrdiff_t n, float shift, float *out);
-double fx_expsum_d(const double *z, ptrdiff_t n, double shift, double *out);
-
-/* With q[k] = w[k] * (alpha * y[k] + beta) (w == NULL means w[k] = 1,
- * y == NULL means the bracket is beta): returns sum_k q[k] * (z[k] - shift),
- * skipping terms with q[k] == 0 (so a masked -inf logit with no target mass
- * adds nothing), and stores sum_k q[k] in *qsum.  Both in double; the
- * shift (the row max) keeps the loss free of cancellation for huge logits. */
-double fx_target_dot_f(const float *z, ptrdiff_t n, float shift,
-                       const float *w, const float *y, float alpha,
-                       float beta, double *qsum);
-double fx_target_dot_d(const double *z, ptrdiff_t n, double shift,
-                       const double *w, const double *y, double alpha,
-                       double beta, double *qsum);
+/* sum_k exp(z[k] - shift) for a shift >= max_k z[k] (the row max), summed
+ * in double over blocks.  When out is not NULL it also receives
+ * exp(z[k] - shift); out may alias z.  When tdot is not NULL the same pass
+ * forms the target terms of the loss: with q[k] = w[k] * (alpha * y[k] + beta)
+ * (w == NULL means w[k] = 1, y == NULL means the bracket is beta),
+ * tdot[0] = sum_k q[k] * (z[k] - shift), skipping terms with q[k] == 0 (so a
+ * masked -inf logit with no target mass adds nothing), and
+ * tdot[1] = sum_k q[k]. */
+double fx_expsum_f(const float *z, ptrdiff_t n, float shift, float *out,
+                   const float *w, const float *y, float alpha, float beta,
+                   double *tdot);
+double fx_expsum_d(const double *z, ptrdiff_t n, double shift, double *out,
+                   const double *w, const double *y, double alpha, double beta,
+                   double *tdot);
 
 /* The gradient pass, in place on g (which holds exp(z - shift)):
  *   g[k] = (a * g[k] - b * q[k]) * f[k]
- * with q[k] as in fx_target_dot and f[k] = 1 - (zc[k] * inv_c)^2 when zc
+ * with q[k] as in fx_expsum and f[k] = 1 - (zc[k] * inv_c)^2 when zc
  * is not NULL (the derivative of the soft-cap c*tanh(z/c), given the capped
  * logits zc), else 1. */
 void fx_grad_pass_f(float *g, ptrdiff_t n, float a, float b, const float *w,

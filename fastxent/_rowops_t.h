@@ -60,63 +60,62 @@ FX_CLONES FX_T FX_NAME(fx_softcap_max)(const FX_T *z, ptrdiff_t n, FX_T c,
 #endif
 
 FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
-                                      FX_T *out)
+                                      FX_T *out, const FX_T *w, const FX_T *y,
+                                      FX_T alpha, FX_T beta, double *tdot)
 {
-    double acc = 0.0;
+    double acc = 0.0, dacc = 0.0, qacc = 0.0;
     for (ptrdiff_t k0 = 0; k0 < n; k0 += FX_SUM_BLOCK) {
         ptrdiff_t k1 = n - k0 < FX_SUM_BLOCK ? n : k0 + FX_SUM_BLOCK;
         FX_T part = 0;
-#pragma omp simd reduction(+ : part)
+        double dpart = 0.0, qpart = 0.0;
+#pragma omp simd reduction(+ : part, dpart, qpart)
         for (ptrdiff_t k = k0; k < k1; ++k) {
-            FX_T e = FX_EXPNEG(z[k] - shift);
+            FX_T d = z[k] - shift; /* read before out[k] (maybe z[k]) is written */
+            FX_T e = FX_EXPNEG(d);
             if (out)
                 out[k] = e;
             part += e;
+            if (tdot) {
+                /* In double: a large weight times a large logit gap must
+                 * not overflow float32 before the mean divides it down. */
+                double q = (double)((w ? w[k] : (FX_T)1) *
+                                    (y ? alpha * y[k] + beta : beta));
+                dpart += q != 0.0 ? q * (double)d : 0.0;
+                qpart += q;
+            }
         }
         acc += (double)part;
+        dacc += dpart;
+        qacc += qpart;
+    }
+    if (tdot) {
+        tdot[0] = dacc;
+        tdot[1] = qacc;
     }
     return acc;
 }
 
 FX_CLONES double FX_NAME(fx_expsum)(const FX_T *z, ptrdiff_t n, FX_T shift,
-                                    FX_T *out)
+                                    FX_T *out, const FX_T *w, const FX_T *y,
+                                    FX_T alpha, FX_T beta, double *tdot)
 {
-    if (out)
-        return FX_NAME(expsum_body)(z, n, shift, out);
-    return FX_NAME(expsum_body)(z, n, shift, NULL);
-}
-
-FX_INLINE double FX_NAME(target_dot_body)(const FX_T *z, ptrdiff_t n,
-                                          FX_T shift, const FX_T *w,
-                                          const FX_T *y, FX_T alpha, FX_T beta,
-                                          double *qsum)
-{
-    double acc = 0.0, qacc = 0.0, dshift = (double)shift;
-#pragma omp simd reduction(+ : acc, qacc)
-    for (ptrdiff_t k = 0; k < n; ++k) {
-        FX_T q = (w ? w[k] : (FX_T)1) * (y ? alpha * y[k] + beta : beta);
-        double t = (double)q * ((double)z[k] - dshift);
-        acc += q != 0 ? t : 0.0;
-        qacc += (double)q;
+#define FX_ES(OUT, W, Y, TD) FX_NAME(expsum_body)(z, n, shift, OUT, W, Y, alpha, beta, TD)
+#define FX_ES_TARGETS(OUT)                          \
+    if (!tdot)                                      \
+        return FX_ES(OUT, NULL, NULL, NULL);        \
+    if (w && y)                                     \
+        return FX_ES(OUT, w, y, tdot);              \
+    if (w)                                          \
+        return FX_ES(OUT, w, NULL, tdot);           \
+    if (y)                                          \
+        return FX_ES(OUT, NULL, y, tdot);           \
+    return FX_ES(OUT, NULL, NULL, tdot);
+    if (out) {
+        FX_ES_TARGETS(out)
     }
-    *qsum = qacc;
-    return acc;
-}
-
-FX_CLONES double FX_NAME(fx_target_dot)(const FX_T *z, ptrdiff_t n,
-                                        FX_T shift, const FX_T *w,
-                                        const FX_T *y, FX_T alpha, FX_T beta,
-                                        double *qsum)
-{
-#define FX_TD(W, Y) FX_NAME(target_dot_body)(z, n, shift, W, Y, alpha, beta, qsum)
-    if (w && y)
-        return FX_TD(w, y);
-    if (w)
-        return FX_TD(w, NULL);
-    if (y)
-        return FX_TD(NULL, y);
-    return FX_TD(NULL, NULL);
-#undef FX_TD
+    FX_ES_TARGETS(NULL)
+#undef FX_ES_TARGETS
+#undef FX_ES
 }
 
 FX_INLINE void FX_NAME(grad_pass_body)(FX_T *g, ptrdiff_t n, FX_T a, FX_T b,
