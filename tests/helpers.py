@@ -209,8 +209,14 @@ def check_cross_entropy(logits, target, *, reduction="mean", num_threads=None, *
         loss1 = fastxent.cross_entropy(logits, target, **kw)
         grad1 = fastxent.cross_entropy_grad(logits, target, **kw)
         loss2, grad2 = fastxent.cross_entropy_with_grad(logits, target, **kw)
+        # Class weights are used in the compute dtype (PyTorch requires a
+        # weight of the input's dtype), so a float64 weight that underflows
+        # float32 is 0 there: give the reference the same weights.
+        ref_options = dict(options)
+        if options.get("weight") is not None:
+            ref_options["weight"] = np.asarray(options["weight"], dtype=np.float64).astype(dtype)
         expected_loss, expected_grad = ref.cross_entropy(
-            logits, target, reduction=reduction, **options)
+            logits, target, reduction=reduction, **ref_options)
     assert snapshot(*arrays) == before, "an input was modified"
 
     assert_bitwise(loss1, loss2, "loss of cross_entropy vs cross_entropy_with_grad")
