@@ -185,6 +185,11 @@ def class_weight(
     w_native = np.ascontiguousarray(w, dtype=dtype)
     if not np.all(np.isfinite(w_native)):
         raise ValueError(f"weight must be finite in the compute dtype {dtype}; it overflows.")
+    if np.any((w > 0) & (w_native == 0)):
+        raise ValueError(
+            f"weight has positive entries that underflow to 0 in the compute dtype {dtype} "
+            f"(smallest positive weight {w[w > 0].min()!r}); rescale the weights."
+        )
     return w_native
 
 
