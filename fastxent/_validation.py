@@ -170,7 +170,7 @@ def _real_vector(
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be finite; it contains NaN or inf.")
     if np.any(a < 0):
-        raise ValueError(f"{name} must be non-negative; it contains {a[a < 0].min()!r}.")
+        raise ValueError(f"{name} must be non-negative; it contains {float(a[a < 0].min())!r}.")
     return a
 
 
