@@ -49,16 +49,22 @@ SCRIPTS="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 check "cython-lint" "$SCRIPTS/cython-lint" fastxent/
 check "mypy --strict" "$PY" -m mypy --strict fastxent examples/typed_usage.py
 
-# stubtest compares the stubs with the module Python really imports, so it runs
-# next to that package: site-packages for an install, the checkout for an
-# editable one.
+# stubtest compares the stubs with the module Python really imports.  An
+# installed package (site-packages, found by mypy through its py.typed) is
+# checked from an empty folder; an editable install or in-place build, which
+# mypy cannot follow through setuptools' import hook, from its checkout.
 stubtest() {
     local where
-    where="$(cd "$WORK" && "$PY" -c \
-        'import os, fastxent; print(os.path.dirname(os.path.dirname(fastxent.__file__)))')" \
-        || return 1
+    where="$(cd "$WORK" && "$PY" -c '
+import os, site, sysconfig, fastxent
+top = os.path.dirname(os.path.dirname(os.path.realpath(fastxent.__file__)))
+installed = {os.path.realpath(p) for p in site.getsitepackages()
+             + [sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]}
+print(top, "installed" if top in installed else "checkout")')" || return 1
     echo "    fastxent imported from $where"
-    (cd "$where" && "$PY" -m mypy.stubtest fastxent --mypy-config-file "$ROOT/pyproject.toml" \
+    local dir="${where% *}"
+    [ "${where##* }" = installed ] && dir="$WORK"
+    (cd "$dir" && "$PY" -m mypy.stubtest fastxent --mypy-config-file "$ROOT/pyproject.toml" \
         --allowlist "$ROOT/.ci/stubtest-allowlist.txt" --ignore-unused-allowlist)
 }
 check "mypy.stubtest fastxent" stubtest
