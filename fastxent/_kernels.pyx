@@ -336,6 +336,62 @@ cdef void _small_labels(
             grad + r0 * m if grad != NULL else NULL)
 
 
+cdef LossOptions _options(double smoothing, double zloss, double softcap,
+                          double denom, bint mean) noexcept nogil:
+    cdef LossOptions opt
+    opt.smoothing = smoothing
+    opt.zloss = zloss
+    opt.softcap = softcap
+    # A zero denominator makes the mean NaN (computed by the caller) and
+    # its gradient zero: dividing by +inf gives exactly that.
+    opt.grad_denom = (denom if denom > 0 else INFINITY) if mean else 1.0
+    return opt
+
+
+cdef int _rows(
+    const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
+    int64_t ignore_index, const floating *target, const floating *w,
+    const double *sw, const LossOptions *opt, double *loss_out,
+    floating *grad, int num_threads,
+) noexcept nogil:
+    """The general path: a prange over rows of cross_entropy_row, for class
+    indices (``labels``) or probabilities (``target``, ``labels`` NULL).
+    Returns 1 if a thread could not allocate its soft-cap scratch row."""
+    cdef Py_ssize_t i, label
+    cdef floating *scratch
+    cdef floating *g
+    cdef const floating *y
+    cdef int failed = 0
+    cdef int *failed_p = &failed
+    with parallel(num_threads=num_threads,
+                  use_threads_if=_use_threads(n, m, num_threads)):
+        scratch = NULL
+        if opt.softcap > 0:
+            scratch = <floating *>malloc(m * sizeof(floating))
+            if scratch == NULL:
+                failed_p[0] = 1
+        for i in prange(n, schedule='static'):
+            if opt.softcap > 0 and scratch == NULL:
+                continue
+            g = grad + i * m if grad != NULL else NULL
+            y = NULL
+            if labels != NULL:
+                if labels[i] == ignore_index:
+                    loss_out[i] = 0
+                    if g != NULL:
+                        memset(g, 0, m * sizeof(floating))
+                    continue
+                label = <Py_ssize_t>labels[i]
+            else:
+                label = -1
+                y = target + i * m
+            loss_out[i] = cross_entropy_row(
+                z + i * m, m, label, y, w, sw[i] if sw != NULL else 1.0, opt,
+                g, scratch)
+        free(scratch)
+    return failed
+
+
 def cross_entropy_labels(
     const floating[:, ::1] z,
     const label_t[::1] labels,
@@ -361,58 +417,32 @@ def cross_entropy_labels(
     which the gradient was divided if ``mean``.  Ignored rows get loss 0
     and a zero gradient.
     """
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i, bad
+    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], bad
     cdef LossOptions opt
     cdef const floating *w = &class_weight[0] if class_weight is not None else NULL
     cdef const double *sw = NULL
     cdef floating *grad = NULL
-    cdef floating *scratch
-    cdef floating *g
     cdef double denom = 0
     cdef int failed = 0
-    cdef int *failed_p = &failed
     if n == 0:
         return -1, 0.0, 0.0
     if sample_weight is not None:
         sw = &sample_weight[0]
     if grad_out is not None:
         grad = &grad_out[0, 0]
-    opt.smoothing = smoothing
-    opt.zloss = zloss
-    opt.softcap = softcap
     with nogil:
         bad = _label_pass(labels, m, ignore_index, w, sw, &denom)
     if bad >= 0:
         return bad, 0.0, denom
-    # A zero denominator makes the mean NaN (computed by the caller) and
-    # its gradient zero: dividing by +inf gives exactly that.
-    opt.grad_denom = (denom if denom > 0 else INFINITY) if mean else 1.0
+    opt = _options(smoothing, zloss, softcap, denom, mean)
     with nogil:
         if m <= FX_SMALL_M_MAX and softcap == 0:
             _small_labels(z, labels, w, sw, &opt, &loss_out[0], grad,
                           ignore_index, num_threads)
         else:
-            with parallel(num_threads=num_threads,
-                          use_threads_if=_use_threads(n, m, num_threads)):
-                scratch = NULL
-                if softcap > 0:
-                    scratch = <floating *>malloc(m * sizeof(floating))
-                    if scratch == NULL:
-                        failed_p[0] = 1
-                for i in prange(n, schedule='static'):
-                    if softcap > 0 and scratch == NULL:
-                        continue
-                    g = grad + i * m if grad != NULL else NULL
-                    if labels[i] == ignore_index:
-                        loss_out[i] = 0
-                        if g != NULL:
-                            memset(g, 0, m * sizeof(floating))
-                        continue
-                    loss_out[i] = cross_entropy_row(
-                        &z[i, 0], m, <Py_ssize_t>labels[i],
-                        <const floating *>NULL, w,
-                        sw[i] if sw != NULL else 1.0, &opt, g, scratch)
-                free(scratch)
+            failed = _rows(&z[0, 0], n, m, &labels[0], ignore_index,
+                           <const floating *>NULL, w, sw, &opt, &loss_out[0],
+                           grad, num_threads)
     if failed:
         raise MemoryError("fastxent: could not allocate per-thread scratch memory")
     return -1, fx_pairwise_sum(&loss_out[0], n), denom
@@ -435,15 +465,13 @@ def cross_entropy_probs(
     shape of ``z`` (which must not overlap ``grad_out``).  Returns
     ``(-1, total, denominator)`` with the denominator ``sum_i s_i`` (``n``
     without sample weights)."""
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
+    cdef Py_ssize_t n = z.shape[0], m = z.shape[1]
     cdef LossOptions opt
     cdef const floating *w = &class_weight[0] if class_weight is not None else NULL
     cdef const double *sw = NULL
     cdef floating *grad = NULL
-    cdef floating *scratch
     cdef double denom
-    cdef int failed = 0
-    cdef int *failed_p = &failed
+    cdef int failed
     if n == 0:
         return -1, 0.0, 0.0
     if sample_weight is not None:
@@ -453,25 +481,10 @@ def cross_entropy_probs(
         denom = <double>n
     if grad_out is not None:
         grad = &grad_out[0, 0]
-    opt.smoothing = smoothing
-    opt.zloss = zloss
-    opt.softcap = softcap
-    opt.grad_denom = (denom if denom > 0 else INFINITY) if mean else 1.0
-    with nogil, parallel(num_threads=num_threads,
-                         use_threads_if=_use_threads(n, m, num_threads)):
-        scratch = NULL
-        if softcap > 0:
-            scratch = <floating *>malloc(m * sizeof(floating))
-            if scratch == NULL:
-                failed_p[0] = 1
-        for i in prange(n, schedule='static'):
-            if softcap > 0 and scratch == NULL:
-                continue
-            loss_out[i] = cross_entropy_row(
-                &z[i, 0], m, -1, &target[i, 0], w,
-                sw[i] if sw != NULL else 1.0, &opt,
-                grad + i * m if grad != NULL else NULL, scratch)
-        free(scratch)
+    opt = _options(smoothing, zloss, softcap, denom, mean)
+    with nogil:
+        failed = _rows(&z[0, 0], n, m, <const int64_t *>NULL, 0, &target[0, 0],
+                       w, sw, &opt, &loss_out[0], grad, num_threads)
     if failed:
         raise MemoryError("fastxent: could not allocate per-thread scratch memory")
     return -1, fx_pairwise_sum(&loss_out[0], n), denom

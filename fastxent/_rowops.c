@@ -60,16 +60,14 @@ FX_INLINE uint32_t f_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u;
 FX_INLINE double bits_to_d(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
 FX_INLINE uint64_t d_to_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
 
-FX_INLINE float expf_inl(float x)
+/* exp(r) * 2^-n with n = round(x / ln 2), r = x - n ln 2, for a clamped x:
+ * the part shared by the general and the non-positive exponentials. */
+FX_INLINE float expf_core(float xc, int32_t *n)
 {
-    const float lo = -103.972076f; /* exp(lo) < smallest subnormal / 2 */
-    const float hi = 88.7228394f;  /* log(FLT_MAX) */
     const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    float xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc; /* NaN passes both clamps unchanged */
     float t = xc * 1.44269504088896341f + magic;
     float nf = t - magic;
-    int32_t n = (int32_t)(f_to_bits(t) - f_to_bits(magic));
+    *n = (int32_t)(f_to_bits(t) - f_to_bits(magic));
     float r = xc - nf * 0.693359375f;
     r = r - nf * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -78,25 +76,15 @@ FX_INLINE float expf_inl(float x)
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    int32_t n1 = n >> 1, n2 = n - n1;
-    float s1 = bits_to_f((uint32_t)(n1 + 127) << 23);
-    float s2 = bits_to_f((uint32_t)(n2 + 127) << 23);
-    float res = (p * s1) * s2;
-    res = x < lo ? 0.0f : res;
-    return x > hi ? HUGE_VALF : res;
+    return p * (r * r) + r + 1.0f;
 }
 
-FX_INLINE double exp_inl(double x)
+FX_INLINE double exp_core(double xc, int64_t *n)
 {
-    const double lo = -745.1332191019412;  /* exp(lo) < smallest subnormal / 2 */
-    const double hi = 709.782712893384;    /* log(DBL_MAX) */
     const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
-    double xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
     double t = xc * 1.4426950408889634074 + magic;
     double nf = t - magic;
-    int64_t n = (int64_t)(d_to_bits(t) - d_to_bits(magic));
+    *n = (int64_t)(d_to_bits(t) - d_to_bits(magic));
     double r = xc - nf * 6.93147180369123816490e-01;
     r = r - nf * 1.90821492927058770002e-10;
     /* Taylor series of exp(r) - 1 - r, degree 13, Horner from the top. */
@@ -112,7 +100,33 @@ FX_INLINE double exp_inl(double x)
     p = p * r + 1.0 / 24.0;
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
-    p = p * (r * r) + r + 1.0;
+    return p * (r * r) + r + 1.0;
+}
+
+FX_INLINE float expf_inl(float x)
+{
+    const float lo = -103.972076f; /* exp(lo) < smallest subnormal / 2 */
+    const float hi = 88.7228394f;  /* log(FLT_MAX) */
+    float xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc; /* NaN passes both clamps unchanged */
+    int32_t n;
+    float p = expf_core(xc, &n);
+    int32_t n1 = n >> 1, n2 = n - n1;
+    float s1 = bits_to_f((uint32_t)(n1 + 127) << 23);
+    float s2 = bits_to_f((uint32_t)(n2 + 127) << 23);
+    float res = (p * s1) * s2;
+    res = x < lo ? 0.0f : res;
+    return x > hi ? HUGE_VALF : res;
+}
+
+FX_INLINE double exp_inl(double x)
+{
+    const double lo = -745.1332191019412; /* exp(lo) < smallest subnormal / 2 */
+    const double hi = 709.782712893384;   /* log(DBL_MAX) */
+    double xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc;
+    int64_t n;
+    double p = exp_core(xc, &n);
     int64_t n1 = n >> 1, n2 = n - n1;
     double s1 = bits_to_d((uint64_t)(n1 + 1023) << 52);
     double s2 = bits_to_d((uint64_t)(n2 + 1023) << 52);
@@ -130,48 +144,20 @@ FX_INLINE double exp_inl(double x)
 FX_INLINE float expnegf_inl(float x)
 {
     const float lo = -87.3365448f; /* log(FLT_MIN) */
-    const float magic = 12582912.0f;
     float xc = x < lo ? lo : x;
-    float t = xc * 1.44269504088896341f + magic;
-    float nf = t - magic;
-    uint32_t nb = f_to_bits(t) - f_to_bits(magic);
-    float r = xc - nf * 0.693359375f;
-    r = r - nf * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    float res = p * bits_to_f((nb + 127u) << 23);
+    int32_t n;
+    float p = expf_core(xc, &n);
+    float res = p * bits_to_f((uint32_t)(n + 127) << 23);
     return x < lo ? 0.0f : res;
 }
 
 FX_INLINE double expneg_inl(double x)
 {
     const double lo = -708.3964185322641; /* log(DBL_MIN) */
-    const double magic = 6755399441055744.0;
     double xc = x < lo ? lo : x;
-    double t = xc * 1.4426950408889634074 + magic;
-    double nf = t - magic;
-    uint64_t nb = d_to_bits(t) - d_to_bits(magic);
-    double r = xc - nf * 6.93147180369123816490e-01;
-    r = r - nf * 1.90821492927058770002e-10;
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * (r * r) + r + 1.0;
-    double res = p * bits_to_d((nb + 1023u) << 52);
+    int64_t n;
+    double p = exp_core(xc, &n);
+    double res = p * bits_to_d((uint64_t)(n + 1023) << 52);
     return x < lo ? 0.0 : res;
 }
 
