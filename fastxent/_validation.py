@@ -188,7 +188,7 @@ def class_weight(
     if np.any((w > 0) & (w_native == 0)):
         raise ValueError(
             f"weight has positive entries that underflow to 0 in the compute dtype {dtype} "
-            f"(smallest positive weight {w[w > 0].min()!r}); rescale the weights."
+            f"(smallest positive weight {float(w[w > 0].min())!r}); rescale the weights."
         )
     return w_native
 

@@ -368,7 +368,10 @@ def option_problems(draw):
     opts = {}
     nonneg = st.one_of(st.just(0.0), st.floats(0.0, 4.0))
     if draw(st.booleans()):
-        opts["weight"] = np.array(draw(st.lists(nonneg, min_size=m, max_size=m)))
+        # Class weights are used in the compute dtype, and positive weights
+        # that underflow to 0 there are rejected (tested in test_validation).
+        w = np.array(draw(st.lists(nonneg, min_size=m, max_size=m)))
+        opts["weight"] = np.where(w < np.finfo(dtype).tiny, 0.0, w)
     if draw(st.booleans()):
         opts["sample_weight"] = np.array(
             draw(st.lists(nonneg, min_size=n, max_size=n))).reshape(batch)

@@ -247,6 +247,28 @@ def test_bad_options(name, kwargs, exc, match):
 
 
 @pytest.mark.parametrize("name", list(LOSS_FUNCS))
+@pytest.mark.parametrize("dtype, weight, match", [
+    (np.float32, [1e39, 1.0, 1.0, 1.0], r"weight must be finite in the compute dtype float32"),
+    (np.float32, [1e-46, 1.0, 1.0, 1.0], r"weight has positive entries that underflow to 0 "
+                                         r"in the compute dtype float32 \(smallest positive "
+                                         r"weight 1e-46\)"),
+    (np.float64, [1e-46, 1.0, 1.0, 1.0], None),
+    (np.float64, [1e-320, 1.0, 0.0, 1.0], None),  # subnormal in float64: still positive
+])
+def test_weights_must_survive_the_compute_dtype(name, dtype, weight, match):
+    """Class weights are used in the compute dtype: a weight that overflows or
+    (if positive) underflows to 0 there is an error, never a NaN loss."""
+    z = _z().astype(dtype)
+    if match is None:
+        result = LOSS_FUNCS[name](z, np.array([0, 1, 2]), weight=weight)
+        for part in result if isinstance(result, tuple) else (result,):
+            assert np.isfinite(part).all()
+    else:
+        raises_unchanged(ValueError, match, LOSS_FUNCS[name], z, np.array([0, 1, 2]),
+                         weight=weight)
+
+
+@pytest.mark.parametrize("name", list(LOSS_FUNCS))
 @pytest.mark.parametrize("ignore", [0, -1, 3, np.int64(-100) + 1])
 def test_ignore_index_with_probabilities(name, ignore):
     probs = np.full((N, M), 0.25)
