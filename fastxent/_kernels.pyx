@@ -358,7 +358,7 @@ cdef int _rows(
     indices (``labels``) or probabilities (``target``, ``labels`` NULL).
     Returns 1 if a thread could not allocate its soft-cap scratch row."""
     cdef Py_ssize_t i, label
-    cdef floating *scratch
+    cdef floating *scratch = NULL
     cdef floating *g
     cdef const floating *y
     cdef int failed = 0

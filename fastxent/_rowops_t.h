@@ -210,7 +210,7 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
 
     /* Target terms, relative to the max (zero-mass terms skipped). */
     for (ptrdiff_t r = 0; r < R; ++r) {
-        double zy = (double)tile[y[r] * TR + r] - (double)mx[r];
+        double zy = (double)z[r * m + y[r]] - (double)mx[r];
         dot[r] = coef[r] != 0.0 ? coef[r] * zy : 0.0;
         Q[r] = coef[r];
     }
