@@ -12,6 +12,8 @@
 #   bash .ci/sanitize.sh                 # the default subset (a few minutes)
 #   bash .ci/sanitize.sh tests/test_fuzz.py -k softmax   # any pytest arguments
 #
+# Paths are relative to the repository root, as usual.
+#
 # Environment: CC (default gcc), FASTXENT_SANITIZE_DIR (work directory, default
 # a fresh temporary one), FASTXENT_FUZZ_EXAMPLES (default 150 here).
 # Linux with GCC or clang; the runtimes are found with `$CC -print-file-name`.
@@ -68,9 +70,10 @@ export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
 export PYTHONMALLOC=malloc
 export FASTXENT_FUZZ_EXAMPLES="${FASTXENT_FUZZ_EXAMPLES:-150}"
 
-# Run from outside the source tree: `import fastxent` must be the sanitized
-# installed package, not the copied sources.
-cd "$WORK"
+# `import fastxent` must be the sanitized installed package: the copied
+# sources go (only the tests and the pytest configuration are needed).
+rm -rf "$WORK/src/fastxent"
+cd "$WORK/src"
 python - <<'EOF'
 import fastxent, fastxent._kernels as k
 flags = k.build_cflags()
@@ -83,7 +86,7 @@ if [ "$#" -gt 0 ]; then
     ARGS=("$@")
 else
     # Everything but the huge-array and timing-heavy tests.
-    ARGS=("$WORK/src/tests" -m "not bigmem and not slow")
+    ARGS=(tests -m "not bigmem and not slow")
 fi
 
 echo "::: tests under ASan + UBSan: pytest ${ARGS[*]}"
