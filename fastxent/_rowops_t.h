@@ -9,6 +9,10 @@
  * combination compiles to its own tight loop without a test per element.
  */
 
+#ifndef FX_TAIL
+#define FX_TAIL 16 /* a multiple of every vector length used (AVX-512 float) */
+#endif
+
 FX_INLINE void FX_NAME(exp_array_body)(const FX_T *x, ptrdiff_t n, FX_T *out)
 {
 #pragma omp simd
@@ -28,12 +32,35 @@ FX_CLONES void FX_NAME(fx_tanh_array)(const FX_T *x, ptrdiff_t n, FX_T *out)
         out[k] = FX_TANH(x[k]);
 }
 
-FX_CLONES FX_T FX_NAME(fx_max)(const FX_T *z, ptrdiff_t n)
+/* The last n % FX_TAIL elements of a row go through the same vector loop on
+ * a padded copy: GCC's own epilogue is scalar, and 15 scalar exps cost more
+ * than the rest of a row of 100 classes.  Padding is chosen to be neutral
+ * (-inf for max and exp, zero target mass). */
+FX_INLINE void FX_NAME(pad_copy)(FX_T *dst, const FX_T *src, ptrdiff_t r, FX_T pad)
+{
+    for (ptrdiff_t k = 0; k < FX_TAIL; ++k)
+        dst[k] = k < r ? src[k] : pad;
+}
+
+FX_INLINE FX_T FX_NAME(max_body)(const FX_T *z, ptrdiff_t n)
 {
     FX_T mx = -(FX_T)INFINITY;
 #pragma omp simd reduction(max : mx)
     for (ptrdiff_t k = 0; k < n; ++k)
         mx = z[k] > mx ? z[k] : mx;
+    return mx;
+}
+
+FX_CLONES FX_T FX_NAME(fx_max)(const FX_T *z, ptrdiff_t n)
+{
+    ptrdiff_t nm = n - n % FX_TAIL;
+    FX_T mx = FX_NAME(max_body)(z, nm);
+    if (nm < n) {
+        FX_T zb[FX_TAIL];
+        FX_NAME(pad_copy)(zb, z + nm, n - nm, -(FX_T)INFINITY);
+        FX_T t = FX_NAME(max_body)(zb, FX_TAIL);
+        mx = t > mx ? t : mx;
+    }
     return mx;
 }
 
@@ -95,9 +122,9 @@ FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
     return acc;
 }
 
-FX_CLONES double FX_NAME(fx_expsum)(const FX_T *z, ptrdiff_t n, FX_T shift,
-                                    FX_T *out, const FX_T *w, const FX_T *y,
-                                    FX_T alpha, FX_T beta, double *tdot)
+FX_INLINE double FX_NAME(expsum_dispatch)(const FX_T *z, ptrdiff_t n, FX_T shift,
+                                          FX_T *out, const FX_T *w, const FX_T *y,
+                                          FX_T alpha, FX_T beta, double *tdot)
 {
 #define FX_ES(OUT, W, Y, TD) FX_NAME(expsum_body)(z, n, shift, OUT, W, Y, alpha, beta, TD)
 #define FX_ES_TARGETS(OUT)                          \
@@ -118,6 +145,35 @@ FX_CLONES double FX_NAME(fx_expsum)(const FX_T *z, ptrdiff_t n, FX_T shift,
 #undef FX_ES
 }
 
+FX_CLONES double FX_NAME(fx_expsum)(const FX_T *z, ptrdiff_t n, FX_T shift,
+                                    FX_T *out, const FX_T *w, const FX_T *y,
+                                    FX_T alpha, FX_T beta, double *tdot)
+{
+    ptrdiff_t nm = n - n % FX_TAIL, r = n - nm;
+    double s = FX_NAME(expsum_dispatch)(z, nm, shift, out, w, y, alpha, beta, tdot);
+    if (r) {
+        /* Padding: exp(-inf) = 0, and zero target mass (w = 0) so that the
+         * padded -inf never meets a non-zero q. */
+        FX_T zb[FX_TAIL], ob[FX_TAIL], wb[FX_TAIL], yb[FX_TAIL];
+        double td[2];
+        FX_NAME(pad_copy)(zb, z + nm, r, -(FX_T)INFINITY);
+        for (ptrdiff_t k = 0; k < FX_TAIL; ++k)
+            wb[k] = k < r ? (w ? w[nm + k] : (FX_T)1) : (FX_T)0;
+        if (y)
+            FX_NAME(pad_copy)(yb, y + nm, r, 0);
+        s += FX_NAME(expsum_dispatch)(zb, FX_TAIL, shift, out ? ob : NULL, wb,
+                                      y ? yb : NULL, alpha, beta, tdot ? td : NULL);
+        if (out)
+            for (ptrdiff_t k = 0; k < r; ++k)
+                out[nm + k] = ob[k];
+        if (tdot) {
+            tdot[0] += td[0];
+            tdot[1] += td[1];
+        }
+    }
+    return s;
+}
+
 FX_INLINE void FX_NAME(grad_pass_body)(FX_T *g, ptrdiff_t n, FX_T a, FX_T b,
                                        const FX_T *w, const FX_T *y,
                                        FX_T alpha, FX_T beta, const FX_T *zc,
@@ -135,9 +191,10 @@ FX_INLINE void FX_NAME(grad_pass_body)(FX_T *g, ptrdiff_t n, FX_T a, FX_T b,
     }
 }
 
-FX_CLONES void FX_NAME(fx_grad_pass)(FX_T *g, ptrdiff_t n, FX_T a, FX_T b,
-                                     const FX_T *w, const FX_T *y, FX_T alpha,
-                                     FX_T beta, const FX_T *zc, FX_T inv_c)
+FX_INLINE void FX_NAME(grad_pass_dispatch)(FX_T *g, ptrdiff_t n, FX_T a, FX_T b,
+                                           const FX_T *w, const FX_T *y,
+                                           FX_T alpha, FX_T beta, const FX_T *zc,
+                                           FX_T inv_c)
 {
 #define FX_GP(W, Y, ZC) FX_NAME(grad_pass_body)(g, n, a, b, W, Y, alpha, beta, ZC, inv_c)
     if (zc) {
@@ -152,6 +209,28 @@ FX_CLONES void FX_NAME(fx_grad_pass)(FX_T *g, ptrdiff_t n, FX_T a, FX_T b,
         else FX_GP(NULL, NULL, NULL);
     }
 #undef FX_GP
+}
+
+FX_CLONES void FX_NAME(fx_grad_pass)(FX_T *g, ptrdiff_t n, FX_T a, FX_T b,
+                                     const FX_T *w, const FX_T *y, FX_T alpha,
+                                     FX_T beta, const FX_T *zc, FX_T inv_c)
+{
+    ptrdiff_t nm = n - n % FX_TAIL, r = n - nm;
+    FX_NAME(grad_pass_dispatch)(g, nm, a, b, w, y, alpha, beta, zc, inv_c);
+    if (r) {
+        FX_T gb[FX_TAIL], wb[FX_TAIL], yb[FX_TAIL], cb[FX_TAIL];
+        FX_NAME(pad_copy)(gb, g + nm, r, 0);
+        if (w)
+            FX_NAME(pad_copy)(wb, w + nm, r, 0);
+        if (y)
+            FX_NAME(pad_copy)(yb, y + nm, r, 0);
+        if (zc)
+            FX_NAME(pad_copy)(cb, zc + nm, r, 0);
+        FX_NAME(grad_pass_dispatch)(gb, FX_TAIL, a, b, w ? wb : NULL, y ? yb : NULL,
+                                    alpha, beta, zc ? cb : NULL, inv_c);
+        for (ptrdiff_t k = 0; k < r; ++k)
+            g[nm + k] = gb[k];
+    }
 }
 
 FX_CLONES void FX_NAME(fx_sub2)(const FX_T *z, ptrdiff_t n, FX_T shift1,
