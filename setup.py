@@ -11,6 +11,7 @@ extension is built serially and says so.  Environment overrides:
 Never ``-ffast-math``: it breaks -inf/NaN handling, and in a shared library
 it switches the whole process to flush-to-zero.
 """
+
 import os
 import sys
 import tempfile

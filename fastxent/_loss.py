@@ -58,7 +58,8 @@ def _run(
     mean = reduction == "mean"
     if kind == "labels":
         bad, total, denom = _LABEL_KERNELS[dtype, t.dtype](
-            z, t, w, s, losses, g, ignore, eps, zl, cap, mean, nt)
+            z, t, w, s, losses, g, ignore, eps, zl, cap, mean, nt
+        )
         if bad >= 0:
             raise ValueError(
                 f"target contains a label outside [0, {m}) that is not ignore_index="
@@ -207,10 +208,21 @@ def cross_entropy(
     >>> fastxent.cross_entropy(logits, [0, 2], reduction="none").round(4)
     array([0.2413, 1.0986])
     """
-    loss, _ = _run(logits, target, want_loss=True, want_grad=False, reduction=reduction,
-                   weight=weight, sample_weight=sample_weight, ignore_index=ignore_index,
-                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                   out=None, num_threads=num_threads)
+    loss, _ = _run(
+        logits,
+        target,
+        want_loss=True,
+        want_grad=False,
+        reduction=reduction,
+        weight=weight,
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        out=None,
+        num_threads=num_threads,
+    )
     assert loss is not None  # want_loss=True
     return loss
 
@@ -265,10 +277,21 @@ def cross_entropy_grad(
     array([[-0.2144,  0.1753,  0.0391],
            [ 0.3333,  0.3333, -0.6667]])
     """
-    _, grad = _run(logits, target, want_loss=False, want_grad=True, reduction=reduction,
-                   weight=weight, sample_weight=sample_weight, ignore_index=ignore_index,
-                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                   out=out, num_threads=num_threads)
+    _, grad = _run(
+        logits,
+        target,
+        want_loss=False,
+        want_grad=True,
+        reduction=reduction,
+        weight=weight,
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        out=out,
+        num_threads=num_threads,
+    )
     assert grad is not None  # want_grad=True
     return grad
 
@@ -350,10 +373,21 @@ def cross_entropy_with_grad(
     >>> loss.dtype, grad.shape
     (dtype('float32'), (2, 3))
     """
-    loss, grad = _run(logits, target, want_loss=True, want_grad=True, reduction=reduction,
-                      weight=weight, sample_weight=sample_weight, ignore_index=ignore_index,
-                      label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                      out=out, num_threads=num_threads)
+    loss, grad = _run(
+        logits,
+        target,
+        want_loss=True,
+        want_grad=True,
+        reduction=reduction,
+        weight=weight,
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        out=out,
+        num_threads=num_threads,
+    )
     assert loss is not None and grad is not None  # want_loss=want_grad=True
     return loss, grad
 

@@ -37,8 +37,7 @@ def _rows(
 
 
 _SOFTMAX_KERNELS = {
-    np.dtype(t): v.specialised(_kernels.softmax_rows, np.dtype(t))
-    for t in (np.float32, np.float64)
+    np.dtype(t): v.specialised(_kernels.softmax_rows, np.dtype(t)) for t in (np.float32, np.float64)
 }
 
 

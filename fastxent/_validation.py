@@ -107,9 +107,7 @@ def as_labels_or_probs(
                 if t.dtype.kind == "f"
                 else ""
             )
-            raise TypeError(
-                f"class-index targets must be integers; got dtype={t.dtype}.{hint}"
-            )
+            raise TypeError(f"class-index targets must be integers; got dtype={t.dtype}.{hint}")
         if t.dtype.kind == "u" and t.dtype.itemsize >= 8 and t.size and t.max() > _INT64_MAX:
             pos = int(np.argmax(t > _INT64_MAX))
             raise ValueError(
@@ -121,9 +119,7 @@ def as_labels_or_probs(
         return "labels", _aligned(np.ascontiguousarray(t)).reshape(-1)
     if t.shape == shape:
         if t.dtype.kind not in "fiu":
-            raise TypeError(
-                f"class-probability targets must be real numbers; got dtype={t.dtype}."
-            )
+            raise TypeError(f"class-probability targets must be real numbers; got dtype={t.dtype}.")
         t2 = _aligned(np.ascontiguousarray(t, dtype=dtype))
         return "probs", t2.reshape(-1, shape[-1])
     raise ValueError(
@@ -134,9 +130,7 @@ def as_labels_or_probs(
 
 def check_reduction(reduction: object) -> Literal["mean", "sum", "none"]:
     if type(reduction) is not str or reduction not in REDUCTIONS:
-        raise ValueError(
-            f"reduction must be one of 'mean', 'sum' or 'none'; got {reduction!r}."
-        )
+        raise ValueError(f"reduction must be one of 'mean', 'sum' or 'none'; got {reduction!r}.")
     return reduction
 
 

@@ -62,8 +62,10 @@ def with_layout(a, layout):
 def snapshot(*arrays):
     """Bytes, shapes and dtypes of arrays (and ``None``s), to check later
     that a call modified nothing."""
-    return [None if a is None else (np.asarray(a).shape, np.asarray(a).dtype,
-                                     np.asarray(a).tobytes()) for a in arrays]
+    return [
+        None if a is None else (np.asarray(a).shape, np.asarray(a).dtype, np.asarray(a).tobytes())
+        for a in arrays
+    ]
 
 
 def row_scale(logits):
@@ -72,8 +74,7 @@ def row_scale(logits):
     z = np.asarray(logits, dtype=np.float64)
     z = z.reshape(-1, z.shape[-1]) if z.ndim else z.reshape(1, 1)
     fin = np.where(np.isfinite(z), np.abs(z), 0.0)
-    return (1.0 + (fin.max(axis=1) if z.shape[0] else np.zeros(0))
-            + np.log(max(z.shape[1], 1)))
+    return 1.0 + (fin.max(axis=1) if z.shape[0] else np.zeros(0)) + np.log(max(z.shape[1], 1))
 
 
 def assert_close(actual, expected, dtype, scale=1.0, what=""):
@@ -95,8 +96,7 @@ def assert_close(actual, expected, dtype, scale=1.0, what=""):
     fin = ~(inf | np.isnan(e))
     # A NaN scale (from a NaN row that the call may skip, e.g. an ignored
     # sample) asks for an exact match.
-    limit = rtol * np.abs(e) + np.nan_to_num(floor * np.broadcast_to(scale, e.shape),
-                                             nan=0.0)
+    limit = rtol * np.abs(e) + np.nan_to_num(floor * np.broadcast_to(scale, e.shape), nan=0.0)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(a - e)
     bad = fin & ~(err <= limit)
@@ -137,7 +137,8 @@ def assert_bitwise(a, b, what=""):
     a = np.asarray(a)
     b = np.asarray(b)
     assert a.dtype == b.dtype and a.shape == b.shape, (
-        f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}")
+        f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
+    )
     assert a.tobytes() == b.tobytes(), f"{what}: not bitwise identical"
 
 
@@ -146,8 +147,9 @@ def compute_dtype(logits):
     return F64 if dt.kind in "iu" or dt.itemsize == 8 else F32
 
 
-def _error_scales(logits, target, reduction, weight, sample_weight, ignore_index,
-                  label_smoothing, z_loss, softcap):
+def _error_scales(
+    logits, target, reduction, weight, sample_weight, ignore_index, label_smoothing, z_loss, softcap
+):
     """Per-row bounds on the size of what rounding can disturb: the loss of
     row i is ``s_i (Q_i (lse_i - <z>) + zl lse_i^2)`` and its gradient
     ``b_i ((Q_i + 2 zl lse_i) P - q) cap'``, with ``Q_i <= max w * |Y_i|``
@@ -166,15 +168,21 @@ def _error_scales(logits, target, reduction, weight, sample_weight, ignore_index
             z = softcap * np.tanh(z / softcap)
     rs = row_scale(z)
     wmax = 1.0 if weight is None else max(float(np.max(weight, initial=0.0)), 1e-300)
-    s = np.ones(n) if sample_weight is None else np.asarray(
-        sample_weight, dtype=np.float64).reshape(n)
+    s = (
+        np.ones(n)
+        if sample_weight is None
+        else np.asarray(sample_weight, dtype=np.float64).reshape(n)
+    )
     t = np.asarray(target)
     if t.shape == shape[:-1]:
         labels = t.reshape(n).astype(np.int64)
         keep = labels != ignore_index
         mass = np.ones(n)
-        wy = np.ones(n) if weight is None else np.asarray(weight, np.float64)[
-            np.where(keep, labels, 0)]
+        wy = (
+            np.ones(n)
+            if weight is None
+            else np.asarray(weight, np.float64)[np.where(keep, labels, 0)]
+        )
         denom = float(np.sum(s * np.where(keep, wy, 0.0)))
     else:
         y = np.abs(t.astype(np.float64).reshape(n, m))
@@ -216,7 +224,8 @@ def check_cross_entropy(logits, target, *, reduction="mean", num_threads=None, *
         if options.get("weight") is not None:
             ref_options["weight"] = np.asarray(options["weight"], dtype=np.float64).astype(dtype)
         expected_loss, expected_grad = ref.cross_entropy(
-            logits, target, reduction=reduction, **ref_options)
+            logits, target, reduction=reduction, **ref_options
+        )
     assert snapshot(*arrays) == before, "an input was modified"
 
     assert_bitwise(loss1, loss2, "loss of cross_entropy vs cross_entropy_with_grad")
@@ -229,8 +238,14 @@ def check_cross_entropy(logits, target, *, reduction="mean", num_threads=None, *
     else:
         assert isinstance(loss2, np.generic) and loss2.dtype == dtype, type(loss2)
 
-    full = dict(weight=None, sample_weight=None, ignore_index=-100,
-                label_smoothing=0.0, z_loss=0.0, softcap=None)
+    full = dict(
+        weight=None,
+        sample_weight=None,
+        ignore_index=-100,
+        label_smoothing=0.0,
+        z_loss=0.0,
+        softcap=None,
+    )
     full.update(options)
     loss_scale, grad_scale, denom = _error_scales(logits, target, reduction, **full)
     if reduction == "none":
@@ -241,6 +256,11 @@ def check_cross_entropy(logits, target, *, reduction="mean", num_threads=None, *
         lscale = loss_scale.sum() / denom if denom > 0 else 1.0
     assert_close(loss2, expected_loss, dtype, lscale, what=f"loss ({reduction})")
     n = int(np.prod(shape[:-1]))
-    assert_close(grad2.reshape(n, shape[-1]), np.reshape(expected_grad, (n, shape[-1])),
-                 dtype, grad_scale, what=f"grad ({reduction})")
+    assert_close(
+        grad2.reshape(n, shape[-1]),
+        np.reshape(expected_grad, (n, shape[-1])),
+        dtype,
+        grad_scale,
+        what=f"grad ({reduction})",
+    )
     return loss2, grad2

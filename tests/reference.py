@@ -89,8 +89,18 @@ def _times(mass, value):
         return np.where((mass == 0) & ~np.isnan(value), 0.0, mass * value)
 
 
-def cross_entropy(logits, target, *, reduction="mean", weight=None, sample_weight=None,
-                  ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None):
+def cross_entropy(
+    logits,
+    target,
+    *,
+    reduction="mean",
+    weight=None,
+    sample_weight=None,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+):
     """Loss and gradient of softmax cross-entropy, PyTorch semantics, float64.
 
     Returns ``(loss, grad)``: ``loss`` a Python float (``"mean"``, ``"sum"``)
@@ -123,8 +133,11 @@ def cross_entropy(logits, target, *, reduction="mean", weight=None, sample_weigh
     eps = float(label_smoothing)
     zl = float(z_loss)
     w = np.ones(m) if weight is None else np.asarray(weight, dtype=np.float64)
-    s = np.ones(n) if sample_weight is None else (
-        np.asarray(sample_weight, dtype=np.float64).reshape(n))
+    s = (
+        np.ones(n)
+        if sample_weight is None
+        else (np.asarray(sample_weight, dtype=np.float64).reshape(n))
+    )
 
     if softcap is not None:
         c = float(softcap)
@@ -231,8 +244,11 @@ def ulp_distance(a, b):
     # Same sign: the integer difference is exact.  Opposite signs: the two
     # distances from zero add up (floats suffice, the result is huge or tiny).
     with np.errstate(over="ignore"):
-        d = np.where(same_side, np.abs(np.where(same_side, oa - ob, 0)).astype(np.float64),
-                     np.abs(oa.astype(np.float64)) + np.abs(ob.astype(np.float64)))
+        d = np.where(
+            same_side,
+            np.abs(np.where(same_side, oa - ob, 0)).astype(np.float64),
+            np.abs(oa.astype(np.float64)) + np.abs(ob.astype(np.float64)),
+        )
     nan_a, nan_b = np.isnan(a), np.isnan(b)
     d = np.where(nan_a & nan_b, 0.0, d)
     return np.where(nan_a ^ nan_b, np.inf, d)

@@ -34,6 +34,7 @@ def make_target(rng, kind, shape, dtype=np.float64):
 
 # ---- the matrix: dtype x reduction x target x layout ----
 
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("target_kind", TARGETS)
@@ -78,8 +79,9 @@ def test_batch_shape_is_rows(dtype, reduction, rng):
     z = make_logits(rng, (3, 4, 50), dtype)
     y = make_labels(rng, (3, 4), 50)
     loss, grad = check_cross_entropy(z, y, reduction=reduction)
-    loss2, grad2 = fastxent.cross_entropy_with_grad(z.reshape(12, 50), y.reshape(12),
-                                                    reduction=reduction)
+    loss2, grad2 = fastxent.cross_entropy_with_grad(
+        z.reshape(12, 50), y.reshape(12), reduction=reduction
+    )
     assert_bitwise(grad, grad2.reshape(3, 4, 50))
     assert_bitwise(np.reshape(loss, -1), np.reshape(loss2, -1))
 
@@ -104,10 +106,17 @@ def test_defaults_and_known_value():
     np.testing.assert_allclose(g, p - np.eye(3)[[0, 2]], rtol=1e-14, atol=1e-16)
 
 
-@pytest.mark.parametrize("in_dtype, out_dtype", [
-    (np.float16, np.float32), (np.int8, np.float64), (np.int16, np.float64),
-    (np.int32, np.float64), (np.int64, np.float64), (np.uint8, np.float64),
-])
+@pytest.mark.parametrize(
+    "in_dtype, out_dtype",
+    [
+        (np.float16, np.float32),
+        (np.int8, np.float64),
+        (np.int16, np.float64),
+        (np.int32, np.float64),
+        (np.int64, np.float64),
+        (np.uint8, np.float64),
+    ],
+)
 @pytest.mark.parametrize("target_kind", TARGETS)
 def test_converted_logit_dtypes(in_dtype, out_dtype, target_kind, rng):
     z = (rng.standard_normal((5, 8)) * 4).astype(in_dtype)
@@ -116,8 +125,9 @@ def test_converted_logit_dtypes(in_dtype, out_dtype, target_kind, rng):
     assert loss.dtype == out_dtype and grad.dtype == out_dtype
 
 
-@pytest.mark.parametrize("label_dtype", [np.int8, np.int16, np.uint8, np.uint16,
-                                         np.uint32, np.uint64, np.intp])
+@pytest.mark.parametrize(
+    "label_dtype", [np.int8, np.int16, np.uint8, np.uint16, np.uint32, np.uint64, np.intp]
+)
 def test_other_label_dtypes(label_dtype, rng):
     z = make_logits(rng, (6, 7))
     y = make_labels(rng, (6,), 7, label_dtype)
@@ -132,8 +142,9 @@ def test_other_label_dtypes(label_dtype, rng):
 def test_probability_target_dtypes(t_dtype, dtype, rng):
     """Probability targets of any real dtype are converted to the logits' dtype."""
     z = make_logits(rng, (5, 6), dtype)
-    y = (make_probs(rng, (5, 6)) if t_dtype != np.int64
-         else np.eye(6)[[0, 1, 2, 3, 5]]).astype(t_dtype)
+    y = (make_probs(rng, (5, 6)) if t_dtype != np.int64 else np.eye(6)[[0, 1, 2, 3, 5]]).astype(
+        t_dtype
+    )
     check_cross_entropy(z, y)
 
 
@@ -148,8 +159,9 @@ def test_non_native_byte_order(dtype, target_kind, rng):
     swapped = [a.astype(a.dtype.newbyteorder()) for a in (z, t, w, s)]
     assert not swapped[0].dtype.isnative
     expected = fastxent.cross_entropy_with_grad(z, t, weight=w, sample_weight=s)
-    loss, grad = check_cross_entropy(swapped[0], swapped[1], weight=swapped[2],
-                                     sample_weight=swapped[3])
+    loss, grad = check_cross_entropy(
+        swapped[0], swapped[1], weight=swapped[2], sample_weight=swapped[3]
+    )
     assert_bitwise(loss, expected[0])
     assert_bitwise(grad, expected[1])
     assert grad.dtype.isnative
@@ -177,8 +189,7 @@ def test_unnormalised_probability_rows(rng):
     y = rng.random((4, 5)) * 3
     _, grad = check_cross_entropy(z, y, reduction="sum")
     p = ref.softmax(z)
-    np.testing.assert_allclose(grad, p * y.sum(axis=1, keepdims=True) - y, rtol=1e-13,
-                               atol=1e-15)
+    np.testing.assert_allclose(grad, p * y.sum(axis=1, keepdims=True) - y, rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -192,6 +203,7 @@ def test_vocab_128256(dtype, target_kind, rng):
 
 
 # ---- out= and in place ----
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("target_kind", ["int32", "probs"])
@@ -256,16 +268,20 @@ def test_out_overlapping_logits(rng):
 
 # ---- numerical extremes ----
 
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_huge_logits_and_ties(dtype, reduction):
-    z = np.array([
-        [1e30, -1e30, 0.0, 1e30],
-        [-1e30, -1e30, -1e30, -1e30],
-        [1e30, 1e30, 1e30, 1e30],
-        [3.0, 3.0, -3.0, -3.0],
-        [-1e30, 5.0, -1e30, 1e29],
-    ], dtype=dtype)
+    z = np.array(
+        [
+            [1e30, -1e30, 0.0, 1e30],
+            [-1e30, -1e30, -1e30, -1e30],
+            [1e30, 1e30, 1e30, 1e30],
+            [3.0, 3.0, -3.0, -3.0],
+            [-1e30, 5.0, -1e30, 1e29],
+        ],
+        dtype=dtype,
+    )
     y = np.array([0, 2, 3, 1, 1])
     loss, grad = check_cross_entropy(z, y, reduction="none")
     assert loss[0] == dtype(np.log(2.0))
@@ -285,8 +301,12 @@ def test_masked_classes(dtype, target_kind, rng):
     mask = rng.random((6, 10)) < 0.4
     mask[np.arange(6), y] = False
     z[mask] = -np.inf
-    t = y if target_kind == "int64" else np.eye(10, dtype=dtype)[y] * 0.5 + np.where(
-        mask, 0.0, 0.5 / (~mask).sum(axis=1, keepdims=True)).astype(dtype)
+    t = (
+        y
+        if target_kind == "int64"
+        else np.eye(10, dtype=dtype)[y] * 0.5
+        + np.where(mask, 0.0, 0.5 / (~mask).sum(axis=1, keepdims=True)).astype(dtype)
+    )
     for reduction in REDUCTIONS:
         loss, grad = check_cross_entropy(z, t, reduction=reduction)
         assert np.all(np.isfinite(loss))
@@ -349,6 +369,7 @@ def test_no_samples(dtype, shape, target_kind):
 
 # ---- gradients against finite differences (float64) ----
 
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("target_kind", ["int64", "probs"])
 def test_finite_differences(reduction, target_kind, rng):
@@ -381,22 +402,25 @@ def problems(draw, allow_probs=True):
     m = draw(st.integers(1, 20))
     shape = batch + (m,)
     size = int(np.prod(shape))
-    z = np.array(draw(st.lists(_values, min_size=size, max_size=size)),
-                 dtype=np.float64).reshape(shape).astype(dtype)
+    z = (
+        np.array(draw(st.lists(_values, min_size=size, max_size=size)), dtype=np.float64)
+        .reshape(shape)
+        .astype(dtype)
+    )
     n = size // m
     if draw(st.booleans()) or not allow_probs:
-        labels = np.array(draw(st.lists(st.integers(0, m - 1), min_size=n, max_size=n)),
-                          dtype=draw(st.sampled_from([np.int32, np.int64])))
+        labels = np.array(
+            draw(st.lists(st.integers(0, m - 1), min_size=n, max_size=n)),
+            dtype=draw(st.sampled_from([np.int32, np.int64])),
+        )
         t = labels.reshape(batch)
     else:
         mass = st.one_of(st.just(0.0), st.floats(0, 1, width=32))
-        t = np.array(draw(st.lists(mass, min_size=size, max_size=size)),
-                     dtype=dtype).reshape(shape)
+        t = np.array(draw(st.lists(mass, min_size=size, max_size=size)), dtype=dtype).reshape(shape)
     return z, t
 
 
-@given(problem=problems(), reduction=st.sampled_from(REDUCTIONS),
-       layout=st.sampled_from(LAYOUTS))
+@given(problem=problems(), reduction=st.sampled_from(REDUCTIONS), layout=st.sampled_from(LAYOUTS))
 def test_property_vs_reference(problem, reduction, layout):
     z, t = problem
     check_cross_entropy(with_layout(z, layout), t, reduction=reduction)

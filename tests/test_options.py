@@ -38,14 +38,28 @@ def options_for(name, rng, n=N, m=M):
         "label_smoothing": dict(label_smoothing=0.3),
         "z_loss": dict(z_loss=0.05),
         "softcap": dict(softcap=2.5),
-        "all": dict(weight=w, sample_weight=s, ignore_index=-1, label_smoothing=0.2,
-                    z_loss=1e-2, softcap=4.0),
+        "all": dict(
+            weight=w,
+            sample_weight=s,
+            ignore_index=-1,
+            label_smoothing=0.2,
+            z_loss=1e-2,
+            softcap=4.0,
+        ),
     }
     return dict(table[name])
 
 
-OPTIONS = ("plain", "weight", "sample_weight", "ignore_index", "label_smoothing",
-           "z_loss", "softcap", "all")
+OPTIONS = (
+    "plain",
+    "weight",
+    "sample_weight",
+    "ignore_index",
+    "label_smoothing",
+    "z_loss",
+    "softcap",
+    "all",
+)
 
 
 def labels_with_ignored(rng, n, m, ignore):
@@ -102,8 +116,9 @@ def test_option_batch_shape(name, reduction, rng):
     flat = dict(opts)
     if "sample_weight" in flat:
         flat["sample_weight"] = flat["sample_weight"].reshape(12)
-    loss2, grad2 = fastxent.cross_entropy_with_grad(z.reshape(12, M), y.reshape(12),
-                                                    reduction=reduction, **flat)
+    loss2, grad2 = fastxent.cross_entropy_with_grad(
+        z.reshape(12, M), y.reshape(12), reduction=reduction, **flat
+    )
     assert_bitwise(np.reshape(loss, -1), np.reshape(loss2, -1))
     assert_bitwise(grad.reshape(12, M), grad2)
 
@@ -144,23 +159,26 @@ def test_option_in_place(name, target_kind, rng):
 
 # ---- semantics ----
 
+
 def test_class_weight_semantics(rng):
     """PyTorch: loss_i = w[y_i] nll_i; "mean" divides by sum w[y_i]."""
     z = make_logits(rng, (9, 4))
     y = make_labels(rng, (9,), 4)
     w = np.array([0.5, 2.0, 1.0, 3.0])
     nll = fastxent.cross_entropy(z, y, reduction="none")
-    np.testing.assert_allclose(fastxent.cross_entropy(z, y, weight=w, reduction="none"),
-                               w[y] * nll, rtol=1e-14)
-    np.testing.assert_allclose(fastxent.cross_entropy(z, y, weight=w),
-                               np.sum(w[y] * nll) / np.sum(w[y]), rtol=1e-14)
+    np.testing.assert_allclose(
+        fastxent.cross_entropy(z, y, weight=w, reduction="none"), w[y] * nll, rtol=1e-14
+    )
+    np.testing.assert_allclose(
+        fastxent.cross_entropy(z, y, weight=w), np.sum(w[y] * nll) / np.sum(w[y]), rtol=1e-14
+    )
     # Probability targets: -sum_c w_c Y_c L_c, "mean" divides by n.
     Y = make_probs(rng, (9, 4))
     per = -np.sum(w * Y * ref.log_softmax(z), axis=1)
-    np.testing.assert_allclose(fastxent.cross_entropy(z, Y, weight=w, reduction="none"),
-                               per, rtol=1e-13)
-    np.testing.assert_allclose(fastxent.cross_entropy(z, Y, weight=w), per.mean(),
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        fastxent.cross_entropy(z, Y, weight=w, reduction="none"), per, rtol=1e-13
+    )
+    np.testing.assert_allclose(fastxent.cross_entropy(z, Y, weight=w), per.mean(), rtol=1e-13)
 
 
 @pytest.mark.parametrize("target_kind", ["int64", "probs"])
@@ -169,14 +187,17 @@ def test_sample_weight_is_np_average(target_kind, rng):
     t = make_labels(rng, (8,), 5) if target_kind == "int64" else make_probs(rng, (8, 5))
     s = rng.uniform(0, 2, 8)
     per = fastxent.cross_entropy(z, t, reduction="none")
-    np.testing.assert_allclose(fastxent.cross_entropy(z, t, sample_weight=s),
-                               np.average(per, weights=s), rtol=1e-14)
     np.testing.assert_allclose(
-        fastxent.cross_entropy(z, t, sample_weight=s, reduction="none"), s * per,
-        rtol=1e-14)
+        fastxent.cross_entropy(z, t, sample_weight=s), np.average(per, weights=s), rtol=1e-14
+    )
+    np.testing.assert_allclose(
+        fastxent.cross_entropy(z, t, sample_weight=s, reduction="none"), s * per, rtol=1e-14
+    )
     np.testing.assert_allclose(
         fastxent.cross_entropy_grad(z, t, sample_weight=s, reduction="sum"),
-        s[:, None] * fastxent.cross_entropy_grad(z, t, reduction="sum"), rtol=1e-14)
+        s[:, None] * fastxent.cross_entropy_grad(z, t, reduction="sum"),
+        rtol=1e-14,
+    )
 
 
 @pytest.mark.parametrize("target_kind", ["int64", "probs"])
@@ -215,16 +236,17 @@ def test_ignore_index(dtype, ignore, rng):
     z[5, 0] = -np.inf
     w = rng.uniform(0.5, 2.0, 5)
     s = rng.uniform(0.5, 2.0, 8)
-    opts = dict(ignore_index=ignore, weight=w, sample_weight=s, label_smoothing=0.1,
-                z_loss=1e-3)
+    opts = dict(ignore_index=ignore, weight=w, sample_weight=s, label_smoothing=0.1, z_loss=1e-3)
     loss, grad = check_cross_entropy(z, y, reduction="none", **opts)
     assert np.all(loss[~keep] == 0)
     assert np.all(grad[~keep] == 0)
-    kept = fastxent.cross_entropy(z[keep], y[keep], reduction="sum", **dict(
-        opts, sample_weight=s[keep]))
+    kept = fastxent.cross_entropy(
+        z[keep], y[keep], reduction="sum", **dict(opts, sample_weight=s[keep])
+    )
     mean = check_cross_entropy(z, y, reduction="mean", **opts)[0]
-    np.testing.assert_allclose(mean, kept / np.sum(s[keep] * w[y[keep]]),
-                               rtol=1e-6 if dtype == np.float32 else 1e-14)
+    np.testing.assert_allclose(
+        mean, kept / np.sum(s[keep] * w[y[keep]]), rtol=1e-6 if dtype == np.float32 else 1e-14
+    )
 
 
 @pytest.mark.parametrize("what", ["ignored", "weight", "sample_weight"])
@@ -232,9 +254,11 @@ def test_ignore_index(dtype, ignore, rng):
 def test_zero_total_weight_mean_is_nan_with_zero_grad(what, dtype, rng):
     z = make_logits(rng, (4, 3), dtype)
     y = np.array([0, 1, 1, 0])
-    opts = {"ignored": dict(ignore_index=0, weight=[1.0, 0.0, 1.0]),
-            "weight": dict(weight=[0.0, 0.0, 1.0]),
-            "sample_weight": dict(sample_weight=np.zeros(4))}[what]
+    opts = {
+        "ignored": dict(ignore_index=0, weight=[1.0, 0.0, 1.0]),
+        "weight": dict(weight=[0.0, 0.0, 1.0]),
+        "sample_weight": dict(sample_weight=np.zeros(4)),
+    }[what]
     if what == "ignored":
         y = np.array([0, 0, 0, 0])
     loss, grad = check_cross_entropy(z, y, **opts)
@@ -254,8 +278,9 @@ def test_label_smoothing_labels_equal_smoothed_one_hot(rng):
     for reduction in REDUCTIONS:
         a = fastxent.cross_entropy_with_grad(z, y, label_smoothing=eps, reduction=reduction)
         b = fastxent.cross_entropy_with_grad(z, smoothed, reduction=reduction)
-        c = fastxent.cross_entropy_with_grad(z, np.eye(5)[y], label_smoothing=eps,
-                                             reduction=reduction)
+        c = fastxent.cross_entropy_with_grad(
+            z, np.eye(5)[y], label_smoothing=eps, reduction=reduction
+        )
         for x, x2 in zip(a, b, strict=True):
             np.testing.assert_allclose(x, x2, rtol=1e-13, atol=1e-16)
         for x, x2 in zip(c, b, strict=True):
@@ -281,13 +306,13 @@ def test_z_loss_adds_lse_squared(target_kind, rng):
     zl = 0.3
     lse = ref.logsumexp(z)
     base = fastxent.cross_entropy(z, t, weight=w, sample_weight=s, reduction="none")
-    with_z = fastxent.cross_entropy(z, t, weight=w, sample_weight=s, z_loss=zl,
-                                    reduction="none")
+    with_z = fastxent.cross_entropy(z, t, weight=w, sample_weight=s, z_loss=zl, reduction="none")
     np.testing.assert_allclose(with_z - base, s * zl * lse**2, rtol=1e-12)
     g0 = fastxent.cross_entropy_grad(z, t, reduction="sum")
     g1 = fastxent.cross_entropy_grad(z, t, z_loss=zl, reduction="sum")
-    np.testing.assert_allclose(g1 - g0, 2 * zl * lse[:, None] * ref.softmax(z),
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        g1 - g0, 2 * zl * lse[:, None] * ref.softmax(z), rtol=1e-12, atol=1e-15
+    )
     if target_kind == "int64":
         y = t.copy()
         y[2] = -100
@@ -304,8 +329,7 @@ def test_softcap_is_tanh_of_logits(target_kind, rng):
     loss, grad = fastxent.cross_entropy_with_grad(z, t, softcap=c, reduction="none")
     loss_c, grad_c = fastxent.cross_entropy_with_grad(capped, t, reduction="none")
     np.testing.assert_allclose(loss, loss_c, rtol=1e-13)
-    np.testing.assert_allclose(grad, grad_c * (1 - np.tanh(z / c) ** 2), rtol=1e-12,
-                               atol=1e-16)
+    np.testing.assert_allclose(grad, grad_c * (1 - np.tanh(z / c) ** 2), rtol=1e-12, atol=1e-16)
     # Huge logits saturate: finite loss, zero gradient where tanh is flat.
     z[0, :] = [1e30, -1e30, 1e30, 0.0, -np.inf]
     loss, grad = check_cross_entropy(z, t, reduction="none", softcap=c)
@@ -318,8 +342,12 @@ def test_neutral_option_values(name, rng):
     """weight=ones, sample_weight=ones, label_smoothing=0, z_loss=0 change nothing."""
     z = make_logits(rng, (5, 6))
     y = make_labels(rng, (5,), 6)
-    neutral = {"weight": np.ones(6), "sample_weight": np.ones(5), "label_smoothing": 0.0,
-               "z_loss": 0.0}[name]
+    neutral = {
+        "weight": np.ones(6),
+        "sample_weight": np.ones(5),
+        "label_smoothing": 0.0,
+        "z_loss": 0.0,
+    }[name]
     for reduction in REDUCTIONS:
         a = fastxent.cross_entropy_with_grad(z, y, reduction=reduction)
         b = fastxent.cross_entropy_with_grad(z, y, reduction=reduction, **{name: neutral})
@@ -332,8 +360,8 @@ def test_option_arrays_as_lists_and_other_dtypes(rng):
     y = np.array([0, 2, 1, 1])
     a = fastxent.cross_entropy_with_grad(z, y, weight=[1, 2, 3], sample_weight=[1, 0, 2, 1])
     b = fastxent.cross_entropy_with_grad(
-        z, y, weight=np.array([1, 2, 3], np.float32),
-        sample_weight=np.array([1, 0, 2, 1], np.int8))
+        z, y, weight=np.array([1, 2, 3], np.float32), sample_weight=np.array([1, 0, 2, 1], np.int8)
+    )
     assert_bitwise(a[0], b[0])
     assert_bitwise(a[1], b[1])
     check_cross_entropy(z, y, weight=[1, 2, 3], sample_weight=[1, 0, 2, 1])
@@ -353,6 +381,7 @@ def test_subnormal_total_weight(dtype):
 
 # ---- hypothesis over option combinations ----
 
+
 @st.composite
 def option_problems(draw):
     dtype = draw(st.sampled_from([np.float32, np.float64]))
@@ -360,10 +389,14 @@ def option_problems(draw):
     m = draw(st.integers(1, 12))
     shape = batch + (m,)
     n = int(np.prod(batch))
-    vals = st.one_of(st.floats(-15, 15, width=32),
-                     st.sampled_from([0.0, -np.inf, 1e30, -1e30, 60.0]))
-    z = np.array(draw(st.lists(vals, min_size=n * m, max_size=n * m)),
-                 dtype=np.float64).reshape(shape).astype(dtype)
+    vals = st.one_of(
+        st.floats(-15, 15, width=32), st.sampled_from([0.0, -np.inf, 1e30, -1e30, 60.0])
+    )
+    z = (
+        np.array(draw(st.lists(vals, min_size=n * m, max_size=n * m)), dtype=np.float64)
+        .reshape(shape)
+        .astype(dtype)
+    )
     probs = draw(st.booleans())
     opts = {}
     nonneg = st.one_of(st.just(0.0), st.floats(0.0, 4.0))
@@ -373,8 +406,9 @@ def option_problems(draw):
         w = np.array(draw(st.lists(nonneg, min_size=m, max_size=m)))
         opts["weight"] = np.where(w < np.finfo(dtype).tiny, 0.0, w)
     if draw(st.booleans()):
-        opts["sample_weight"] = np.array(
-            draw(st.lists(nonneg, min_size=n, max_size=n))).reshape(batch)
+        opts["sample_weight"] = np.array(draw(st.lists(nonneg, min_size=n, max_size=n))).reshape(
+            batch
+        )
     if draw(st.booleans()):
         opts["label_smoothing"] = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
     if draw(st.booleans()):
@@ -383,15 +417,18 @@ def option_problems(draw):
         opts["softcap"] = draw(st.sampled_from([0.5, 3.0, 30.0, 1e6]))
     if probs:
         mass = st.one_of(st.just(0.0), st.floats(0.0, 1.0, width=32))
-        t = np.array(draw(st.lists(mass, min_size=n * m, max_size=n * m)),
-                     dtype=dtype).reshape(shape)
+        t = np.array(draw(st.lists(mass, min_size=n * m, max_size=n * m)), dtype=dtype).reshape(
+            shape
+        )
     else:
         ignore = draw(st.sampled_from([-100, -1, 0]))
         if ignore != -100:
             opts["ignore_index"] = ignore
         choices = st.one_of(st.integers(0, m - 1), st.just(ignore))
-        t = np.array(draw(st.lists(choices, min_size=n, max_size=n)),
-                     dtype=draw(st.sampled_from([np.int32, np.int64]))).reshape(batch)
+        t = np.array(
+            draw(st.lists(choices, min_size=n, max_size=n)),
+            dtype=draw(st.sampled_from([np.int32, np.int64])),
+        ).reshape(batch)
     return z, t, opts
 
 
@@ -409,14 +446,16 @@ def array_problems(draw):
     +-1e30, NaN), ties, and any option combination."""
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     n = draw(st.one_of(st.integers(0, 200), st.sampled_from([63, 64, 65, 128, 129])))
-    m = draw(st.one_of(st.integers(1, 80),
-                       st.sampled_from([1, 2, 3, 8, 16, 63, 64, 65, 257, 300])))
+    m = draw(st.one_of(st.integers(1, 80), st.sampled_from([1, 2, 3, 8, 16, 63, 64, 65, 257, 300])))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     z = rng.standard_normal((n, m)) * draw(st.sampled_from([0.1, 3.0, 30.0]))
     if draw(st.booleans()):
         z = np.round(z)  # ties
-    specials = draw(st.lists(st.sampled_from([-np.inf, 1e30, -1e30, np.nan, 80.0, -120.0]),
-                             min_size=1, max_size=3))
+    specials = draw(
+        st.lists(
+            st.sampled_from([-np.inf, 1e30, -1e30, np.nan, 80.0, -120.0]), min_size=1, max_size=3
+        )
+    )
     spot = rng.random((n, m)) < draw(st.sampled_from([0.0, 0.02, 0.3]))
     z[spot] = rng.choice(specials, int(spot.sum()))
     z = z.astype(dtype)
@@ -442,8 +481,11 @@ def array_problems(draw):
     return z, t, opts
 
 
-@given(problem=array_problems(), reduction=st.sampled_from(REDUCTIONS),
-       num_threads=st.sampled_from([1, 2]))
+@given(
+    problem=array_problems(),
+    reduction=st.sampled_from(REDUCTIONS),
+    num_threads=st.sampled_from([1, 2]),
+)
 def test_property_larger_problems_vs_reference(problem, reduction, num_threads):
     z, t, opts = problem
     check_cross_entropy(z, t, reduction=reduction, num_threads=num_threads, **opts)

@@ -17,7 +17,7 @@ from reference import ulp_distance
 import fastxent
 from fastxent import _kernels
 
-F32_EXP_LO, F32_EXP_HI = -103.972076, 88.7228394    # exp underflows to 0 / overflows
+F32_EXP_LO, F32_EXP_HI = -103.972076, 88.7228394  # exp underflows to 0 / overflows
 F64_EXP_LO, F64_EXP_HI = -745.1332191019412, 709.782712893384
 
 
@@ -29,9 +29,14 @@ def fx(fn, x):
 
 
 def grid(rng, lo, hi, dtype, n=200_000):
-    x = np.concatenate([rng.uniform(lo, hi, n), np.linspace(lo, hi, n // 4 + 1),
-                        np.arange(math.ceil(lo), math.floor(hi) + 1.0),
-                        np.log(2.0) * np.arange(int(lo / 0.7), int(hi / 0.7))])
+    x = np.concatenate(
+        [
+            rng.uniform(lo, hi, n),
+            np.linspace(lo, hi, n // 4 + 1),
+            np.arange(math.ceil(lo), math.floor(hi) + 1.0),
+            np.log(2.0) * np.arange(int(lo / 0.7), int(hi / 0.7)),
+        ]
+    )
     x = x[(x >= lo) & (x <= hi)]
     return x.astype(dtype)
 
@@ -43,8 +48,10 @@ def f64_exp_rounded_to_f32(x):
 
 # ---- exp ----
 
-@pytest.mark.parametrize("lo, hi", [(-87.0, 0.0), (0.0, F32_EXP_HI), (F32_EXP_LO, -87.0),
-                                    (-1e-3, 1e-3)])
+
+@pytest.mark.parametrize(
+    "lo, hi", [(-87.0, 0.0), (0.0, F32_EXP_HI), (F32_EXP_LO, -87.0), (-1e-3, 1e-3)]
+)
 def test_exp_float32_within_1ulp_of_rounded_float64(lo, hi, rng):
     x = grid(rng, lo, hi, np.float32)
     d = ulp_distance(fx(_kernels.exp_array, x), f64_exp_rounded_to_f32(x))
@@ -60,8 +67,9 @@ def test_exp_float32_vs_numpy(rng):
     assert d.max() <= 4
 
 
-@pytest.mark.parametrize("lo, hi", [(-708.0, 0.0), (0.0, F64_EXP_HI), (F64_EXP_LO, -708.0),
-                                    (-1e-6, 1e-6)])
+@pytest.mark.parametrize(
+    "lo, hi", [(-708.0, 0.0), (0.0, F64_EXP_HI), (F64_EXP_LO, -708.0), (-1e-6, 1e-6)]
+)
 def test_exp_float64_within_2ulp(lo, hi, rng):
     x = grid(rng, lo, hi, np.float64)
     got = fx(_kernels.exp_array, x)
@@ -74,8 +82,9 @@ def test_exp_float64_within_2ulp(lo, hi, rng):
     assert d.max() <= 2, f"{d.max()} ulp vs math.exp"
 
 
-@pytest.mark.parametrize("dtype, lo, hi", [(np.float32, F32_EXP_LO, F32_EXP_HI),
-                                           (np.float64, F64_EXP_LO, F64_EXP_HI)])
+@pytest.mark.parametrize(
+    "dtype, lo, hi", [(np.float32, F32_EXP_LO, F32_EXP_HI), (np.float64, F64_EXP_LO, F64_EXP_HI)]
+)
 def test_exp_special_values(dtype, lo, hi):
     lo_, hi_ = dtype(lo), dtype(hi)
     below = [-np.inf, np.finfo(dtype).min, -1e30, 10 * lo, np.nextafter(lo_, dtype(-np.inf))]
@@ -84,12 +93,13 @@ def test_exp_special_values(dtype, lo, hi):
     got = fx(_kernels.exp_array, x)
     k = len(below)
     assert np.all(got[:k] == 0) and not np.any(np.signbit(got[:k])), got[:k]
-    assert np.all(got[k:2 * k] == np.inf), got[k:2 * k]
-    assert np.all(np.isnan(got[2 * k:2 * k + 2]))
+    assert np.all(got[k : 2 * k] == np.inf), got[k : 2 * k]
+    assert np.all(np.isnan(got[2 * k : 2 * k + 2]))
     assert np.all(got[-2:] == 1)
     # Just inside the range the result is finite (largest) / positive (tiny).
-    inside = np.array([np.nextafter(hi_, dtype(0)) * dtype(0.9999), lo_ * dtype(0.999)],
-                      dtype=dtype)
+    inside = np.array(
+        [np.nextafter(hi_, dtype(0)) * dtype(0.9999), lo_ * dtype(0.999)], dtype=dtype
+    )
     got = fx(_kernels.exp_array, inside)
     assert np.isfinite(got[0]) and got[0] > np.finfo(dtype).max / 2
     assert 0 < got[1] < np.finfo(dtype).tiny
@@ -112,11 +122,12 @@ def test_lengths_and_misaligned(dtype, n, rng):
     x = base[1:]  # misaligned by one element
     for fn in (_kernels.exp_array, _kernels.tanh_array):
         got = fx(fn, x)
-        one_by_one = np.array([fx(fn, x[i:i + 1])[0] for i in range(n)], dtype=dtype)
+        one_by_one = np.array([fx(fn, x[i : i + 1])[0] for i in range(n)], dtype=dtype)
         assert got.tobytes() == one_by_one.tobytes()
 
 
 # ---- tanh ----
+
 
 @pytest.mark.parametrize("lo, hi", [(-20.0, 20.0), (-1.0, 1.0), (0.55, 0.7), (-1e-4, 1e-4)])
 def test_tanh_float32_within_1ulp_of_rounded_float64(lo, hi, rng):
@@ -155,8 +166,10 @@ def test_tanh_special_values(dtype, rng):
 
 # ---- the exp of non-positive arguments inside the row kernels ----
 
-@pytest.mark.parametrize("dtype, lo, flush", [
-    (np.float32, -87.0, -87.3365448), (np.float64, -708.0, -708.3964185322641)])
+
+@pytest.mark.parametrize(
+    "dtype, lo, flush", [(np.float32, -87.0, -87.3365448), (np.float64, -708.0, -708.3964185322641)]
+)
 def test_row_exp_of_nonpositive_arguments(dtype, lo, flush, rng):
     """The kernels use a cheaper exp for ``z - max <= 0`` (no overflow side,
     results below the smallest normal number flushed to 0).  It is observable
@@ -175,8 +188,17 @@ def test_row_exp_of_nonpositive_arguments(dtype, lo, flush, rng):
         d = ulp_distance(p[1:], np.exp(x))
         assert d.max() <= 2, f"{d.max()} ulp at x={x[np.argmax(d)]!r}"
     # Below log(smallest normal) (and -inf): exactly 0.
-    deep = np.array([0.0, np.nextafter(dtype(flush), dtype(-np.inf)), 2 * flush, -1e30,
-                     -np.inf, np.finfo(dtype).min], dtype=dtype)[None, :]
+    deep = np.array(
+        [
+            0.0,
+            np.nextafter(dtype(flush), dtype(-np.inf)),
+            2 * flush,
+            -1e30,
+            -np.inf,
+            np.finfo(dtype).min,
+        ],
+        dtype=dtype,
+    )[None, :]
     np.testing.assert_array_equal(fastxent.softmax(deep)[0], [1, 0, 0, 0, 0, 0])
     just_above = np.array([[0.0, dtype(flush) * dtype(0.9999)]], dtype=dtype)
     assert fastxent.softmax(just_above)[0, 1] >= np.finfo(dtype).tiny

@@ -53,23 +53,24 @@ def check(name, z, **kw):
 
 # ---- the reference itself, cross-checked with scipy ----
 
+
 def test_reference_matches_scipy(rng):
     special = pytest.importorskip("scipy.special")
     z = make_logits(rng, (7, 13), scale=20.0)
     z[1, 3] = -np.inf
     z[2] = 1e300
     np.testing.assert_allclose(ref.logsumexp(z), special.logsumexp(z, axis=-1), rtol=1e-14)
-    np.testing.assert_allclose(ref.log_softmax(z), special.log_softmax(z, axis=-1),
-                               rtol=1e-14, atol=1e-14 * 20)
-    np.testing.assert_allclose(ref.softmax(z), special.softmax(z, axis=-1),
-                               rtol=1e-13, atol=1e-300)
+    np.testing.assert_allclose(
+        ref.log_softmax(z), special.log_softmax(z, axis=-1), rtol=1e-14, atol=1e-14 * 20
+    )
+    np.testing.assert_allclose(ref.softmax(z), special.softmax(z, axis=-1), rtol=1e-13, atol=1e-300)
     inf_rows = np.array([[-np.inf, -np.inf], [np.inf, 0.0], [np.nan, 0.0]])
     with np.errstate(all="ignore"):
-        np.testing.assert_array_equal(ref.logsumexp(inf_rows),
-                                      special.logsumexp(inf_rows, axis=-1))
+        np.testing.assert_array_equal(ref.logsumexp(inf_rows), special.logsumexp(inf_rows, axis=-1))
 
 
 # ---- dtypes, layouts, shapes ----
+
 
 @pytest.mark.parametrize("name", list(FUNCS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -80,10 +81,16 @@ def test_dtypes_and_layouts(name, dtype, layout, rng):
 
 
 @pytest.mark.parametrize("name", list(FUNCS))
-@pytest.mark.parametrize("in_dtype, out_dtype", [
-    (np.float16, np.float32), (np.int8, np.float64), (np.int32, np.float64),
-    (np.int64, np.float64), (np.uint16, np.float64),
-])
+@pytest.mark.parametrize(
+    "in_dtype, out_dtype",
+    [
+        (np.float16, np.float32),
+        (np.int8, np.float64),
+        (np.int32, np.float64),
+        (np.int64, np.float64),
+        (np.uint16, np.float64),
+    ],
+)
 def test_converted_dtypes(name, in_dtype, out_dtype, rng):
     z = (rng.standard_normal((4, 6)) * 4).astype(in_dtype)
     got = check(name, z)
@@ -107,8 +114,9 @@ def test_list_input(name):
 
 
 @pytest.mark.parametrize("name", list(FUNCS))
-@pytest.mark.parametrize("shape", [(5,), (1, 1), (3, 1), (0, 4), (2, 3, 5), (2, 0, 3),
-                                   (1, 2, 2, 3)])
+@pytest.mark.parametrize(
+    "shape", [(5,), (1, 1), (3, 1), (0, 4), (2, 3, 5), (2, 0, 3), (1, 2, 2, 3)]
+)
 def test_shapes(name, shape, rng):
     z = make_logits(rng, shape)
     got = check(name, z)
@@ -134,6 +142,7 @@ def test_vocab_128256(dtype, rng):
 
 
 # ---- out= and in place ----
+
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -178,15 +187,19 @@ def test_out_overlapping_input(name, rng):
 
 # ---- numerical extremes ----
 
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_extremes(dtype):
-    z = np.array([
-        [1e30, -1e30, 0.0, 1e30],        # huge, ties at the top
-        [-np.inf, 0.0, 1.0, -np.inf],    # masked classes
-        [2.0, 2.0, 2.0, 2.0],            # all tied
-        [-1e30, -1e30, -1e30, -1e29],
-        [-50.0, 50.0, -50.0, 0.0],       # underflowing exps
-    ], dtype=dtype)
+    z = np.array(
+        [
+            [1e30, -1e30, 0.0, 1e30],  # huge, ties at the top
+            [-np.inf, 0.0, 1.0, -np.inf],  # masked classes
+            [2.0, 2.0, 2.0, 2.0],  # all tied
+            [-1e30, -1e30, -1e30, -1e29],
+            [-50.0, 50.0, -50.0, 0.0],  # underflowing exps
+        ],
+        dtype=dtype,
+    )
     for name in FUNCS:
         check(name, z)
     p = fastxent.softmax(z)
@@ -211,12 +224,15 @@ def test_nan_row_is_nan_and_other_rows_unaffected(dtype, rng):
 def test_logsumexp_infinite_rows(dtype):
     """As scipy and torch: an all -inf row has logsumexp -inf, a row with
     +inf has +inf, NaN wins over both."""
-    z = np.array([[-np.inf, -np.inf], [np.inf, 0.0], [np.inf, -np.inf], [np.inf, np.nan],
-                  [-np.inf, np.nan]], dtype=dtype)
+    z = np.array(
+        [[-np.inf, -np.inf], [np.inf, 0.0], [np.inf, -np.inf], [np.inf, np.nan], [-np.inf, np.nan]],
+        dtype=dtype,
+    )
     with np.errstate(all="ignore"):
         np.testing.assert_array_equal(fastxent.logsumexp(z), ref.logsumexp(z))
-        np.testing.assert_array_equal(fastxent.logsumexp(z), [-np.inf, np.inf, np.inf,
-                                                              np.nan, np.nan])
+        np.testing.assert_array_equal(
+            fastxent.logsumexp(z), [-np.inf, np.inf, np.inf, np.nan, np.nan]
+        )
 
 
 # ---- properties over shapes and values ----

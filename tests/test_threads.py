@@ -50,25 +50,31 @@ def _problem(rng, dtype, target_kind, shape=(N, M)):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("opt_index", range(len(OPTIONS)))
 @pytest.mark.parametrize("shape", [(N, M), (1001, 33)], ids=["rows", "tiles"])
-def test_loss_bitwise_for_any_thread_count(dtype, target_kind, reduction, opt_index, shape,
-                                           rng):
+def test_loss_bitwise_for_any_thread_count(dtype, target_kind, reduction, opt_index, shape, rng):
     """Both kernel paths: long rows, and few classes (tiles of 64 rows)."""
     z, t = _problem(rng, dtype, target_kind, shape)
     opts = _resolve(OPTIONS[opt_index], rng, z.shape)
     if target_kind == "probs":
         opts.pop("ignore_index", None)
-    loss1, grad1 = fastxent.cross_entropy_with_grad(z, t, reduction=reduction,
-                                                    num_threads=1, **opts)
+    loss1, grad1 = fastxent.cross_entropy_with_grad(
+        z, t, reduction=reduction, num_threads=1, **opts
+    )
     for nt in (2, 3, 4, None):
-        loss, grad = fastxent.cross_entropy_with_grad(z, t, reduction=reduction,
-                                                      num_threads=nt, **opts)
+        loss, grad = fastxent.cross_entropy_with_grad(
+            z, t, reduction=reduction, num_threads=nt, **opts
+        )
         assert_bitwise(loss, loss1, f"loss, num_threads={nt}")
         assert_bitwise(grad, grad1, f"grad, num_threads={nt}")
-        assert_bitwise(fastxent.cross_entropy(z, t, reduction=reduction, num_threads=nt,
-                                              **opts), loss1, f"cross_entropy, {nt}")
-        assert_bitwise(fastxent.cross_entropy_grad(z, t, reduction=reduction,
-                                                   num_threads=nt, **opts),
-                       grad1, f"cross_entropy_grad, {nt}")
+        assert_bitwise(
+            fastxent.cross_entropy(z, t, reduction=reduction, num_threads=nt, **opts),
+            loss1,
+            f"cross_entropy, {nt}",
+        )
+        assert_bitwise(
+            fastxent.cross_entropy_grad(z, t, reduction=reduction, num_threads=nt, **opts),
+            grad1,
+            f"cross_entropy_grad, {nt}",
+        )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -127,8 +133,7 @@ def test_concurrent_python_threads_match_serial(rng):
         dtype = (np.float32, np.float64)[i % 2]
         z, t = _problem(rng, dtype, ("labels", "probs")[i // 2 % 2], shape=(129, M))
         problems.append((z, t, dict(z_loss=1e-3 * i, label_smoothing=0.05 * i)))
-    serial = [fastxent.cross_entropy_with_grad(z, t, num_threads=1, **o)
-              for z, t, o in problems]
+    serial = [fastxent.cross_entropy_with_grad(z, t, num_threads=1, **o) for z, t, o in problems]
     results = [[] for _ in problems]
     errors = []
     barrier = threading.Barrier(len(problems))

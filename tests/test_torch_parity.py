@@ -48,22 +48,24 @@ def _load_cases(dtype_name):
             target = take("labels", "target").reshape(shape[:-1])
         else:
             target = take("probs", "target").reshape(shape)
-        cases.append(dict(
-            id=f"{dtype_name}-{entry['id']}-{entry['name']}",
-            dtype=np.dtype(dtype_name),
-            logits=take("logits", "logits").reshape(shape),
-            target=target,
-            loss=take("loss", "loss").reshape(entry["loss_shape"]),
-            grad=take("grad", "grad").reshape(shape),
-            options=dict(
-                reduction=entry["reduction"],
-                weight=None if entry["weight"] is None else take("weight", "weight"),
-                ignore_index=entry["ignore_index"],
-                label_smoothing=entry["label_smoothing"],
-                z_loss=entry["z_loss"],
-                softcap=entry["softcap"],
-            ),
-        ))
+        cases.append(
+            dict(
+                id=f"{dtype_name}-{entry['id']}-{entry['name']}",
+                dtype=np.dtype(dtype_name),
+                logits=take("logits", "logits").reshape(shape),
+                target=target,
+                loss=take("loss", "loss").reshape(entry["loss_shape"]),
+                grad=take("grad", "grad").reshape(shape),
+                options=dict(
+                    reduction=entry["reduction"],
+                    weight=None if entry["weight"] is None else take("weight", "weight"),
+                    ignore_index=entry["ignore_index"],
+                    label_smoothing=entry["label_smoothing"],
+                    z_loss=entry["z_loss"],
+                    softcap=entry["softcap"],
+                ),
+            )
+        )
     return cases
 
 
@@ -125,7 +127,8 @@ def test_parity_error_summary():
                 "grad rel": _max_rel(grad, case["grad"]),
                 "grad normwise rel": float(
                     np.max(np.abs(np.asarray(grad, np.float64) - case["grad"]))
-                    / max(np.max(np.abs(case["grad"])), np.finfo(np.float64).tiny)),
+                    / max(np.max(np.abs(case["grad"])), np.finfo(np.float64).tiny)
+                ),
             }
             for k, v in errs.items():
                 if v > worst[k][0]:

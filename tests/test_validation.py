@@ -54,16 +54,21 @@ ALL_FUNCS = {**LOSS_FUNCS, **ROW_FUNCS}
 
 # ---- logits ----
 
+
 @pytest.mark.parametrize("name", list(ALL_FUNCS))
-@pytest.mark.parametrize("logits, exc, match", [
-    (np.float64(1.0), ValueError, r"at least one dimension .*0-d"),
-    (np.zeros((3, 0)), ValueError, r"at least one class \(m >= 1\); got shape \(3, 0\)"),
-    (np.zeros((3, 4), complex), TypeError, r"real floating or integer.*dtype=complex128"),
-    (np.zeros((3, 4), bool), TypeError, r"real floating or integer.*dtype=bool"),
-    (np.zeros((3, 4), object), TypeError, r"real floating or integer.*dtype=object"),
-    (np.full((3, 4), "a"), TypeError, r"real floating or integer.*dtype=<U1"),
-    (np.zeros((3, 4), np.longdouble), TypeError, r"float32 and float64.*dtype=float128"),
-], ids=["0d", "m0", "complex", "bool", "object", "str", "longdouble"])
+@pytest.mark.parametrize(
+    "logits, exc, match",
+    [
+        (np.float64(1.0), ValueError, r"at least one dimension .*0-d"),
+        (np.zeros((3, 0)), ValueError, r"at least one class \(m >= 1\); got shape \(3, 0\)"),
+        (np.zeros((3, 4), complex), TypeError, r"real floating or integer.*dtype=complex128"),
+        (np.zeros((3, 4), bool), TypeError, r"real floating or integer.*dtype=bool"),
+        (np.zeros((3, 4), object), TypeError, r"real floating or integer.*dtype=object"),
+        (np.full((3, 4), "a"), TypeError, r"real floating or integer.*dtype=<U1"),
+        (np.zeros((3, 4), np.longdouble), TypeError, r"float32 and float64.*dtype=float128"),
+    ],
+    ids=["0d", "m0", "complex", "bool", "object", "str", "longdouble"],
+)
 def test_bad_logits(name, logits, exc, match):
     if logits.dtype == np.longdouble and np.dtype(np.longdouble).itemsize <= 8:
         pytest.skip("longdouble is float64 here")
@@ -77,32 +82,64 @@ def test_bad_logits(name, logits, exc, match):
 
 # ---- targets ----
 
+
 @pytest.mark.parametrize("name", list(LOSS_FUNCS))
-@pytest.mark.parametrize("target, exc, match", [
-    (np.zeros(4, np.int64), ValueError,
-     r"target must have shape \(3,\) \(class indices\) or \(3, 4\) \(class probabilities\)"
-     r".*got shape \(4,\)"),
-    (np.zeros((3, 5)), ValueError, r"got shape \(3, 5\)"),
-    (np.zeros((1, 3), np.int64), ValueError, r"got shape \(1, 3\)"),
-    (np.int64(0), ValueError, r"got shape \(\)"),
-    (np.zeros((3, 4, 1)), ValueError, r"got shape \(3, 4, 1\)"),
-    (np.array([0.0, 1.0, 2.0]), TypeError,
-     r"class-index targets must be integers; got dtype=float64"),
-    (np.array([0.0, 1.0, 2.0], np.float32), TypeError, r"must be integers.*float32"),
-    (np.array([True, False, True]), TypeError, r"class-index targets must be integers"),
-    (np.array(["a", "b", "c"]), TypeError, r"class-index targets must be integers"),
-    (np.zeros((3, 4), bool), TypeError, r"class-probability targets must be real"),
-    (np.zeros((3, 4), complex), TypeError, r"class-probability targets must be real"),
-    (np.array([0, 1, 4]), ValueError,
-     r"label outside \[0, 4\).*ignore_index=-100: 4 at flat position 2"),
-    (np.array([0, -1, 2], np.int32), ValueError, r"outside \[0, 4\).*-1 at flat position 1"),
-    (np.array([0, 1, -100 - 1]), ValueError, r"-101 at flat position 2"),
-    (np.array([7, 9, 0], np.uint8), ValueError, r"7 at flat position 0"),
-    (np.array([0, 2**63 + 5, 1], np.uint64), ValueError,
-     r"outside \[0, 4\).*9223372036854775813 at flat position 1"),
-], ids=["short", "wide", "rank", "scalar", "rank+1", "float", "float32", "bool",
-        "str", "bool-probs", "complex-probs", "too-big", "negative", "near-ignore",
-        "uint8", "uint64-huge"])
+@pytest.mark.parametrize(
+    "target, exc, match",
+    [
+        (
+            np.zeros(4, np.int64),
+            ValueError,
+            r"target must have shape \(3,\) \(class indices\) or \(3, 4\) \(class probabilities\)"
+            r".*got shape \(4,\)",
+        ),
+        (np.zeros((3, 5)), ValueError, r"got shape \(3, 5\)"),
+        (np.zeros((1, 3), np.int64), ValueError, r"got shape \(1, 3\)"),
+        (np.int64(0), ValueError, r"got shape \(\)"),
+        (np.zeros((3, 4, 1)), ValueError, r"got shape \(3, 4, 1\)"),
+        (
+            np.array([0.0, 1.0, 2.0]),
+            TypeError,
+            r"class-index targets must be integers; got dtype=float64",
+        ),
+        (np.array([0.0, 1.0, 2.0], np.float32), TypeError, r"must be integers.*float32"),
+        (np.array([True, False, True]), TypeError, r"class-index targets must be integers"),
+        (np.array(["a", "b", "c"]), TypeError, r"class-index targets must be integers"),
+        (np.zeros((3, 4), bool), TypeError, r"class-probability targets must be real"),
+        (np.zeros((3, 4), complex), TypeError, r"class-probability targets must be real"),
+        (
+            np.array([0, 1, 4]),
+            ValueError,
+            r"label outside \[0, 4\).*ignore_index=-100: 4 at flat position 2",
+        ),
+        (np.array([0, -1, 2], np.int32), ValueError, r"outside \[0, 4\).*-1 at flat position 1"),
+        (np.array([0, 1, -100 - 1]), ValueError, r"-101 at flat position 2"),
+        (np.array([7, 9, 0], np.uint8), ValueError, r"7 at flat position 0"),
+        (
+            np.array([0, 2**63 + 5, 1], np.uint64),
+            ValueError,
+            r"outside \[0, 4\).*9223372036854775813 at flat position 1",
+        ),
+    ],
+    ids=[
+        "short",
+        "wide",
+        "rank",
+        "scalar",
+        "rank+1",
+        "float",
+        "float32",
+        "bool",
+        "str",
+        "bool-probs",
+        "complex-probs",
+        "too-big",
+        "negative",
+        "near-ignore",
+        "uint8",
+        "uint64-huge",
+    ],
+)
 def test_bad_targets(name, target, exc, match):
     out = np.full((N, M), 7.0) if name != "cross_entropy" else None
     kwargs = {} if out is None else {"out": out}
@@ -125,28 +162,54 @@ def test_first_bad_label_is_named():
 def test_out_of_range_label_with_custom_ignore_index(name):
     # ignore_index=-1 makes -1 fine, but -100 is now out of range.
     LOSS_FUNCS[name](_z(), np.array([0, -1, 2]), ignore_index=-1)
-    raises_unchanged(ValueError, r"not ignore_index=-1: -100 at flat position 1",
-                     LOSS_FUNCS[name], _z(), np.array([0, -100, 2]), ignore_index=-1)
+    raises_unchanged(
+        ValueError,
+        r"not ignore_index=-1: -100 at flat position 1",
+        LOSS_FUNCS[name],
+        _z(),
+        np.array([0, -100, 2]),
+        ignore_index=-1,
+    )
 
 
 # ---- reduction, num_threads ----
 
+
 @pytest.mark.parametrize("name", list(LOSS_FUNCS))
 @pytest.mark.parametrize("reduction", ["avg", "MEAN", "", None, 0, ("mean",)])
 def test_bad_reduction(name, reduction):
-    raises_unchanged(ValueError, r"reduction must be one of 'mean', 'sum' or 'none'",
-                     LOSS_FUNCS[name], _z(), reduction=reduction)
+    raises_unchanged(
+        ValueError,
+        r"reduction must be one of 'mean', 'sum' or 'none'",
+        LOSS_FUNCS[name],
+        _z(),
+        reduction=reduction,
+    )
 
 
 @pytest.mark.parametrize("name", list(ALL_FUNCS))
-@pytest.mark.parametrize("num_threads, exc", [
-    (0, ValueError), (-1, ValueError), (np.int32(0), ValueError),
-    (2.0, TypeError), (1.5, TypeError), ("2", TypeError), (True, TypeError),
-    (np.bool_(True), TypeError), ([2], TypeError),
-])
+@pytest.mark.parametrize(
+    "num_threads, exc",
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (np.int32(0), ValueError),
+        (2.0, TypeError),
+        (1.5, TypeError),
+        ("2", TypeError),
+        (True, TypeError),
+        (np.bool_(True), TypeError),
+        ([2], TypeError),
+    ],
+)
 def test_bad_num_threads(name, num_threads, exc):
-    raises_unchanged(exc, r"num_threads must be None or an integer >= 1",
-                     ALL_FUNCS[name], _z(), num_threads=num_threads)
+    raises_unchanged(
+        exc,
+        r"num_threads must be None or an integer >= 1",
+        ALL_FUNCS[name],
+        _z(),
+        num_threads=num_threads,
+    )
 
 
 @pytest.mark.parametrize("name", list(ALL_FUNCS))
@@ -157,25 +220,44 @@ def test_good_num_threads(name, num_threads):
 
 # ---- out ----
 
+
 def _readonly(a):
     a.flags.writeable = False
     return a
 
 
 @pytest.mark.parametrize("name", list(OUT_FUNCS))
-@pytest.mark.parametrize("out, exc, match", [
-    (np.zeros((3, 5)), ValueError, r"out must have shape \(3, 4\); got \(3, 5\)"),
-    (np.zeros(12), ValueError, r"out must have shape \(3, 4\); got \(12,\)"),
-    (np.zeros((1, 3, 4)), ValueError, r"out must have shape \(3, 4\)"),
-    (np.zeros((3, 4), np.float32), ValueError, r"out must have dtype float64; got dtype=float32"),
-    (np.zeros((3, 4), np.int64), ValueError, r"out must have dtype float64"),
-    (np.zeros((3, 4), ">f8"), ValueError, r"out must have dtype float64"),
-    (np.zeros((4, 3)).T, ValueError, r"out must be C-contiguous"),
-    (np.zeros((3, 8))[:, ::2], ValueError, r"out must be C-contiguous"),
-    (_readonly(np.zeros((3, 4))), ValueError, r"out must be writeable"),
-    ([[0.0] * 4] * 3, TypeError, r"out must be a NumPy array; got list"),
-], ids=["shape", "flat", "rank", "float32", "int", "byteswapped", "F", "strided",
-        "readonly", "list"])
+@pytest.mark.parametrize(
+    "out, exc, match",
+    [
+        (np.zeros((3, 5)), ValueError, r"out must have shape \(3, 4\); got \(3, 5\)"),
+        (np.zeros(12), ValueError, r"out must have shape \(3, 4\); got \(12,\)"),
+        (np.zeros((1, 3, 4)), ValueError, r"out must have shape \(3, 4\)"),
+        (
+            np.zeros((3, 4), np.float32),
+            ValueError,
+            r"out must have dtype float64; got dtype=float32",
+        ),
+        (np.zeros((3, 4), np.int64), ValueError, r"out must have dtype float64"),
+        (np.zeros((3, 4), ">f8"), ValueError, r"out must have dtype float64"),
+        (np.zeros((4, 3)).T, ValueError, r"out must be C-contiguous"),
+        (np.zeros((3, 8))[:, ::2], ValueError, r"out must be C-contiguous"),
+        (_readonly(np.zeros((3, 4))), ValueError, r"out must be writeable"),
+        ([[0.0] * 4] * 3, TypeError, r"out must be a NumPy array; got list"),
+    ],
+    ids=[
+        "shape",
+        "flat",
+        "rank",
+        "float32",
+        "int",
+        "byteswapped",
+        "F",
+        "strided",
+        "readonly",
+        "list",
+    ],
+)
 def test_bad_out(name, out, exc, match):
     raises_unchanged(exc, match, OUT_FUNCS[name], _z(), out=out)
 
@@ -185,8 +267,9 @@ def test_out_dtype_follows_compute_dtype(name):
     """float16 logits are computed in float32: out must be float32 (so
     out=logits cannot work for them)."""
     z = _z().astype(np.float16)
-    raises_unchanged(ValueError, r"out must have dtype float32; got dtype=float16",
-                     OUT_FUNCS[name], z, out=z)
+    raises_unchanged(
+        ValueError, r"out must have dtype float32; got dtype=float16", OUT_FUNCS[name], z, out=z
+    )
     out = np.empty((N, M), np.float32)
     res = _call(OUT_FUNCS[name], z, out=out)
     assert (res[1] if name == "cross_entropy_with_grad" else res) is out
@@ -196,65 +279,82 @@ def test_out_dtype_follows_compute_dtype(name):
 def test_error_after_out_check_leaves_out_alone(name):
     """Labels are checked before the kernel writes anything into out."""
     out = np.full((N, M), 7.0)
-    raises_unchanged(ValueError, r"label outside", LOSS_FUNCS[name], _z(),
-                     np.array([0, 1, 9]), out=out)
+    raises_unchanged(
+        ValueError, r"label outside", LOSS_FUNCS[name], _z(), np.array([0, 1, 9]), out=out
+    )
     z = _z()
-    raises_unchanged(ValueError, r"label outside", LOSS_FUNCS[name], z,
-                     np.array([0, 1, 9]), out=z)
+    raises_unchanged(ValueError, r"label outside", LOSS_FUNCS[name], z, np.array([0, 1, 9]), out=z)
 
 
 # ---- loss options (issue 3) ----
 
+
 @pytest.mark.parametrize("name", list(LOSS_FUNCS))
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(weight=[1.0, 2.0]), ValueError,
-     r"weight must have shape \(4,\) \(one per class\); got shape \(2,\)"),
-    (dict(weight=np.ones((1, 4))), ValueError, r"weight must have shape \(4,\)"),
-    (dict(weight=1.0), ValueError, r"weight must have shape \(4,\)"),
-    (dict(weight=[1.0, -2.0, 0.0, 1.0]), ValueError, r"weight must be non-negative.*-2"),
-    (dict(weight=[1.0, np.nan, 0.0, 1.0]), ValueError, r"weight must be finite"),
-    (dict(weight=[1.0, np.inf, 0.0, 1.0]), ValueError, r"weight must be finite"),
-    (dict(weight=["a", "b", "c", "d"]), TypeError, r"weight must be an array of real"),
-    (dict(weight=np.ones(4, complex)), TypeError, r"weight must be an array of real"),
-    (dict(sample_weight=[1.0, 2.0]), ValueError,
-     r"sample_weight must have shape \(3,\) \(logits.shape\[:-1\]\); got shape \(2,\)"),
-    (dict(sample_weight=np.ones((3, 1))), ValueError, r"sample_weight must have shape"),
-    (dict(sample_weight=[1.0, -0.5, 1.0]), ValueError, r"sample_weight must be non-negative"),
-    (dict(sample_weight=[1.0, np.nan, 1.0]), ValueError, r"sample_weight must be finite"),
-    (dict(sample_weight=[1.0, -np.inf, 1.0]), ValueError, r"sample_weight must be finite"),
-    (dict(label_smoothing=-0.1), ValueError, r"label_smoothing must be finite and in \[0"),
-    (dict(label_smoothing=1.5), ValueError, r"label_smoothing must be finite and in \[0"),
-    (dict(label_smoothing=np.nan), ValueError, r"label_smoothing must be finite"),
-    (dict(label_smoothing="0.1x"), TypeError, r"label_smoothing must be a real number"),
-    (dict(label_smoothing=None), TypeError, r"label_smoothing must be a real number"),
-    (dict(z_loss=-1e-4), ValueError, r"z_loss must be finite and in \[0"),
-    (dict(z_loss=np.inf), ValueError, r"z_loss must be finite"),
-    (dict(z_loss=None), TypeError, r"z_loss must be a real number"),
-    (dict(softcap=0.0), ValueError, r"softcap must be finite and in \(0"),
-    (dict(softcap=-3.0), ValueError, r"softcap must be finite and in \(0"),
-    (dict(softcap=np.inf), ValueError, r"softcap must be finite"),
-    (dict(softcap=np.nan), ValueError, r"softcap must be finite"),
-    (dict(softcap="big"), TypeError, r"softcap must be a real number"),
-    (dict(ignore_index=1.0), TypeError, r"ignore_index must be an integer"),
-    (dict(ignore_index=True), TypeError, r"ignore_index must be an integer"),
-    (dict(ignore_index=None), TypeError, r"ignore_index must be an integer"),
-    (dict(ignore_index=2**64), ValueError, r"ignore_index must fit in int64"),
-], ids=lambda v: repr(v)[:40] if isinstance(v, dict) else None)
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (
+            dict(weight=[1.0, 2.0]),
+            ValueError,
+            r"weight must have shape \(4,\) \(one per class\); got shape \(2,\)",
+        ),
+        (dict(weight=np.ones((1, 4))), ValueError, r"weight must have shape \(4,\)"),
+        (dict(weight=1.0), ValueError, r"weight must have shape \(4,\)"),
+        (dict(weight=[1.0, -2.0, 0.0, 1.0]), ValueError, r"weight must be non-negative.*-2"),
+        (dict(weight=[1.0, np.nan, 0.0, 1.0]), ValueError, r"weight must be finite"),
+        (dict(weight=[1.0, np.inf, 0.0, 1.0]), ValueError, r"weight must be finite"),
+        (dict(weight=["a", "b", "c", "d"]), TypeError, r"weight must be an array of real"),
+        (dict(weight=np.ones(4, complex)), TypeError, r"weight must be an array of real"),
+        (
+            dict(sample_weight=[1.0, 2.0]),
+            ValueError,
+            r"sample_weight must have shape \(3,\) \(logits.shape\[:-1\]\); got shape \(2,\)",
+        ),
+        (dict(sample_weight=np.ones((3, 1))), ValueError, r"sample_weight must have shape"),
+        (dict(sample_weight=[1.0, -0.5, 1.0]), ValueError, r"sample_weight must be non-negative"),
+        (dict(sample_weight=[1.0, np.nan, 1.0]), ValueError, r"sample_weight must be finite"),
+        (dict(sample_weight=[1.0, -np.inf, 1.0]), ValueError, r"sample_weight must be finite"),
+        (dict(label_smoothing=-0.1), ValueError, r"label_smoothing must be finite and in \[0"),
+        (dict(label_smoothing=1.5), ValueError, r"label_smoothing must be finite and in \[0"),
+        (dict(label_smoothing=np.nan), ValueError, r"label_smoothing must be finite"),
+        (dict(label_smoothing="0.1x"), TypeError, r"label_smoothing must be a real number"),
+        (dict(label_smoothing=None), TypeError, r"label_smoothing must be a real number"),
+        (dict(z_loss=-1e-4), ValueError, r"z_loss must be finite and in \[0"),
+        (dict(z_loss=np.inf), ValueError, r"z_loss must be finite"),
+        (dict(z_loss=None), TypeError, r"z_loss must be a real number"),
+        (dict(softcap=0.0), ValueError, r"softcap must be finite and in \(0"),
+        (dict(softcap=-3.0), ValueError, r"softcap must be finite and in \(0"),
+        (dict(softcap=np.inf), ValueError, r"softcap must be finite"),
+        (dict(softcap=np.nan), ValueError, r"softcap must be finite"),
+        (dict(softcap="big"), TypeError, r"softcap must be a real number"),
+        (dict(ignore_index=1.0), TypeError, r"ignore_index must be an integer"),
+        (dict(ignore_index=True), TypeError, r"ignore_index must be an integer"),
+        (dict(ignore_index=None), TypeError, r"ignore_index must be an integer"),
+        (dict(ignore_index=2**64), ValueError, r"ignore_index must fit in int64"),
+    ],
+    ids=lambda v: repr(v)[:40] if isinstance(v, dict) else None,
+)
 def test_bad_options(name, kwargs, exc, match):
     out = {} if name == "cross_entropy" else {"out": np.full((N, M), 7.0)}
-    raises_unchanged(exc, match, LOSS_FUNCS[name], _z(), np.array([0, 1, 2]),
-                     **kwargs, **out)
+    raises_unchanged(exc, match, LOSS_FUNCS[name], _z(), np.array([0, 1, 2]), **kwargs, **out)
 
 
 @pytest.mark.parametrize("name", list(LOSS_FUNCS))
-@pytest.mark.parametrize("dtype, weight, match", [
-    (np.float32, [1e39, 1.0, 1.0, 1.0], r"weight must be finite in the compute dtype float32"),
-    (np.float32, [1e-46, 1.0, 1.0, 1.0], r"weight has positive entries that underflow to 0 "
-                                         r"in the compute dtype float32 \(smallest positive "
-                                         r"weight 1e-46\)"),
-    (np.float64, [1e-46, 1.0, 1.0, 1.0], None),
-    (np.float64, [1e-320, 1.0, 0.0, 1.0], None),  # subnormal in float64: still positive
-])
+@pytest.mark.parametrize(
+    "dtype, weight, match",
+    [
+        (np.float32, [1e39, 1.0, 1.0, 1.0], r"weight must be finite in the compute dtype float32"),
+        (
+            np.float32,
+            [1e-46, 1.0, 1.0, 1.0],
+            r"weight has positive entries that underflow to 0 "
+            r"in the compute dtype float32 \(smallest positive "
+            r"weight 1e-46\)",
+        ),
+        (np.float64, [1e-46, 1.0, 1.0, 1.0], None),
+        (np.float64, [1e-320, 1.0, 0.0, 1.0], None),  # subnormal in float64: still positive
+    ],
+)
 def test_weights_must_survive_the_compute_dtype(name, dtype, weight, match):
     """Class weights are used in the compute dtype: a weight that overflows or
     (if positive) underflows to 0 there is an error, never a NaN loss."""
@@ -264,16 +364,21 @@ def test_weights_must_survive_the_compute_dtype(name, dtype, weight, match):
         for part in result if isinstance(result, tuple) else (result,):
             assert np.isfinite(part).all()
     else:
-        raises_unchanged(ValueError, match, LOSS_FUNCS[name], z, np.array([0, 1, 2]),
-                         weight=weight)
+        raises_unchanged(ValueError, match, LOSS_FUNCS[name], z, np.array([0, 1, 2]), weight=weight)
 
 
 @pytest.mark.parametrize("name", list(LOSS_FUNCS))
 @pytest.mark.parametrize("ignore", [0, -1, 3, np.int64(-100) + 1])
 def test_ignore_index_with_probabilities(name, ignore):
     probs = np.full((N, M), 0.25)
-    raises_unchanged(ValueError, r"ignore_index applies to class-index targets only",
-                     LOSS_FUNCS[name], _z(), probs, ignore_index=ignore)
+    raises_unchanged(
+        ValueError,
+        r"ignore_index applies to class-index targets only",
+        LOSS_FUNCS[name],
+        _z(),
+        probs,
+        ignore_index=ignore,
+    )
     LOSS_FUNCS[name](_z(), probs, ignore_index=-100)  # the default is fine
 
 
@@ -281,8 +386,14 @@ def test_ignore_index_with_probabilities(name, ignore):
 def test_sample_weight_shape_is_batch_shape(name):
     z = np.zeros((2, 3, 4))
     y = np.zeros((2, 3), np.int64)
-    raises_unchanged(ValueError, r"sample_weight must have shape \(2, 3\)",
-                     LOSS_FUNCS[name], z, y, sample_weight=np.ones(6))
+    raises_unchanged(
+        ValueError,
+        r"sample_weight must have shape \(2, 3\)",
+        LOSS_FUNCS[name],
+        z,
+        y,
+        sample_weight=np.ones(6),
+    )
 
 
 @pytest.mark.parametrize("name", list(ALL_FUNCS))
