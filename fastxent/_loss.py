@@ -39,7 +39,7 @@ def _run(
     cap = v.softcap(softcap, dtype)
     w = v.class_weight(weight, m, dtype)
     s = v.sample_weight(sample_weight, shape[:-1])
-    nt = v.resolve_threads(num_threads)
+    nt = v.resolve_threads(num_threads, z.size)
 
     g: FloatArray | None = None
     if want_grad:

@@ -18,7 +18,7 @@ def _rows(
     num_threads: int | None,
 ) -> FloatArray:
     z, shape, dtype = v.as_logits(logits)
-    nt = v.resolve_threads(num_threads)
+    nt = v.resolve_threads(num_threads, z.size)
     o: FloatArray | None = None
     lse: NDArray[np.float64] | None = None
     if want_out:

@@ -10,6 +10,7 @@ reaches a user.  Nothing here copies an n x m array unless it has to
 from __future__ import annotations
 
 import operator
+import os
 from typing import Any, Literal
 
 import numpy as np
@@ -134,10 +135,19 @@ def check_reduction(reduction: object) -> Literal["mean", "sum", "none"]:
     return reduction
 
 
-def resolve_threads(num_threads: Any) -> int:
+# More threads than this only oversubscribe the machine (and a request for
+# thousands can make libgomp abort the process when it cannot create them).
+_MAX_THREADS = max(8, 4 * (os.cpu_count() or 1))
+
+
+def resolve_threads(num_threads: Any, size: int | None = None) -> int:
     """``None`` -> ``omp_get_max_threads()`` now (so OMP_NUM_THREADS and
-    threadpoolctl limits are honoured); otherwise an integer >= 1."""
+    threadpoolctl limits are honoured), or 1 when ``size`` (the number of
+    logits) is below the kernels' serial threshold anyway; otherwise an
+    integer >= 1, capped at ``max(8, 4 * os.cpu_count())``."""
     if num_threads is None:
+        if size is not None and size < _kernels.SERIAL_BELOW:
+            return 1
         return max(1, int(_kernels.max_threads()))
     if isinstance(num_threads, (bool, np.bool_)):
         raise TypeError(f"num_threads must be None or an integer >= 1; got {num_threads!r}.")
@@ -149,7 +159,7 @@ def resolve_threads(num_threads: Any) -> int:
         ) from None
     if nt < 1:
         raise ValueError(f"num_threads must be None or an integer >= 1; got {nt}.")
-    return min(nt, 1 << 16)
+    return min(nt, _MAX_THREADS)
 
 
 def _real_vector(

@@ -39,7 +39,9 @@ if settings is not None:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         print_blob=True,
     )
-    settings.register_profile("default", max_examples=60, **_common)
+    # The default (and CI) profile draws the same examples on every run, so a
+    # CI result does not depend on luck; "thorough" explores at random.
+    settings.register_profile("default", max_examples=60, derandomize=True, **_common)
     settings.register_profile("thorough", max_examples=2000, **_common)
     settings.load_profile(os.environ.get("FASTXENT_HYPOTHESIS_PROFILE", "default"))
 

@@ -162,3 +162,16 @@ def test_concurrent_python_threads_match_serial(rng):
             assert_bitwise(grad, serial[i][1], f"thread {i} grad")
         for (got,) in results[i][1::2]:
             assert_bitwise(got, lse, f"thread {i} logsumexp")
+
+
+def test_huge_thread_count_is_capped():
+    """A request for far more threads than the machine has is capped (libgomp
+    would otherwise try to create them all, and can abort the process when it
+    cannot): the result is the same as with one thread."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((256, 300))
+    y = rng.integers(0, 300, 256)
+    one = fastxent.cross_entropy_with_grad(z, y, num_threads=1)
+    many = fastxent.cross_entropy_with_grad(z, y, num_threads=100_000)
+    assert_bitwise(one[0], many[0])
+    assert_bitwise(one[1], many[1])
