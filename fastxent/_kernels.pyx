@@ -10,13 +10,17 @@ Design
   and writes its own outputs.  The row functions take raw pointers, so a
   caller can apply them to any block of rows (a chunk of a bigger matrix, a
   block of ``X @ W.T``) with its own output pointers.
-* The inner loops (max, exp-and-sum, target dot product, gradient pass) are
-  C functions in ``_rowops.c``: Cython cannot emit ``#pragma omp simd``, and
-  without it (or ``-ffast-math``, which we refuse) GCC vectorises neither
-  the exponential nor floating-point reductions.
+* The inner loops (max, exp-and-sum with the target terms, gradient pass)
+  are C functions in ``_rowops.c``: Cython cannot emit ``#pragma omp simd``,
+  and without it (or ``-ffast-math``, which we refuse) GCC vectorises
+  neither the exponential nor floating-point reductions.
 * The fused loss+gradient row touches the logits three times (max; exp
-  written straight into the gradient row while summing; final scaling of the
-  gradient row, which is still in cache) and computes one exp per element.
+  written straight into the gradient row while summing it and the target
+  terms; final scaling of the gradient row, which is still in cache) and
+  computes one exp per element.
+* Few classes (m <= 64, class indices, no soft-cap) take a tile kernel
+  instead (``fx_small_labels``): 64 rows at a time, transposed so that every
+  step vectorises across rows rather than along a short row.
 * All loss options reduce to one per-row form.  With ``q_k`` the effective
   target mass of class ``k`` (labels: ``(1-eps) w_y [k=y] + eps/m w_k``;
   probabilities: ``w_k ((1-eps) Y_k + eps/m)``), ``Q = sum_k q_k`` and
@@ -28,8 +32,9 @@ Design
   where ``s_i`` is the sample weight, ``D`` the denominator under ``"mean"``
   (1 otherwise; +inf when it is 0, which makes that gradient 0), and
   ``cap'`` the derivative of the optional soft-cap.
-* Per-row losses are written to a float64 array and reduced by the caller in
-  a fixed order, so results do not depend on the number of threads.
+* Per-row losses are written to a float64 array and summed pairwise in a
+  fixed order after the parallel loop, so results do not depend on the
+  number of threads.
 * Errors (a failed scratch allocation) are flagged through a pointer, never
   raised inside the parallel region.
 """
