@@ -397,6 +397,31 @@ cdef int _rows(
     return failed
 
 
+cdef double *_loss_rows(double[::1] loss_out, Py_ssize_t n) except NULL:
+    """Where the per-row losses go: ``loss_out``, or (for reduced losses,
+    where the caller passes None) a buffer of our own that
+    :func:`_total_and_free` releases, which saves the caller an array."""
+    cdef double *p
+    if loss_out is not None:
+        return &loss_out[0]
+    p = <double *>malloc(n * sizeof(double))
+    if p == NULL:
+        raise MemoryError("fastxent: could not allocate the per-row losses")
+    return p
+
+
+cdef double _total_and_free(double[::1] loss_out, double *rows, Py_ssize_t n,
+                            int failed) except? -1.0:
+    """The pairwise sum of the per-row losses; frees our own buffer; raises
+    if a thread could not allocate its scratch row."""
+    cdef double total = fx_pairwise_sum(rows, n)
+    if loss_out is None:
+        free(rows)
+    if failed:
+        raise MemoryError("fastxent: could not allocate per-thread scratch memory")
+    return total
+
+
 def cross_entropy_labels(
     const floating[:, ::1] z,
     const label_t[::1] labels,
@@ -412,8 +437,8 @@ def cross_entropy_labels(
     int num_threads,
 ):
     """Per-row losses into ``loss_out`` (and the gradient into ``grad_out``)
-    for class-index targets; ``class_weight``, ``sample_weight`` and
-    ``grad_out`` may be None.
+    for class-index targets; ``loss_out`` (when only their sum is wanted),
+    ``class_weight``, ``sample_weight`` and ``grad_out`` may be None.
 
     Returns ``(bad, total, denominator)``.  ``bad`` is the position of the
     first label outside ``[0, m)`` that is not ``ignore_index`` (then nothing
@@ -428,6 +453,7 @@ def cross_entropy_labels(
     cdef const double *sw = NULL
     cdef floating *grad = NULL
     cdef double denom = 0
+    cdef double *rows
     cdef int failed = 0
     if n == 0:
         return -1, 0.0, 0.0
@@ -440,17 +466,16 @@ def cross_entropy_labels(
     if bad >= 0:
         return bad, 0.0, denom
     opt = _options(smoothing, zloss, softcap, denom, mean)
+    rows = _loss_rows(loss_out, n)
     with nogil:
         if m <= FX_SMALL_M_MAX and softcap == 0:
-            _small_labels(z, labels, w, sw, &opt, &loss_out[0], grad,
-                          ignore_index, num_threads)
+            _small_labels(z, labels, w, sw, &opt, rows, grad, ignore_index,
+                          num_threads)
         else:
             failed = _rows(&z[0, 0], n, m, &labels[0], ignore_index,
-                           <const floating *>NULL, w, sw, &opt, &loss_out[0],
-                           grad, num_threads)
-    if failed:
-        raise MemoryError("fastxent: could not allocate per-thread scratch memory")
-    return -1, fx_pairwise_sum(&loss_out[0], n), denom
+                           <const floating *>NULL, w, sw, &opt, rows, grad,
+                           num_threads)
+    return -1, _total_and_free(loss_out, rows, n, failed), denom
 
 
 def cross_entropy_probs(
@@ -476,6 +501,7 @@ def cross_entropy_probs(
     cdef const double *sw = NULL
     cdef floating *grad = NULL
     cdef double denom
+    cdef double *rows
     cdef int failed
     if n == 0:
         return -1, 0.0, 0.0
@@ -487,12 +513,11 @@ def cross_entropy_probs(
     if grad_out is not None:
         grad = &grad_out[0, 0]
     opt = _options(smoothing, zloss, softcap, denom, mean)
+    rows = _loss_rows(loss_out, n)
     with nogil:
         failed = _rows(&z[0, 0], n, m, <const int64_t *>NULL, 0, &target[0, 0],
-                       w, sw, &opt, &loss_out[0], grad, num_threads)
-    if failed:
-        raise MemoryError("fastxent: could not allocate per-thread scratch memory")
-    return -1, fx_pairwise_sum(&loss_out[0], n), denom
+                       w, sw, &opt, rows, grad, num_threads)
+    return -1, _total_and_free(loss_out, rows, n, failed), denom
 
 
 def softmax_rows(const floating[:, ::1] z, floating[:, ::1] out, bint take_log,

@@ -54,7 +54,9 @@ def _run(
             w = w.copy() if w is not None and np.may_share_memory(w, g) else w
             s = s.copy() if s is not None and np.may_share_memory(s, g) else s
 
-    losses = np.empty(n, dtype=np.float64)
+    # Per-row losses are only returned under "none"; otherwise the kernel
+    # keeps them in a buffer of its own and returns their sum.
+    losses = np.empty(n, dtype=np.float64) if reduction == "none" else None
     mean = reduction == "mean"
     if kind == "labels":
         bad, total, denom = _LABEL_KERNELS[dtype, t.dtype](
@@ -73,7 +75,7 @@ def _run(
         grad = out if out is not None else g.reshape(shape)  # type: ignore[union-attr]
     loss: FloatScalar | FloatArray | None = None
     if want_loss:
-        if reduction == "none":
+        if losses is not None:
             loss = losses.astype(dtype, copy=False).reshape(shape[:-1])
         elif reduction == "sum":
             loss = dtype.type(total)
