@@ -199,11 +199,14 @@ FX_INLINE double tanh_inl(double x)
 FX_INLINE double log_inl(double x)
 {
     uint64_t b = d_to_bits(x);
-    int64_t e = (int64_t)(b >> 52) - 1023;
+    /* The biased exponent as a double through the 2^52 magic number:
+     * AVX2 has no int64 -> double conversion, and a conversion would keep
+     * the tile kernel's per-row loop from vectorising. */
+    double e = bits_to_d((b >> 52) | 0x4330000000000000ULL) - (4503599627370496.0 + 1023.0);
     double u = bits_to_d((b & 0x000FFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL);
     int big = u > 1.4142135623730951;
     u = big ? u * 0.5 : u;
-    e = big ? e + 1 : e;
+    e = big ? e + 1.0 : e;
     double s = (u - 1.0) / (u + 1.0);
     double s2 = s * s;
     double p = 1.0 / 23.0;
@@ -217,9 +220,8 @@ FX_INLINE double log_inl(double x)
     p = p * s2 + 1.0 / 7.0;
     p = p * s2 + 1.0 / 5.0;
     p = p * s2 + 1.0 / 3.0;
-    double de = (double)e;
-    double res = de * 6.93147180369123816490e-01 +
-                 (2.0 * s + 2.0 * s * s2 * p + de * 1.90821492927058770002e-10);
+    double res = e * 6.93147180369123816490e-01 +
+                 (2.0 * s + 2.0 * s * s2 * p + e * 1.90821492927058770002e-10);
     res = x == 0.0 ? -HUGE_VAL : res;
     res = x == HUGE_VAL ? x : res;
     return (x < 0.0 || x != x) ? NAN : res;
@@ -231,30 +233,108 @@ double fx_exp(double x) { return exp_inl(x); }
 float fx_tanhf(float x) { return tanhf_inl(x); }
 double fx_tanh(double x) { return tanh_inl(x); }
 
+/* ---- square block transposes for the small-m tile kernel ----
+ *
+ * transpose_X(src, ss, dst, ds): dst[j * ds + i] = src[i * ss + j] for
+ * i, j < V (V = 8 floats or 4 doubles: one 32-byte vector a row), with
+ * unaligned loads and stores.  GCC and clang lower the generic vector
+ * shuffles below to each clone's own instructions (unpack/shuffle/permute
+ * on AVX2 and AVX-512, pairs of 128-bit shuffles on baseline x86-64 and
+ * NEON), so one source serves every target; other compilers get the
+ * scalar loop.  Moving the block through registers instead of one element
+ * at a time is what makes the tile kernel's transposes cheap. */
+#if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 12)
+#define FX_VEC_TRANSPOSE 1
+typedef float fx_v8f __attribute__((vector_size(32)));
+typedef double fx_v4d __attribute__((vector_size(32)));
+#define FX_SHUF __builtin_shufflevector
+
+FX_INLINE void transpose_f(const float *src, ptrdiff_t ss, float *dst, ptrdiff_t ds)
+{
+    fx_v8f r[8], t[8], u[8];
+    for (int i = 0; i < 8; ++i)
+        memcpy(&r[i], src + i * ss, sizeof(fx_v8f));
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = FX_SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = FX_SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = FX_SHUF(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[i + 1] = FX_SHUF(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[i + 2] = FX_SHUF(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[i + 3] = FX_SHUF(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int j = 0; j < 4; ++j) {
+        fx_v8f lo = FX_SHUF(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        fx_v8f hi = FX_SHUF(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        memcpy(dst + j * ds, &lo, sizeof(fx_v8f));
+        memcpy(dst + (j + 4) * ds, &hi, sizeof(fx_v8f));
+    }
+}
+
+FX_INLINE void transpose_d(const double *src, ptrdiff_t ss, double *dst, ptrdiff_t ds)
+{
+    fx_v4d r[4], t[4];
+    for (int i = 0; i < 4; ++i)
+        memcpy(&r[i], src + i * ss, sizeof(fx_v4d));
+    for (int i = 0; i < 4; i += 2) {
+        t[i] = FX_SHUF(r[i], r[i + 1], 0, 4, 2, 6);
+        t[i + 1] = FX_SHUF(r[i], r[i + 1], 1, 5, 3, 7);
+    }
+    for (int j = 0; j < 2; ++j) {
+        fx_v4d lo = FX_SHUF(t[j], t[j + 2], 0, 1, 4, 5);
+        fx_v4d hi = FX_SHUF(t[j], t[j + 2], 2, 3, 6, 7);
+        memcpy(dst + j * ds, &lo, sizeof(fx_v4d));
+        memcpy(dst + (j + 2) * ds, &hi, sizeof(fx_v4d));
+    }
+}
+#undef FX_SHUF
+#else
+#define FX_VEC_TRANSPOSE 0
+#define FX_SCALAR_TRANSPOSE(NAME, T, V)                                         \
+    FX_INLINE void NAME(const T *src, ptrdiff_t ss, T *dst, ptrdiff_t ds)      \
+    {                                                                          \
+        for (int i = 0; i < V; ++i)                                            \
+            for (int j = 0; j < V; ++j)                                        \
+                dst[j * ds + i] = src[i * ss + j];                             \
+    }
+FX_SCALAR_TRANSPOSE(transpose_f, float, 8)
+FX_SCALAR_TRANSPOSE(transpose_d, double, 4)
+#undef FX_SCALAR_TRANSPOSE
+#endif
+
 /* ---- the row loops, once per element type ---- */
 #define FX_T float
 #define FX_NAME(base) base##_f
 #define FX_EXP expf_inl
 #define FX_EXPNEG expnegf_inl
 #define FX_TANH tanhf_inl
+#define FX_VL 8
+#define FX_TRANSPOSE transpose_f
 #include "_rowops_t.h"
 #undef FX_T
 #undef FX_NAME
 #undef FX_EXP
 #undef FX_EXPNEG
 #undef FX_TANH
+#undef FX_VL
+#undef FX_TRANSPOSE
 
 #define FX_T double
 #define FX_NAME(base) base##_d
 #define FX_EXP exp_inl
 #define FX_EXPNEG expneg_inl
 #define FX_TANH tanh_inl
+#define FX_VL 4
+#define FX_TRANSPOSE transpose_d
 #include "_rowops_t.h"
 #undef FX_T
 #undef FX_NAME
 #undef FX_EXP
 #undef FX_EXPNEG
 #undef FX_TANH
+#undef FX_VL
+#undef FX_TRANSPOSE
 
 /* Pairwise summation in a fixed order (blocks of 8 summed in lanes, then
  * halves recursively), as NumPy does: error O(log n * eps) instead of

@@ -248,6 +248,71 @@ FX_CLONES void FX_NAME(fx_scale)(FX_T *g, ptrdiff_t n, FX_T a)
         g[k] *= a;
 }
 
+/* The small-m tile kernel's layout changes: the block of R rows of m
+ * logits (row-major) to and from the column-major tile[j * FX_TILE_ROWS + r],
+ * FX_VL x FX_VL sub-blocks at a time through registers (FX_TRANSPOSE).
+ *
+ * The last m % FX_VL columns of a group of FX_VL rows are moved as a whole
+ * FX_VL-wide sub-block too, which reads (tile_in) or writes (tile_out)
+ * past the end of each row into the next one.  Reading there is harmless:
+ * the extra values land in the tile's FX_VL spare columns, which nothing
+ * uses.  Writing there is made harmless by order: those columns of a group
+ * are written before its full columns (and each group before the next), so
+ * every overrun is overwritten later by the right values.  Nothing is read
+ * or written past the end of the block (it may be the end of the array, and
+ * the rows after it may belong to another thread): a group whose overrun
+ * would get there, and the last R % FX_VL rows, go through a padded copy or
+ * one element at a time.  Writing ahead needs rows of at least FX_VL
+ * elements (a narrower row would be overrun by rows that are stored after
+ * it within the same sub-block). */
+FX_INLINE void FX_NAME(tile_in)(const FX_T *z, ptrdiff_t R, ptrdiff_t m, FX_T *tile)
+{
+    enum { V = FX_VL, TR = FX_TILE_ROWS };
+    ptrdiff_t Rv = R - R % V, mv = m - m % V;
+    for (ptrdiff_t r0 = 0; r0 < Rv; r0 += V) {
+        for (ptrdiff_t j0 = 0; j0 < mv; j0 += V)
+            FX_TRANSPOSE(z + r0 * m + j0, m, tile + j0 * TR + r0, TR);
+        if (mv == m)
+            continue;
+        if ((r0 + V - 1) * m + mv + V <= R * m) {
+            FX_TRANSPOSE(z + r0 * m + mv, m, tile + mv * TR + r0, TR);
+        } else {
+            FX_T buf[V * V];
+            for (ptrdiff_t i = 0; i < V; ++i)
+                for (ptrdiff_t j = 0; j < V; ++j)
+                    buf[i * V + j] = mv + j < m ? z[(r0 + i) * m + mv + j] : (FX_T)0;
+            FX_TRANSPOSE(buf, V, tile + mv * TR + r0, TR);
+        }
+    }
+    for (ptrdiff_t j = 0; j < m; ++j)
+        for (ptrdiff_t r = Rv; r < R; ++r)
+            tile[j * TR + r] = z[r * m + j];
+}
+
+FX_INLINE void FX_NAME(tile_out)(const FX_T *tile, ptrdiff_t R, ptrdiff_t m, FX_T *g)
+{
+    enum { V = FX_VL, TR = FX_TILE_ROWS };
+    ptrdiff_t Rv = R - R % V, mv = m - m % V;
+    for (ptrdiff_t r0 = 0; r0 < Rv; r0 += V) {
+        if (mv < m) {
+            if (m >= V && (r0 + V - 1) * m + mv + V <= R * m) {
+                FX_TRANSPOSE(tile + mv * TR + r0, TR, g + r0 * m + mv, m);
+            } else {
+                FX_T buf[V * V];
+                FX_TRANSPOSE(tile + mv * TR + r0, TR, buf, V);
+                for (ptrdiff_t i = 0; i < V; ++i)
+                    for (ptrdiff_t j = 0; j < m - mv; ++j)
+                        g[(r0 + i) * m + mv + j] = buf[i * V + j];
+            }
+        }
+        for (ptrdiff_t j0 = 0; j0 < mv; j0 += V)
+            FX_TRANSPOSE(tile + j0 * TR + r0, TR, g + r0 * m + j0, m);
+    }
+    for (ptrdiff_t r = Rv; r < R; ++r)
+        for (ptrdiff_t j = 0; j < m; ++j)
+            g[r * m + j] = tile[j * TR + r];
+}
+
 FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
                                         const void *labels, int labels_64bit,
                                         long long ignore_index, const FX_T *w,
@@ -256,9 +321,10 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
                                         double *loss_out, FX_T *g)
 {
     enum { TR = FX_TILE_ROWS };
-    FX_T tile[FX_SMALL_M_MAX * TR]; /* column-major: tile[j * TR + r] */
-    FX_T mx[TR], S[TR];
-    double dot[TR], Q[TR], coef[TR], sr[TR], a[TR], b[TR];
+    /* column-major: tile[j * TR + r], FX_VL spare columns for tile_in/out */
+    FX_T tile[(FX_SMALL_M_MAX + FX_VL) * TR];
+    FX_T mx[TR], S[TR], a[TR], b[TR], c[TR]; /* a, b, c: the gradient's */
+    double dot[TR], Q[TR], coef[TR], sr[TR], ignd[TR];
     int32_t y[TR]; /* m <= FX_SMALL_M_MAX: 32-bit compares vectorise better */
     int32_t ign[TR];
     const double beta = smoothing / (double)m;
@@ -271,25 +337,25 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         int64_t yy = ig ? 0 : lab;
         double s = sw ? sw[r] : 1.0;
         ign[r] = ig;
+        ignd[r] = ig;
         y[r] = (int32_t)yy;
         sr[r] = ig ? 0.0 : s;
         coef[r] = (1.0 - smoothing) * (w ? (double)w[yy] : 1.0);
         mx[r] = -(FX_T)INFINITY;
     }
 
-    /* Transpose in, with the row max. */
+    FX_NAME(tile_in)(z, R, m, tile);
     for (ptrdiff_t j = 0; j < m; ++j) {
 #pragma omp simd
         for (ptrdiff_t r = 0; r < R; ++r) {
-            FX_T v = z[r * m + j];
-            tile[j * TR + r] = v;
+            FX_T v = tile[j * TR + r];
             mx[r] = v > mx[r] ? v : mx[r];
         }
     }
 
     /* Target terms, relative to the max (zero-mass terms skipped). */
     for (ptrdiff_t r = 0; r < R; ++r) {
-        double zy = (double)z[r * m + y[r]] - (double)mx[r];
+        double zy = (double)tile[y[r] * TR + r] - (double)mx[r];
         dot[r] = coef[r] != 0.0 ? coef[r] * zy : 0.0;
         Q[r] = coef[r];
     }
@@ -321,13 +387,16 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
 #pragma omp simd
     for (ptrdiff_t r = 0; r < R; ++r) {
         double q = Q[r] + qs_total;
-        double log_s = log_inl((double)S[r]);
+        double sum = (double)S[r];
+        double log_s = log_inl(sum);
         double lse = (double)mx[r] + log_s;
         double loss = q * log_s - dot[r];
         loss = zloss != 0.0 ? loss + zloss * lse * lse : loss;
-        loss_out[r] = ign[r] ? 0.0 : sr[r] * loss;
-        b[r] = sr[r] / grad_denom;
-        a[r] = b[r] * (q + 2.0 * zloss * lse) / (double)S[r];
+        loss_out[r] = ignd[r] != 0.0 ? 0.0 : sr[r] * loss;
+        double br = sr[r] / grad_denom;
+        b[r] = (FX_T)br;
+        a[r] = (FX_T)(br * (q + 2.0 * zloss * lse) / sum);
+        c[r] = (FX_T)coef[r];
     }
     if (!g)
         return;
@@ -336,15 +405,10 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         FX_T qj = (FX_T)(beta * (w ? (double)w[j] : 1.0));
 #pragma omp simd
         for (ptrdiff_t r = 0; r < R; ++r) {
-            FX_T q = qj + (y[r] == (int32_t)j ? (FX_T)coef[r] : (FX_T)0);
-            FX_T v = (FX_T)a[r] * tile[j * TR + r] - (FX_T)b[r] * q;
+            FX_T q = qj + (y[r] == (int32_t)j ? c[r] : (FX_T)0);
+            FX_T v = a[r] * tile[j * TR + r] - b[r] * q;
             tile[j * TR + r] = ign[r] ? (FX_T)0 : v;
         }
     }
-    /* Transpose out: contiguous writes of each gradient row. */
-    for (ptrdiff_t r = 0; r < R; ++r) {
-        FX_T *gr = g + r * m;
-        for (ptrdiff_t j = 0; j < m; ++j)
-            gr[j] = tile[j * TR + r];
-    }
+    FX_NAME(tile_out)(tile, R, m, g);
 }

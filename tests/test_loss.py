@@ -49,12 +49,14 @@ def test_matrix(dtype, reduction, target_kind, layout, m, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
-@pytest.mark.parametrize("n", [1, 63, 64, 65, 130])
-@pytest.mark.parametrize("m", [1, 2, 7, 64, 65])
+@pytest.mark.parametrize("n", [1, 7, 9, 63, 64, 65, 130])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 10, 12, 16, 17, 63, 64, 65])
 def test_row_tiles(dtype, label_dtype, n, m, rng):
-    """Class indices with m <= 64 are computed in tiles of 64 rows: every
-    row count (partial tiles) and both sides of the m limit, with masked
-    entries, ties and a NaN row that must not leak into its tile."""
+    """Class indices with m <= 64 are computed in tiles of 64 rows, moved in
+    and out of the tile in 8 x 8 (float32) or 4 x 4 (float64) register
+    blocks: every row count (partial tiles, partial row groups), m on both
+    sides of every block width and of the m limit, with masked entries,
+    ties and a NaN row that must not leak into its tile; in place too."""
     z = make_logits(rng, (n, m), dtype)
     y = make_labels(rng, (n,), m, label_dtype)
     z[1::5] = 2.0  # all tied
@@ -70,6 +72,13 @@ def test_row_tiles(dtype, label_dtype, n, m, rng):
     if n > 2:
         assert np.isnan(loss[2]) and np.isfinite(np.delete(loss, 2)).all()
         assert np.isfinite(np.delete(grad, 2, axis=0)).all()
+    # In place, the gradient blocks are written over the logits they came
+    # from (and the last columns of a row group run ahead into the next row).
+    zz = z.copy()
+    loss2, grad2 = fastxent.cross_entropy_with_grad(zz, y, reduction="none", out=zz)
+    assert grad2 is zz
+    assert_bitwise(grad2, grad)
+    assert_bitwise(loss2, loss)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
