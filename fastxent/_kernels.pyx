@@ -68,6 +68,8 @@ cdef extern from "_rowops.h" nogil:
     void fx_scale_d(double *g, Py_ssize_t n, double a)
     void fx_exp_array_f(const float *x, Py_ssize_t n, float *out)
     void fx_exp_array_d(const double *x, Py_ssize_t n, double *out)
+    void fx_expneg_array_f(const float *x, Py_ssize_t n, float *out)
+    void fx_expneg_array_d(const double *x, Py_ssize_t n, double *out)
     void fx_tanh_array_f(const float *x, Py_ssize_t n, float *out)
     void fx_tanh_array_d(const double *x, Py_ssize_t n, double *out)
     const char *fx_simd_dispatch()
@@ -548,6 +550,16 @@ def exp_array(const floating[::1] x, floating[::1] out):
         fx_exp_array_f(&x[0], x.shape[0], &out[0])
     else:
         fx_exp_array_d(&x[0], x.shape[0], &out[0])
+
+
+def expneg_array(const floating[::1] x, floating[::1] out):
+    """The exponential the kernels apply to ``z - max`` (for tests): as
+    :func:`exp_array` on non-positive arguments, but 0 below the smallest
+    normal result."""
+    if floating is float:
+        fx_expneg_array_f(&x[0], x.shape[0], &out[0])
+    else:
+        fx_expneg_array_d(&x[0], x.shape[0], &out[0])
 
 
 def tanh_array(const floating[::1] x, floating[::1] out):

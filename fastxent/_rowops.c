@@ -13,9 +13,10 @@
  * exp(x): clamp x, n = round(x / ln 2) with the 1.5 * 2^p magic-number
  * trick (which also yields n's bits without a float-to-int instruction that
  * AVX2 lacks for doubles), Cody-Waite reduction r = x - n ln2 with ln 2
- * split into an exactly-representable head and a tail, a polynomial for
- * exp(r) on |r| <= ln2/2 (Cephes' minimax coefficients for float, the
- * Taylor series to degree 13 for double: truncation below 1e-17), and
+ * split into an exactly-representable head and a tail, a polynomial
+ * 1 + r + r^2 p(r) for exp(r) on |r| <= ln2/2 (near-minimax for the relative
+ * error, fitted by docs/fit_exp_polynomials.py: degree 6 for float, 3e-9
+ * before rounding; degree 11 for double, 4e-18), and
  * the scale 2^n applied as 2^(n/2) * 2^(n - n/2) so that gradual underflow
  * and the top of the range stay exact.  Then selects: x below the
  * underflow threshold (and -inf) gives exactly 0, x above the overflow
@@ -70,12 +71,11 @@ FX_INLINE float expf_core(float xc, int32_t *n)
     *n = (int32_t)(f_to_bits(t) - f_to_bits(magic));
     float r = xc - nf * 0.693359375f;
     r = r - nf * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    float p = 0.0013814959f;
+    p = p * r + 0.008368721f;
+    p = p * r + 0.04166838f;
+    p = p * r + 0.16666521f;
+    p = p * r + 0.49999994f;
     return p * (r * r) + r + 1.0f;
 }
 
@@ -87,19 +87,16 @@ FX_INLINE double exp_core(double xc, int64_t *n)
     *n = (int64_t)(d_to_bits(t) - d_to_bits(magic));
     double r = xc - nf * 6.93147180369123816490e-01;
     r = r - nf * 1.90821492927058770002e-10;
-    /* Taylor series of exp(r) - 1 - r, degree 13, Horner from the top. */
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
+    double p = 2.499985785927218e-08;
+    p = p * r + 2.7630263804221474e-07;
+    p = p * r + 2.7557586914900633e-06;
+    p = p * r + 2.4801493054200592e-05;
+    p = p * r + 0.00019841269506192322;
+    p = p * r + 0.0013888888943675423;
+    p = p * r + 0.008333333333494456;
+    p = p * r + 0.041666666666529975;
+    p = p * r + 0.16666666666666413;
+    p = p * r + 0.5000000000000011;
     return p * (r * r) + r + 1.0;
 }
 

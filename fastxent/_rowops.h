@@ -32,6 +32,10 @@ double fx_tanh(double x);
 /* Array versions of the above (out may alias x); used by tests. */
 void fx_exp_array_f(const float *x, ptrdiff_t n, float *out);
 void fx_exp_array_d(const double *x, ptrdiff_t n, double *out);
+/* The exp the kernels use (arguments <= 0, or NaN): results below the
+ * smallest normal number are flushed to 0. */
+void fx_expneg_array_f(const float *x, ptrdiff_t n, float *out);
+void fx_expneg_array_d(const double *x, ptrdiff_t n, double *out);
 void fx_tanh_array_f(const float *x, ptrdiff_t n, float *out);
 void fx_tanh_array_d(const double *x, ptrdiff_t n, double *out);
 

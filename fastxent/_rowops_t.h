@@ -25,6 +25,13 @@ FX_CLONES void FX_NAME(fx_exp_array)(const FX_T *x, ptrdiff_t n, FX_T *out)
     FX_NAME(exp_array_body)(x, n, out);
 }
 
+FX_CLONES void FX_NAME(fx_expneg_array)(const FX_T *x, ptrdiff_t n, FX_T *out)
+{
+#pragma omp simd
+    for (ptrdiff_t k = 0; k < n; ++k)
+        out[k] = FX_EXPNEG(x[k]);
+}
+
 FX_CLONES void FX_NAME(fx_tanh_array)(const FX_T *x, ptrdiff_t n, FX_T *out)
 {
 #pragma omp simd

@@ -82,6 +82,31 @@ def test_exp_float64_within_2ulp(lo, hi, rng):
     assert d.max() <= 2, f"{d.max()} ulp vs math.exp"
 
 
+# The kernels' own exp (of z - max <= 0): flushes below the smallest normal.
+F32_EXPNEG_LO, F64_EXPNEG_LO = -87.3365448, -708.3964185322641
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_expneg_matches_exp_on_its_range(dtype, rng):
+    """The kernels' exp is within 1 ulp of the correctly rounded value
+    (float32, on a dense grid) / 2 ulp of NumPy
+    (float64) from its flush threshold to 0, and exactly 0 below it."""
+    lo = F32_EXPNEG_LO if dtype == np.float32 else F64_EXPNEG_LO
+    x = grid(rng, lo * 0.99999, 0.0, dtype)
+    got = fx(_kernels.expneg_array, x)
+    if dtype == np.float32:
+        d = ulp_distance(got, f64_exp_rounded_to_f32(x))
+        assert d.max() <= 1, f"{d.max()} ulp at x={x[np.argmax(d)]!r}"
+    else:
+        d = ulp_distance(got, np.exp(x))
+        assert d.max() <= 2, f"{d.max()} ulp vs np.exp at x={x[np.argmax(d)]!r}"
+    below = np.array([-np.inf, np.finfo(dtype).min, -1e30, 1.001 * lo], dtype=dtype)
+    got = fx(_kernels.expneg_array, below)
+    assert np.all(got == 0) and not np.any(np.signbit(got))
+    special = fx(_kernels.expneg_array, np.array([np.nan, -0.0, 0.0], dtype=dtype))
+    assert np.isnan(special[0]) and np.all(special[1:] == 1)
+
+
 @pytest.mark.parametrize(
     "dtype, lo, hi", [(np.float32, F32_EXP_LO, F32_EXP_HI), (np.float64, F64_EXP_LO, F64_EXP_HI)]
 )
