@@ -17,6 +17,7 @@ import sys
 import tempfile
 import textwrap
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -109,7 +110,10 @@ extensions = [
     Extension(
         "fastxent._kernels",
         sources=["fastxent/_kernels.pyx", "fastxent/_rowops.c"],
-        include_dirs=["fastxent"],
+        # NumPy's C API checks the arrays at the kernel entry points (see
+        # _kernels.pyx); no deprecated API is used.
+        include_dirs=["fastxent", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]
 

@@ -1,10 +1,12 @@
 # Stub for the compiled module fastxent/_kernels.pyx (checked against the
 # built extension by ``python -m mypy.stubtest fastxent`` in .ci/lint.sh).
 #
-# The kernels are Cython fused functions: ``floating`` arrays are float32 or
-# float64 (one dtype per call), labels int32 or int64, and every array is a
-# typed memoryview (C-contiguous; outputs writeable).  Callers are the
-# validating wrappers in _loss.py and _softmax.py, which guarantee all that.
+# The loss and softmax kernels take ndarrays: ``floating`` arrays are
+# float32 or float64 (one dtype per call), labels int32 or int64, every
+# array C-contiguous, aligned and native-endian (outputs writeable), checked
+# with NumPy's C API.  Callers are the validating wrappers in _loss.py and
+# _softmax.py, which guarantee all that.  The test hooks (exp_array, ...)
+# are Cython fused functions over typed memoryviews.
 from typing import Any
 
 import numpy as np

@@ -38,6 +38,7 @@ Design
 * Errors (a failed scratch allocation) are flagged through a pointer, never
   raised inside the parallel region.
 """
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, log
@@ -103,6 +104,8 @@ cdef extern from *:
     """
     int FX_OPENMP
     int omp_get_max_threads() noexcept nogil
+
+cnp.import_array()
 
 ctypedef fused label_t:
     int32_t
@@ -289,17 +292,17 @@ cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
     return mx + log(S)
 
 
-# ---- prange drivers (called from Python with validated arrays) ----
+# ---- drivers: a serial loop or a prange over the rows ----
 #
-# Optional arrays (class weights, sample weights, the gradient, the
-# softmax output, the logsumexp output) are passed as None when absent:
-# Python then skips acquiring a buffer, which matters for small calls.
+# Small inputs run a plain loop on the calling thread: an OpenMP region
+# with a false ``if`` clause still sets up a team in libgomp, which costs a
+# small call more than its arithmetic.
 
 cdef inline bint _use_threads(Py_ssize_t n, Py_ssize_t m, int num_threads) noexcept nogil:
     return num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS
 
 
-cdef Py_ssize_t _label_pass(const label_t[::1] labels, Py_ssize_t m,
+cdef Py_ssize_t _label_pass(const label_t *labels, Py_ssize_t n, Py_ssize_t m,
                             int64_t ignore_index, const floating *w,
                             const double *sw, double *denom) noexcept nogil:
     """Position of the first label outside [0, m) that is not ignore_index
@@ -309,7 +312,7 @@ cdef Py_ssize_t _label_pass(const label_t[::1] labels, Py_ssize_t m,
     cdef Py_ssize_t i
     cdef int64_t lab
     cdef double total = 0, term
-    for i in range(labels.shape[0]):
+    for i in range(n):
         lab = labels[i]
         if lab == ignore_index:
             continue
@@ -324,23 +327,35 @@ cdef Py_ssize_t _label_pass(const label_t[::1] labels, Py_ssize_t m,
     return -1
 
 
+cdef inline void _small_block(
+    Py_ssize_t blk, const floating *z, Py_ssize_t n, Py_ssize_t m,
+    const label_t *labels, const floating *w, const double *sw,
+    const LossOptions *opt, double *loss_out, floating *grad,
+    int64_t ignore_index,
+) noexcept nogil:
+    cdef Py_ssize_t r0 = blk * FX_TILE_ROWS
+    cdef Py_ssize_t R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
+    small_labels_block(
+        z + r0 * m, R, m, labels + r0, label_t is int64_t, ignore_index, w,
+        sw + r0 if sw != NULL else NULL, opt, loss_out + r0,
+        grad + r0 * m if grad != NULL else NULL)
+
+
 cdef void _small_labels(
-    const floating[:, ::1] z, const label_t[::1] labels, const floating *w,
-    const double *sw, const LossOptions *opt, double *loss_out,
-    floating *grad, int64_t ignore_index, int num_threads,
+    const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
+    const floating *w, const double *sw, const LossOptions *opt,
+    double *loss_out, floating *grad, int64_t ignore_index, int num_threads,
 ) noexcept nogil:
     """Few classes: blocks of FX_TILE_ROWS rows, vectorised across rows."""
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1]
-    cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS
-    cdef Py_ssize_t blk, r0, R
-    for blk in prange(nblocks, schedule='static', num_threads=num_threads,
-                      use_threads_if=_use_threads(n, m, num_threads)):
-        r0 = blk * FX_TILE_ROWS
-        R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
-        small_labels_block(
-            &z[r0, 0], R, m, &labels[r0], label_t is int64_t, ignore_index, w,
-            sw + r0 if sw != NULL else NULL, opt, loss_out + r0,
-            grad + r0 * m if grad != NULL else NULL)
+    cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS, blk
+    if not _use_threads(n, m, num_threads):
+        for blk in range(nblocks):
+            _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
+                         ignore_index)
+        return
+    for blk in prange(nblocks, schedule='static', num_threads=num_threads):
+        _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
+                     ignore_index)
 
 
 cdef LossOptions _options(double smoothing, double zloss, double softcap,
@@ -355,23 +370,52 @@ cdef LossOptions _options(double smoothing, double zloss, double softcap,
     return opt
 
 
+cdef inline double _one_row(
+    Py_ssize_t i, const floating *z, Py_ssize_t m, const label_t *labels,
+    int64_t ignore_index, const floating *target, const floating *w,
+    const double *sw, const LossOptions *opt, floating *grad,
+    floating *scratch,
+) noexcept nogil:
+    """Row ``i`` of the general path: its loss, and its gradient row."""
+    cdef floating *g = grad + i * m if grad != NULL else NULL
+    cdef Py_ssize_t label = -1
+    cdef const floating *y = NULL
+    if labels != NULL:
+        if labels[i] == ignore_index:
+            if g != NULL:
+                memset(g, 0, m * sizeof(floating))
+            return 0.0
+        label = <Py_ssize_t>labels[i]
+    else:
+        y = target + i * m
+    return cross_entropy_row(z + i * m, m, label, y, w,
+                             sw[i] if sw != NULL else 1.0, opt, g, scratch)
+
+
 cdef int _rows(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
     const double *sw, const LossOptions *opt, double *loss_out,
     floating *grad, int num_threads,
 ) noexcept nogil:
-    """The general path: a prange over rows of cross_entropy_row, for class
-    indices (``labels``) or probabilities (``target``, ``labels`` NULL).
-    Returns 1 if a thread could not allocate its soft-cap scratch row."""
-    cdef Py_ssize_t i, label
+    """The general path: cross_entropy_row over the rows, for class indices
+    (``labels``) or probabilities (``target``, ``labels`` NULL).  Returns 1
+    if a thread could not allocate its soft-cap scratch row."""
+    cdef Py_ssize_t i
     cdef floating *scratch = NULL
-    cdef floating *g
-    cdef const floating *y
     cdef int failed = 0
     cdef int *failed_p = &failed
-    with parallel(num_threads=num_threads,
-                  use_threads_if=_use_threads(n, m, num_threads)):
+    if not _use_threads(n, m, num_threads):
+        if opt.softcap > 0:
+            scratch = <floating *>malloc(m * sizeof(floating))
+            if scratch == NULL:
+                return 1
+        for i in range(n):
+            loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
+                                   sw, opt, grad, scratch)
+        free(scratch)
+        return 0
+    with parallel(num_threads=num_threads):
         scratch = NULL
         if opt.softcap > 0:
             scratch = <floating *>malloc(m * sizeof(floating))
@@ -380,57 +424,131 @@ cdef int _rows(
         for i in prange(n, schedule='static'):
             if opt.softcap > 0 and scratch == NULL:
                 continue
-            g = grad + i * m if grad != NULL else NULL
-            y = NULL
-            if labels != NULL:
-                if labels[i] == ignore_index:
-                    loss_out[i] = 0
-                    if g != NULL:
-                        memset(g, 0, m * sizeof(floating))
-                    continue
-                label = <Py_ssize_t>labels[i]
-            else:
-                label = -1
-                y = target + i * m
-            loss_out[i] = cross_entropy_row(
-                z + i * m, m, label, y, w, sw[i] if sw != NULL else 1.0, opt,
-                g, scratch)
+            loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
+                                   sw, opt, grad, scratch)
         free(scratch)
     return failed
 
 
-cdef double *_loss_rows(double[::1] loss_out, Py_ssize_t n) except NULL:
-    """Where the per-row losses go: ``loss_out``, or (for reduced losses,
-    where the caller passes None) a buffer of our own that
-    :func:`_total_and_free` releases, which saves the caller an array."""
-    cdef double *p
-    if loss_out is not None:
-        return &loss_out[0]
-    p = <double *>malloc(n * sizeof(double))
-    if p == NULL:
-        raise MemoryError("fastxent: could not allocate the per-row losses")
-    return p
+# ---- entry points (called from Python with validated arrays) ----
+#
+# Arrays come in as plain ndarrays (or None when absent) and are checked
+# with the NumPy C API, not acquired as typed memoryviews: a buffer
+# acquisition costs about half a microsecond per array, most of a small
+# call.  The checks only guard against misuse of this private module (the
+# wrappers in _loss.py and _softmax.py guarantee dtype, layout and shape),
+# so their messages are terse.
+
+cdef struct Arrays:
+    Py_ssize_t n, m
+    void *z          # (n, m) logits
+    void *labels     # (n,) int32 / int64 class indices, or NULL
+    void *target     # (n, m) class probabilities, or NULL
+    void *w          # (m,) class weights, or NULL
+    double *sw       # (n,) float64 sample weights, or NULL
+    double *loss     # (n,) float64 per-row losses, or NULL
+    void *grad       # (n, m) gradient or softmax output, or NULL
 
 
-cdef double _total_and_free(double[::1] loss_out, double *rows, Py_ssize_t n,
-                            int failed) except? -1.0:
-    """The pairwise sum of the per-row losses; frees our own buffer; raises
-    if a thread could not allocate its scratch row."""
-    cdef double total = fx_pairwise_sum(rows, n)
-    if loss_out is None:
-        free(rows)
+cdef int _float_type(object z) except -1:
+    if not cnp.PyArray_Check(z):
+        raise TypeError("fastxent._kernels: logits must be an ndarray")
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>z)
+    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
+        raise TypeError("fastxent._kernels: logits must be float32 or float64")
+    return t
+
+
+cdef int _take(object a, int typenum, Py_ssize_t d0, Py_ssize_t d1,
+               bint writeable, void **data) except -1:
+    """Check ``a`` (None, or a C-contiguous, aligned, native-endian array of
+    ``typenum`` and shape ``(d0,)`` or ``(d0, d1)``; writeable if asked)
+    and store its data pointer (NULL for None)."""
+    cdef cnp.ndarray arr
+    data[0] = NULL
+    if a is None:
+        return 0
+    if not cnp.PyArray_Check(a):
+        raise TypeError("fastxent._kernels: expected an ndarray or None")
+    arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != typenum
+            or cnp.PyArray_NDIM(arr) != (1 if d1 < 0 else 2)
+            or cnp.PyArray_DIM(arr, 0) != d0
+            or (d1 >= 0 and cnp.PyArray_DIM(arr, 1) != d1)
+            or not cnp.PyArray_ISCARRAY_RO(arr)
+            or (writeable and not cnp.PyArray_ISWRITEABLE(arr))):
+        raise ValueError("fastxent._kernels: array of the wrong dtype, shape or layout")
+    data[0] = cnp.PyArray_DATA(arr)
+    return 0
+
+
+cdef int _take_common(Arrays *a, object z, object class_weight,
+                      object sample_weight, object loss_out,
+                      object grad_out) except -1:
+    """The logits and the arrays every loss kernel shares; returns the
+    logits' type number."""
+    cdef int ft = _float_type(z)
+    a.n = cnp.PyArray_DIM(<cnp.ndarray>z, 0) if cnp.PyArray_NDIM(<cnp.ndarray>z) == 2 else -1
+    a.m = cnp.PyArray_DIM(<cnp.ndarray>z, 1) if a.n >= 0 else -1
+    _take(z, ft, a.n, a.m, False, &a.z)
+    _take(class_weight, ft, a.m, -1, False, &a.w)
+    _take(sample_weight, cnp.NPY_DOUBLE, a.n, -1, False, <void **>&a.sw)
+    _take(loss_out, cnp.NPY_DOUBLE, a.n, -1, True, <void **>&a.loss)
+    _take(grad_out, ft, a.n, a.m, True, &a.grad)
+    return ft
+
+
+cdef tuple _run_loss(const floating *z, const label_t *labels,
+                     const floating *target, const Arrays *a,
+                     int64_t ignore_index, double smoothing, double zloss,
+                     double softcap, bint mean, int num_threads):
+    """One loss kernel call: class indices (``labels``) or probabilities
+    (``target``).  Returns ``(bad, total, denominator)``."""
+    cdef Py_ssize_t n = a.n, m = a.m, bad = -1
+    cdef const floating *w = <const floating *>a.w
+    cdef floating *grad = <floating *>a.grad
+    cdef double *rows = a.loss
+    cdef double denom = 0, total = 0
+    cdef int failed = 0
+    cdef LossOptions opt
+    if n == 0:
+        return -1, 0.0, 0.0
+    with nogil:
+        if labels != NULL:
+            bad = _label_pass(labels, n, m, ignore_index, w, a.sw, &denom)
+        elif a.sw != NULL:
+            denom = fx_pairwise_sum(a.sw, n)
+        else:
+            denom = <double>n
+        if bad < 0:
+            opt = _options(smoothing, zloss, softcap, denom, mean)
+            # Reduced losses: the per-row values go to a buffer of our own.
+            if rows == NULL:
+                rows = <double *>malloc(n * sizeof(double))
+            if rows == NULL:
+                failed = 1
+            elif labels != NULL and m <= FX_SMALL_M_MAX and softcap == 0:
+                _small_labels(z, n, m, labels, w, a.sw, &opt, rows, grad,
+                              ignore_index, num_threads)
+            else:
+                failed = _rows(z, n, m, labels, ignore_index, target, w, a.sw,
+                               &opt, rows, grad, num_threads)
+            if rows != NULL:
+                total = fx_pairwise_sum(rows, n)
+                if a.loss == NULL:
+                    free(rows)
     if failed:
-        raise MemoryError("fastxent: could not allocate per-thread scratch memory")
-    return total
+        raise MemoryError("fastxent: could not allocate scratch memory")
+    return bad, total, denom
 
 
 def cross_entropy_labels(
-    const floating[:, ::1] z,
-    const label_t[::1] labels,
-    const floating[::1] class_weight,
-    const double[::1] sample_weight,
-    double[::1] loss_out,
-    floating[:, ::1] grad_out,
+    object z,
+    object labels,
+    object class_weight,
+    object sample_weight,
+    object loss_out,
+    object grad_out,
     int64_t ignore_index,
     double smoothing,
     double zloss,
@@ -439,7 +557,10 @@ def cross_entropy_labels(
     int num_threads,
 ):
     """Per-row losses into ``loss_out`` (and the gradient into ``grad_out``)
-    for class-index targets; ``loss_out`` (when only their sum is wanted),
+    for class-index targets: ``z`` (n, m) float32/float64, ``labels`` (n,)
+    int32/int64, ``class_weight`` (m,) of z's dtype, ``sample_weight`` and
+    ``loss_out`` (n,) float64, ``grad_out`` (n, m) of z's dtype; all
+    C-contiguous.  ``loss_out`` (when only their sum is wanted),
     ``class_weight``, ``sample_weight`` and ``grad_out`` may be None.
 
     Returns ``(bad, total, denominator)``.  ``bad`` is the position of the
@@ -449,44 +570,35 @@ def cross_entropy_labels(
     which the gradient was divided if ``mean``.  Ignored rows get loss 0
     and a zero gradient.
     """
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], bad
-    cdef LossOptions opt
-    cdef const floating *w = &class_weight[0] if class_weight is not None else NULL
-    cdef const double *sw = NULL
-    cdef floating *grad = NULL
-    cdef double denom = 0
-    cdef double *rows
-    cdef int failed = 0
-    if n == 0:
-        return -1, 0.0, 0.0
-    if sample_weight is not None:
-        sw = &sample_weight[0]
-    if grad_out is not None:
-        grad = &grad_out[0, 0]
-    with nogil:
-        bad = _label_pass(labels, m, ignore_index, w, sw, &denom)
-    if bad >= 0:
-        return bad, 0.0, denom
-    opt = _options(smoothing, zloss, softcap, denom, mean)
-    rows = _loss_rows(loss_out, n)
-    with nogil:
-        if m <= FX_SMALL_M_MAX and softcap == 0:
-            _small_labels(z, labels, w, sw, &opt, rows, grad, ignore_index,
-                          num_threads)
-        else:
-            failed = _rows(&z[0, 0], n, m, &labels[0], ignore_index,
-                           <const floating *>NULL, w, sw, &opt, rows, grad,
-                           num_threads)
-    return -1, _total_and_free(loss_out, rows, n, failed), denom
+    cdef Arrays a
+    cdef int ft = _take_common(&a, z, class_weight, sample_weight, loss_out,
+                               grad_out)
+    cdef int lt = cnp.NPY_INT64
+    if cnp.PyArray_Check(labels) and cnp.PyArray_TYPE(<cnp.ndarray>labels) == cnp.NPY_INT32:
+        lt = cnp.NPY_INT32
+    _take(labels, lt, a.n, -1, False, &a.labels)
+    if a.labels == NULL and a.n != 0:
+        raise TypeError("fastxent._kernels: labels must be an int32 or int64 array")
+    if ft == cnp.NPY_FLOAT:
+        if lt == cnp.NPY_INT32:
+            return _run_loss(<float *>a.z, <int32_t *>a.labels, <float *>NULL, &a,
+                             ignore_index, smoothing, zloss, softcap, mean, num_threads)
+        return _run_loss(<float *>a.z, <int64_t *>a.labels, <float *>NULL, &a,
+                         ignore_index, smoothing, zloss, softcap, mean, num_threads)
+    if lt == cnp.NPY_INT32:
+        return _run_loss(<double *>a.z, <int32_t *>a.labels, <double *>NULL, &a,
+                         ignore_index, smoothing, zloss, softcap, mean, num_threads)
+    return _run_loss(<double *>a.z, <int64_t *>a.labels, <double *>NULL, &a,
+                     ignore_index, smoothing, zloss, softcap, mean, num_threads)
 
 
 def cross_entropy_probs(
-    const floating[:, ::1] z,
-    const floating[:, ::1] target,
-    const floating[::1] class_weight,
-    const double[::1] sample_weight,
-    double[::1] loss_out,
-    floating[:, ::1] grad_out,
+    object z,
+    object target,
+    object class_weight,
+    object sample_weight,
+    object loss_out,
+    object grad_out,
     double smoothing,
     double zloss,
     double softcap,
@@ -494,54 +606,53 @@ def cross_entropy_probs(
     int num_threads,
 ):
     """As :func:`cross_entropy_labels` for class-probability targets of the
-    shape of ``z`` (which must not overlap ``grad_out``).  Returns
+    shape and dtype of ``z`` (which must not overlap ``grad_out``).  Returns
     ``(-1, total, denominator)`` with the denominator ``sum_i s_i`` (``n``
     without sample weights)."""
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1]
-    cdef LossOptions opt
-    cdef const floating *w = &class_weight[0] if class_weight is not None else NULL
-    cdef const double *sw = NULL
-    cdef floating *grad = NULL
-    cdef double denom
-    cdef double *rows
-    cdef int failed
-    if n == 0:
-        return -1, 0.0, 0.0
-    if sample_weight is not None:
-        sw = &sample_weight[0]
-        denom = fx_pairwise_sum(sw, n)
-    else:
-        denom = <double>n
-    if grad_out is not None:
-        grad = &grad_out[0, 0]
-    opt = _options(smoothing, zloss, softcap, denom, mean)
-    rows = _loss_rows(loss_out, n)
-    with nogil:
-        failed = _rows(&z[0, 0], n, m, <const int64_t *>NULL, 0, &target[0, 0],
-                       w, sw, &opt, rows, grad, num_threads)
-    return -1, _total_and_free(loss_out, rows, n, failed), denom
+    cdef Arrays a
+    cdef int ft = _take_common(&a, z, class_weight, sample_weight, loss_out,
+                               grad_out)
+    _take(target, ft, a.n, a.m, False, &a.target)
+    if a.target == NULL:
+        raise TypeError("fastxent._kernels: target must be an array")
+    if ft == cnp.NPY_FLOAT:
+        return _run_loss(<float *>a.z, <int64_t *>NULL, <float *>a.target, &a,
+                         0, smoothing, zloss, softcap, mean, num_threads)
+    return _run_loss(<double *>a.z, <int64_t *>NULL, <double *>a.target, &a,
+                     0, smoothing, zloss, softcap, mean, num_threads)
 
 
-def softmax_rows(const floating[:, ::1] z, floating[:, ::1] out, bint take_log,
-                 double[::1] lse_out, int num_threads):
-    """Row-wise softmax (or log_softmax) into ``out`` and logsumexp into
-    ``lse_out``; either may be None."""
-    cdef Py_ssize_t n = z.shape[0], m = z.shape[1], i
-    cdef floating *o = NULL
-    cdef double *lse = NULL
+cdef void _softmax_run(const floating *z, const Arrays *a, bint take_log,
+                       int num_threads) noexcept nogil:
+    cdef Py_ssize_t n = a.n, m = a.m, i
+    cdef floating *o = <floating *>a.grad
+    cdef double *lse = a.loss
     cdef double v
-    if n == 0:
-        return
-    if out is not None:
-        o = &out[0, 0]
-    if lse_out is not None:
-        lse = &lse_out[0]
-    with nogil:
-        for i in prange(n, schedule='static', num_threads=num_threads,
-                        use_threads_if=_use_threads(n, m, num_threads)):
-            v = softmax_row(&z[i, 0], m, o + i * m if o != NULL else NULL, take_log)
+    if not _use_threads(n, m, num_threads):
+        for i in range(n):
+            v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
             if lse != NULL:
                 lse[i] = v
+        return
+    for i in prange(n, schedule='static', num_threads=num_threads):
+        v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
+        if lse != NULL:
+            lse[i] = v
+
+
+def softmax_rows(object z, object out, bint take_log, object lse_out, int num_threads):
+    """Row-wise softmax (or log_softmax) of ``z`` (n, m) into ``out`` (n, m,
+    z's dtype) and logsumexp into ``lse_out`` (n,) float64; either may be
+    None."""
+    cdef Arrays a
+    cdef int ft = _take_common(&a, z, None, None, lse_out, out)
+    if a.n == 0:
+        return
+    with nogil:
+        if ft == cnp.NPY_FLOAT:
+            _softmax_run(<float *>a.z, &a, take_log, num_threads)
+        else:
+            _softmax_run(<double *>a.z, &a, take_log, num_threads)
 
 
 def exp_array(const floating[::1] x, floating[::1] out):

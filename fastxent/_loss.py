@@ -59,7 +59,7 @@ def _run(
     losses = np.empty(n, dtype=np.float64) if reduction == "none" else None
     mean = reduction == "mean"
     if kind == "labels":
-        bad, total, denom = _LABEL_KERNELS[dtype, t.dtype](
+        bad, total, denom = _kernels.cross_entropy_labels(
             z, t, w, s, losses, g, ignore, eps, zl, cap, mean, nt
         )
         if bad >= 0:
@@ -68,7 +68,9 @@ def _run(
                 f"{ignore}: {int(t[bad])} at flat position {bad}."
             )
     else:
-        _, total, denom = _PROB_KERNELS[dtype](z, t, w, s, losses, g, eps, zl, cap, mean, nt)
+        _, total, denom = _kernels.cross_entropy_probs(
+            z, t, w, s, losses, g, eps, zl, cap, mean, nt
+        )
 
     grad: FloatArray | None = None
     if want_grad:
@@ -84,15 +86,6 @@ def _run(
             # gives NaN, as in NumPy and PyTorch; the kernel made its gradient 0.
             loss = dtype.type(total / denom) if denom > 0 else dtype.type(np.nan)
     return loss, grad
-
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_LABEL_KERNELS = {
-    (f, i): v.specialised(_kernels.cross_entropy_labels, f, i)
-    for f in _FLOATS
-    for i in (np.dtype(np.int32), np.dtype(np.int64))
-}
-_PROB_KERNELS = {f: v.specialised(_kernels.cross_entropy_probs, f) for f in _FLOATS}
 
 
 _OPTIONS_DOC = """

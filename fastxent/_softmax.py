@@ -29,16 +29,11 @@ def _rows(
             z = v.detach_from(z, o)
     else:
         lse = np.empty(z.shape[0], dtype=np.float64)
-    _SOFTMAX_KERNELS[dtype](z, o, take_log, lse, nt)
+    _kernels.softmax_rows(z, o, take_log, lse, nt)
     if o is not None:
         return out if out is not None else o.reshape(shape)
     assert lse is not None
     return lse.astype(dtype, copy=False).reshape(shape[:-1])
-
-
-_SOFTMAX_KERNELS = {
-    np.dtype(t): v.specialised(_kernels.softmax_rows, np.dtype(t)) for t in (np.float32, np.float64)
-}
 
 
 def log_softmax(

@@ -28,23 +28,6 @@ _F64 = np.dtype(np.float64)
 _NATIVE_LABELS = (np.dtype(np.int32), np.dtype(np.int64))
 
 
-_CYTHON_NAMES = {
-    np.dtype(np.float32): "float",
-    np.dtype(np.float64): "double",
-    np.dtype(np.int32): "int32_t",
-    np.dtype(np.int64): "int64_t",
-}
-
-
-def specialised(fused: Any, *dtypes: np.dtype[Any]) -> Any:
-    """The compiled specialisation of a Cython fused kernel for these dtypes.
-
-    Calling it directly skips Cython's run-time fused dispatch, which costs
-    several microseconds a call: most of a small call's time."""
-    table = getattr(fused, "__signatures__", None) or {}
-    return table.get("|".join(_CYTHON_NAMES[d] for d in dtypes), fused)
-
-
 def compute_dtype(dtype: np.dtype[Any], what: str = "logits") -> np.dtype[np.floating[Any]]:
     """The dtype fastxent computes in for an input of ``dtype``."""
     if dtype.kind == "f" and dtype.itemsize <= 8:

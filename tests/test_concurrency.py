@@ -149,24 +149,13 @@ class _Watcher:
         return wrapped
 
 
-_KERNEL_TABLES = {
-    "cross_entropy_labels": (fastxent._loss, "_LABEL_KERNELS"),
-    "cross_entropy_probs": (fastxent._loss, "_PROB_KERNELS"),
-    "softmax_rows": (fastxent._softmax, "_SOFTMAX_KERNELS"),
-}
-
-
 def _seen_during(monkeypatch, kernel_name, call, attempts=20):
     """Largest watcher count while ``_kernels.<kernel_name>`` runs in
     ``call()``, over up to ``attempts`` calls (stops at the first > 0: the
     machine may be too busy to schedule the watcher in one short call)."""
-    # The API calls the compiled specialisations through per-dtype tables
-    # (skipping Cython's fused dispatch), so wrap the table entries.
-    module, table_name = _KERNEL_TABLES[kernel_name]
-    table = getattr(module, table_name)
     with _Watcher() as w:
-        for key, fn in list(table.items()):
-            monkeypatch.setitem(table, key, w.wrap(fn))
+        kernel = getattr(fastxent._kernels, kernel_name)
+        monkeypatch.setattr(fastxent._kernels, kernel_name, w.wrap(kernel))
         for _ in range(attempts):
             call()
             if w.seen:

@@ -404,3 +404,46 @@ def test_positional_options_are_rejected(name):
         ALL_FUNCS[name](*args, "sum")
     with pytest.raises(TypeError, match="unexpected keyword"):
         ALL_FUNCS[name](*args, no_such_option=1)
+
+
+def test_kernel_entry_points_check_their_arrays():
+    """The private kernels take ndarrays and check them with NumPy's C API
+    (instead of acquiring typed memoryviews): misuse raises, never reads or
+    writes out of bounds."""
+    from fastxent import _kernels
+
+    z = np.zeros((4, 3))
+    y = np.zeros(4, dtype=np.int64)
+    g = np.zeros_like(z)
+    args = (-100, 0.0, 0.0, 0.0, True, 1)
+    assert _kernels.cross_entropy_labels(z, y, None, None, None, g, *args)[0] == -1
+    bad_calls = [
+        (TypeError, (z.astype(np.float16), y, None, None, None, None)),
+        (TypeError, ([[0.0]], y, None, None, None, None)),
+        (TypeError, (z, None, None, None, None, None)),
+        (ValueError, (z, y.astype(np.int16), None, None, None, None)),
+        (ValueError, (z, y[:3], None, None, None, None)),
+        (ValueError, (z, y, np.ones(2), None, None, None)),
+        (ValueError, (z, y, np.ones(3, dtype=np.float32), None, None, None)),
+        (ValueError, (z, y, None, np.ones(5), None, None)),
+        (ValueError, (z, y, None, None, np.zeros(3), None)),
+        (ValueError, (z, y, None, None, None, np.zeros((4, 4)))),
+        (ValueError, (z, y, None, None, None, np.zeros((3, 4)).T)),
+        (ValueError, (z, y, None, None, None, np.zeros((4, 3), dtype=np.float32))),
+        (ValueError, (z, y, None, None, None, np.zeros((4, 3), order="F"))),
+        (ValueError, (z[:, :2], y, None, None, None, None)),
+        (ValueError, (z.astype(">f8"), y, None, None, None, None)),
+        (ValueError, (z.reshape(-1), y, None, None, None, None)),
+    ]
+    ro = np.zeros_like(z)
+    ro.flags.writeable = False
+    bad_calls.append((ValueError, (z, y, None, None, None, ro)))
+    for exc, arrays in bad_calls:
+        with pytest.raises(exc):
+            _kernels.cross_entropy_labels(*arrays, *args)
+    with pytest.raises(ValueError):
+        _kernels.cross_entropy_probs(z, z[:, :2], None, None, None, None, 0.0, 0.0, 0.0, True, 1)
+    with pytest.raises(ValueError):
+        _kernels.softmax_rows(z, np.zeros((4, 3), dtype=np.float32), False, None, 1)
+    with pytest.raises(ValueError):
+        _kernels.softmax_rows(z, None, False, np.zeros(5), 1)
