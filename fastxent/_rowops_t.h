@@ -9,9 +9,9 @@
  * combination compiles to its own tight loop without a test per element.
  */
 
-#ifndef FX_TAIL
-#define FX_TAIL 16 /* a multiple of every vector length used (AVX-512 float) */
-#endif
+/* A multiple of every vector length used (AVX-512 float); the lane folds
+ * below are written for exactly 16 lanes. */
+#define FX_TAIL 16
 
 FX_INLINE void FX_NAME(exp_array_body)(const FX_T *x, ptrdiff_t n, FX_T *out)
 {
@@ -39,14 +39,43 @@ FX_CLONES void FX_NAME(fx_tanh_array)(const FX_T *x, ptrdiff_t n, FX_T *out)
         out[k] = FX_TANH(x[k]);
 }
 
-/* The last n % FX_TAIL elements of a row go through the same vector loop on
- * a padded copy: GCC's own epilogue is scalar, and 15 scalar exps cost more
- * than the rest of a row of 100 classes.  Padding is chosen to be neutral
- * (-inf for max and exp, zero target mass). */
-FX_INLINE void FX_NAME(pad_copy)(FX_T *dst, const FX_T *src, ptrdiff_t r, FX_T pad)
+/* The last r = n % FX_TAIL elements of a row (its tail) go through the same
+ * vector loop as the rest, on a buffer of FX_TAIL elements: GCC's own
+ * epilogue is scalar, and 15 scalar exps cost more than the rest of a row of
+ * 100 classes.  The tail sits at the end of the buffer, after FX_TAIL - r
+ * lanes of neutral padding (-inf for max and exp, zero target mass).  In a
+ * row of at least FX_TAIL elements the buffer is the row's last FX_TAIL
+ * elements with the lanes before the tail (already done by the main loop)
+ * replaced: every load is in bounds, so the copy is a vector blend, and so
+ * is writing the tail back.  Callers compute the tail before the main loop,
+ * which may write over the input in place. */
+FX_INLINE void FX_NAME(tail_in)(FX_T *buf, const FX_T *row, ptrdiff_t n, ptrdiff_t r,
+                                FX_T pad)
 {
-    for (ptrdiff_t k = 0; k < FX_TAIL; ++k)
-        dst[k] = k < r ? src[k] : pad;
+    ptrdiff_t o = FX_TAIL - r;
+    if (n >= FX_TAIL) {
+        const FX_T *src = row + n - FX_TAIL;
+#pragma omp simd
+        for (ptrdiff_t k = 0; k < FX_TAIL; ++k)
+            buf[k] = k < o ? pad : src[k];
+    } else {
+        for (ptrdiff_t k = 0; k < FX_TAIL; ++k)
+            buf[k] = k < o ? pad : row[n - r + (k - o)];
+    }
+}
+
+FX_INLINE void FX_NAME(tail_out)(FX_T *row, const FX_T *buf, ptrdiff_t n, ptrdiff_t r)
+{
+    ptrdiff_t o = FX_TAIL - r;
+    if (n >= FX_TAIL) {
+        FX_T *dst = row + n - FX_TAIL;
+#pragma omp simd
+        for (ptrdiff_t k = 0; k < FX_TAIL; ++k)
+            dst[k] = k < o ? dst[k] : buf[k];
+    } else {
+        for (ptrdiff_t k = 0; k < r; ++k)
+            row[n - r + k] = buf[o + k];
+    }
 }
 
 FX_INLINE FX_T FX_NAME(max_body)(const FX_T *z, ptrdiff_t n)
@@ -63,9 +92,14 @@ FX_CLONES FX_T FX_NAME(fx_max)(const FX_T *z, ptrdiff_t n)
     ptrdiff_t nm = n - n % FX_TAIL;
     FX_T mx = FX_NAME(max_body)(z, nm);
     if (nm < n) {
-        FX_T zb[FX_TAIL];
-        FX_NAME(pad_copy)(zb, z + nm, n - nm, -(FX_T)INFINITY);
-        FX_T t = FX_NAME(max_body)(zb, FX_TAIL);
+        /* Overlapping the main loop's last elements does not change a max. */
+        FX_T zb[FX_TAIL], t;
+        if (n >= FX_TAIL) {
+            t = FX_NAME(max_body)(z + n - FX_TAIL, FX_TAIL);
+        } else {
+            FX_NAME(tail_in)(zb, z, n, n - nm, -(FX_T)INFINITY);
+            t = FX_NAME(max_body)(zb, FX_TAIL);
+        }
         mx = t > mx ? t : mx;
     }
     return mx;
@@ -85,13 +119,42 @@ FX_CLONES FX_T FX_NAME(fx_softcap_max)(const FX_T *z, ptrdiff_t n, FX_T c,
 }
 
 /* Partial sums over blocks of FX_SUM_BLOCK elements are formed in the
- * element type (16 lanes x 16 terms each for float: relative error below
- * 1e-6 even in the worst case) and added in double, so float32 rows of any
- * length stay accurate without converting every term, and the vector
- * reduction does not wait on one double accumulator. */
+ * element type, in FX_TAIL lanes of 16 terms each for float (relative error
+ * below 1e-6 even in the worst case), and added in double, so float32 rows
+ * of any length stay accurate without converting every term.  The lanes are
+ * explicit and folded in halves (a fixed order, the same at every thread
+ * count): GCC ends an `omp simd reduction` by adding the lanes one after
+ * another through memory, a chain of dependent adds that cost a row of 100
+ * classes more than a fifth of its time.  Rows passed here are a multiple
+ * of FX_TAIL long (the main loop, or a tail buffer). */
 #ifndef FX_SUM_BLOCK
 #define FX_SUM_BLOCK 256
 #endif
+
+#define FX_FOLD_LANES(v)                 \
+    do {                                 \
+        _Pragma("GCC unroll 8")          \
+        for (int j = 0; j < 8; ++j)      \
+            (v)[j] += (v)[j + 8];        \
+        _Pragma("GCC unroll 4")          \
+        for (int j = 0; j < 4; ++j)      \
+            (v)[j] += (v)[j + 4];        \
+        (v)[0] += (v)[2];                \
+        (v)[1] += (v)[3];                \
+        (v)[0] += (v)[1];                \
+    } while (0)
+
+FX_INLINE double FX_NAME(fold_lanes)(FX_T *v)
+{
+    FX_FOLD_LANES(v);
+    return (double)v[0];
+}
+
+FX_INLINE double FX_NAME(fold_lanes_double)(double *v)
+{
+    FX_FOLD_LANES(v);
+    return v[0];
+}
 
 FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
                                       FX_T *out, const FX_T *w, const FX_T *y,
@@ -100,27 +163,35 @@ FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
     double acc = 0.0, dacc = 0.0, qacc = 0.0;
     for (ptrdiff_t k0 = 0; k0 < n; k0 += FX_SUM_BLOCK) {
         ptrdiff_t k1 = n - k0 < FX_SUM_BLOCK ? n : k0 + FX_SUM_BLOCK;
-        FX_T part = 0;
-        double dpart = 0.0, qpart = 0.0;
-#pragma omp simd reduction(+ : part, dpart, qpart)
-        for (ptrdiff_t k = k0; k < k1; ++k) {
-            FX_T d = z[k] - shift; /* read before out[k] (maybe z[k]) is written */
-            FX_T e = FX_EXPNEG(d);
-            if (out)
-                out[k] = e;
-            part += e;
-            if (tdot) {
-                /* In double: a large weight times a large logit gap must
-                 * not overflow float32 before the mean divides it down. */
-                double q = (double)((w ? w[k] : (FX_T)1) *
-                                    (y ? alpha * y[k] + beta : beta));
-                dpart += q != 0.0 ? q * (double)d : 0.0;
-                qpart += q;
+        FX_T part[FX_TAIL];
+        double dpart[FX_TAIL], qpart[FX_TAIL];
+        for (int j = 0; j < FX_TAIL; ++j) {
+            part[j] = 0;
+            dpart[j] = qpart[j] = 0.0;
+        }
+        for (ptrdiff_t k = k0; k < k1; k += FX_TAIL) {
+#pragma omp simd
+            for (int j = 0; j < FX_TAIL; ++j) {
+                FX_T d = z[k + j] - shift; /* read before out (maybe z) is written */
+                FX_T e = FX_EXPNEG(d);
+                if (out)
+                    out[k + j] = e;
+                part[j] += e;
+                if (tdot) {
+                    /* In double: a large weight times a large logit gap must
+                     * not overflow float32 before the mean divides it down. */
+                    double q = (double)((w ? w[k + j] : (FX_T)1) *
+                                        (y ? alpha * y[k + j] + beta : beta));
+                    dpart[j] += q != 0.0 ? q * (double)d : 0.0;
+                    qpart[j] += q;
+                }
             }
         }
-        acc += (double)part;
-        dacc += dpart;
-        qacc += qpart;
+        acc += FX_NAME(fold_lanes)(part);
+        if (tdot) {
+            dacc += FX_NAME(fold_lanes_double)(dpart);
+            qacc += FX_NAME(fold_lanes_double)(qpart);
+        }
     }
     if (tdot) {
         tdot[0] = dacc;
@@ -157,26 +228,30 @@ FX_CLONES double FX_NAME(fx_expsum)(const FX_T *z, ptrdiff_t n, FX_T shift,
                                     FX_T alpha, FX_T beta, double *tdot)
 {
     ptrdiff_t nm = n - n % FX_TAIL, r = n - nm;
-    double s = FX_NAME(expsum_dispatch)(z, nm, shift, out, w, y, alpha, beta, tdot);
+    double s = 0.0, td[2] = {0.0, 0.0};
+    FX_T ob[FX_TAIL];
     if (r) {
         /* Padding: exp(-inf) = 0, and zero target mass (w = 0) so that the
          * padded -inf never meets a non-zero q. */
-        FX_T zb[FX_TAIL], ob[FX_TAIL], wb[FX_TAIL], yb[FX_TAIL];
-        double td[2];
-        FX_NAME(pad_copy)(zb, z + nm, r, -(FX_T)INFINITY);
-        for (ptrdiff_t k = 0; k < FX_TAIL; ++k)
-            wb[k] = k < r ? (w ? w[nm + k] : (FX_T)1) : (FX_T)0;
-        if (y)
-            FX_NAME(pad_copy)(yb, y + nm, r, 0);
-        s += FX_NAME(expsum_dispatch)(zb, FX_TAIL, shift, out ? ob : NULL, wb,
-                                      y ? yb : NULL, alpha, beta, tdot ? td : NULL);
-        if (out)
-            for (ptrdiff_t k = 0; k < r; ++k)
-                out[nm + k] = ob[k];
-        if (tdot) {
-            tdot[0] += td[0];
-            tdot[1] += td[1];
+        FX_T zb[FX_TAIL], wb[FX_TAIL], yb[FX_TAIL];
+        FX_NAME(tail_in)(zb, z, n, r, -(FX_T)INFINITY);
+        if (w) {
+            FX_NAME(tail_in)(wb, w, n, r, 0);
+        } else {
+            for (ptrdiff_t k = 0; k < FX_TAIL; ++k)
+                wb[k] = k < FX_TAIL - r ? (FX_T)0 : (FX_T)1;
         }
+        if (y)
+            FX_NAME(tail_in)(yb, y, n, r, 0);
+        s = FX_NAME(expsum_dispatch)(zb, FX_TAIL, shift, out ? ob : NULL, wb,
+                                     y ? yb : NULL, alpha, beta, tdot ? td : NULL);
+    }
+    s += FX_NAME(expsum_dispatch)(z, nm, shift, out, w, y, alpha, beta, tdot);
+    if (r && out)
+        FX_NAME(tail_out)(out, ob, n, r);
+    if (tdot) {
+        tdot[0] += td[0];
+        tdot[1] += td[1];
     }
     return s;
 }
@@ -223,21 +298,22 @@ FX_CLONES void FX_NAME(fx_grad_pass)(FX_T *g, ptrdiff_t n, FX_T a, FX_T b,
                                      FX_T beta, const FX_T *zc, FX_T inv_c)
 {
     ptrdiff_t nm = n - n % FX_TAIL, r = n - nm;
-    FX_NAME(grad_pass_dispatch)(g, nm, a, b, w, y, alpha, beta, zc, inv_c);
+    FX_T gb[FX_TAIL];
     if (r) {
-        FX_T gb[FX_TAIL], wb[FX_TAIL], yb[FX_TAIL], cb[FX_TAIL];
-        FX_NAME(pad_copy)(gb, g + nm, r, 0);
+        FX_T wb[FX_TAIL], yb[FX_TAIL], cb[FX_TAIL];
+        FX_NAME(tail_in)(gb, g, n, r, 0);
         if (w)
-            FX_NAME(pad_copy)(wb, w + nm, r, 0);
+            FX_NAME(tail_in)(wb, w, n, r, 0);
         if (y)
-            FX_NAME(pad_copy)(yb, y + nm, r, 0);
+            FX_NAME(tail_in)(yb, y, n, r, 0);
         if (zc)
-            FX_NAME(pad_copy)(cb, zc + nm, r, 0);
+            FX_NAME(tail_in)(cb, zc, n, r, 0);
         FX_NAME(grad_pass_dispatch)(gb, FX_TAIL, a, b, w ? wb : NULL, y ? yb : NULL,
                                     alpha, beta, zc ? cb : NULL, inv_c);
-        for (ptrdiff_t k = 0; k < r; ++k)
-            g[nm + k] = gb[k];
     }
+    FX_NAME(grad_pass_dispatch)(g, nm, a, b, w, y, alpha, beta, zc, inv_c);
+    if (r)
+        FX_NAME(tail_out)(g, gb, n, r);
 }
 
 FX_CLONES void FX_NAME(fx_sub2)(const FX_T *z, ptrdiff_t n, FX_T shift1,
