@@ -246,45 +246,70 @@ typedef float fx_v8f __attribute__((vector_size(32)));
 typedef double fx_v4d __attribute__((vector_size(32)));
 #define FX_SHUF __builtin_shufflevector
 
+/* Named vectors, not arrays: GCC keeps arrays of vectors in memory, which
+ * doubled the instruction count of the transposes. */
+#define FX_LD(v, p) memcpy(&(v), (p), sizeof(v))
+#define FX_ST(p, v) memcpy((p), &(v), sizeof(v))
+
 FX_INLINE void transpose_f(const float *src, ptrdiff_t ss, float *dst, ptrdiff_t ds)
 {
-    fx_v8f r[8], t[8], u[8];
-    for (int i = 0; i < 8; ++i)
-        memcpy(&r[i], src + i * ss, sizeof(fx_v8f));
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = FX_SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-        t[i + 1] = FX_SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = FX_SHUF(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-        u[i + 1] = FX_SHUF(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
-        u[i + 2] = FX_SHUF(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
-        u[i + 3] = FX_SHUF(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
-    }
-    for (int j = 0; j < 4; ++j) {
-        fx_v8f lo = FX_SHUF(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
-        fx_v8f hi = FX_SHUF(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
-        memcpy(dst + j * ds, &lo, sizeof(fx_v8f));
-        memcpy(dst + (j + 4) * ds, &hi, sizeof(fx_v8f));
-    }
+    fx_v8f r0, r1, r2, r3, r4, r5, r6, r7;
+    FX_LD(r0, src);
+    FX_LD(r1, src + ss);
+    FX_LD(r2, src + 2 * ss);
+    FX_LD(r3, src + 3 * ss);
+    FX_LD(r4, src + 4 * ss);
+    FX_LD(r5, src + 5 * ss);
+    FX_LD(r6, src + 6 * ss);
+    FX_LD(r7, src + 7 * ss);
+    /* interleave pairs of rows, then pairs of pairs, then the 128-bit halves */
+#define FX_IL(a, b) FX_SHUF(a, b, 0, 8, 1, 9, 4, 12, 5, 13)
+#define FX_IH(a, b) FX_SHUF(a, b, 2, 10, 3, 11, 6, 14, 7, 15)
+#define FX_PL(a, b) FX_SHUF(a, b, 0, 1, 8, 9, 4, 5, 12, 13)
+#define FX_PH(a, b) FX_SHUF(a, b, 2, 3, 10, 11, 6, 7, 14, 15)
+#define FX_HL(a, b) FX_SHUF(a, b, 0, 1, 2, 3, 8, 9, 10, 11)
+#define FX_HH(a, b) FX_SHUF(a, b, 4, 5, 6, 7, 12, 13, 14, 15)
+    fx_v8f t0 = FX_IL(r0, r1), t1 = FX_IH(r0, r1), t2 = FX_IL(r2, r3), t3 = FX_IH(r2, r3);
+    fx_v8f t4 = FX_IL(r4, r5), t5 = FX_IH(r4, r5), t6 = FX_IL(r6, r7), t7 = FX_IH(r6, r7);
+    fx_v8f u0 = FX_PL(t0, t2), u1 = FX_PH(t0, t2), u2 = FX_PL(t1, t3), u3 = FX_PH(t1, t3);
+    fx_v8f u4 = FX_PL(t4, t6), u5 = FX_PH(t4, t6), u6 = FX_PL(t5, t7), u7 = FX_PH(t5, t7);
+    fx_v8f c0 = FX_HL(u0, u4), c1 = FX_HL(u1, u5), c2 = FX_HL(u2, u6), c3 = FX_HL(u3, u7);
+    fx_v8f c4 = FX_HH(u0, u4), c5 = FX_HH(u1, u5), c6 = FX_HH(u2, u6), c7 = FX_HH(u3, u7);
+#undef FX_IL
+#undef FX_IH
+#undef FX_PL
+#undef FX_PH
+#undef FX_HL
+#undef FX_HH
+    /* In row order: tile_out's write-ahead relies on it. */
+    FX_ST(dst, c0);
+    FX_ST(dst + ds, c1);
+    FX_ST(dst + 2 * ds, c2);
+    FX_ST(dst + 3 * ds, c3);
+    FX_ST(dst + 4 * ds, c4);
+    FX_ST(dst + 5 * ds, c5);
+    FX_ST(dst + 6 * ds, c6);
+    FX_ST(dst + 7 * ds, c7);
 }
 
 FX_INLINE void transpose_d(const double *src, ptrdiff_t ss, double *dst, ptrdiff_t ds)
 {
-    fx_v4d r[4], t[4];
-    for (int i = 0; i < 4; ++i)
-        memcpy(&r[i], src + i * ss, sizeof(fx_v4d));
-    for (int i = 0; i < 4; i += 2) {
-        t[i] = FX_SHUF(r[i], r[i + 1], 0, 4, 2, 6);
-        t[i + 1] = FX_SHUF(r[i], r[i + 1], 1, 5, 3, 7);
-    }
-    for (int j = 0; j < 2; ++j) {
-        fx_v4d lo = FX_SHUF(t[j], t[j + 2], 0, 1, 4, 5);
-        fx_v4d hi = FX_SHUF(t[j], t[j + 2], 2, 3, 6, 7);
-        memcpy(dst + j * ds, &lo, sizeof(fx_v4d));
-        memcpy(dst + (j + 2) * ds, &hi, sizeof(fx_v4d));
-    }
+    fx_v4d r0, r1, r2, r3;
+    FX_LD(r0, src);
+    FX_LD(r1, src + ss);
+    FX_LD(r2, src + 2 * ss);
+    FX_LD(r3, src + 3 * ss);
+    fx_v4d t0 = FX_SHUF(r0, r1, 0, 4, 2, 6), t1 = FX_SHUF(r0, r1, 1, 5, 3, 7);
+    fx_v4d t2 = FX_SHUF(r2, r3, 0, 4, 2, 6), t3 = FX_SHUF(r2, r3, 1, 5, 3, 7);
+    fx_v4d c0 = FX_SHUF(t0, t2, 0, 1, 4, 5), c1 = FX_SHUF(t1, t3, 0, 1, 4, 5);
+    fx_v4d c2 = FX_SHUF(t0, t2, 2, 3, 6, 7), c3 = FX_SHUF(t1, t3, 2, 3, 6, 7);
+    FX_ST(dst, c0);
+    FX_ST(dst + ds, c1);
+    FX_ST(dst + 2 * ds, c2);
+    FX_ST(dst + 3 * ds, c3);
 }
+#undef FX_LD
+#undef FX_ST
 #undef FX_SHUF
 #else
 #define FX_VEC_TRANSPOSE 0

@@ -360,10 +360,17 @@ FX_INLINE void FX_NAME(tile_in)(const FX_T *z, ptrdiff_t R, ptrdiff_t m, FX_T *t
         if ((r0 + V - 1) * m + mv + V <= R * m) {
             FX_TRANSPOSE(z + r0 * m + mv, m, tile + mv * TR + r0, TR);
         } else {
+            /* Only the rows whose read would leave the block are padded. */
             FX_T buf[V * V];
-            for (ptrdiff_t i = 0; i < V; ++i)
-                for (ptrdiff_t j = 0; j < V; ++j)
-                    buf[i * V + j] = mv + j < m ? z[(r0 + i) * m + mv + j] : (FX_T)0;
+            for (ptrdiff_t i = 0; i < V; ++i) {
+                const FX_T *src = z + (r0 + i) * m + mv;
+                if ((r0 + i) * m + mv + V <= R * m) {
+                    memcpy(buf + i * V, src, V * sizeof(FX_T));
+                } else {
+                    for (ptrdiff_t j = 0; j < V; ++j)
+                        buf[i * V + j] = mv + j < m ? src[j] : (FX_T)0;
+                }
+            }
             FX_TRANSPOSE(buf, V, tile + mv * TR + r0, TR);
         }
     }
@@ -406,7 +413,7 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
     enum { TR = FX_TILE_ROWS };
     /* column-major: tile[j * TR + r], FX_VL spare columns for tile_in/out */
     FX_T tile[(FX_SMALL_M_MAX + FX_VL) * TR];
-    FX_T mx[TR], S[TR], a[TR], b[TR], c[TR]; /* a, b, c: the gradient's */
+    FX_T mx[TR], zt[TR], S[TR], a[TR], b[TR], c[TR]; /* a, b, c: the gradient's */
     double dot[TR], Q[TR], coef[TR], sr[TR], ignd[TR];
     int32_t y[TR]; /* m <= FX_SMALL_M_MAX: 32-bit compares vectorise better */
     int32_t ign[TR];
@@ -425,20 +432,25 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         sr[r] = ig ? 0.0 : s;
         coef[r] = (1.0 - smoothing) * (w ? (double)w[yy] : 1.0);
         mx[r] = -(FX_T)INFINITY;
+        zt[r] = 0;
     }
 
+    /* The row max, and each row's target logit picked out by a select in
+     * the same vectorised sweep (a gather per row costs more). */
     FX_NAME(tile_in)(z, R, m, tile);
     for (ptrdiff_t j = 0; j < m; ++j) {
 #pragma omp simd
         for (ptrdiff_t r = 0; r < R; ++r) {
             FX_T v = tile[j * TR + r];
             mx[r] = v > mx[r] ? v : mx[r];
+            zt[r] = y[r] == (int32_t)j ? v : zt[r];
         }
     }
 
     /* Target terms, relative to the max (zero-mass terms skipped). */
+#pragma omp simd
     for (ptrdiff_t r = 0; r < R; ++r) {
-        double zy = (double)tile[y[r] * TR + r] - (double)mx[r];
+        double zy = (double)zt[r] - (double)mx[r];
         dot[r] = coef[r] != 0.0 ? coef[r] * zy : 0.0;
         Q[r] = coef[r];
     }
