@@ -19,8 +19,13 @@ Design
   terms; final scaling of the gradient row, which is still in cache) and
   computes one exp per element.
 * Few classes (m <= 64, class indices, no soft-cap) take a tile kernel
-  instead (``fx_small_labels``): 64 rows at a time, transposed so that every
-  step vectorises across rows rather than along a short row.
+  instead (``fx_small_labels``): 64 rows at a time, transposed (in 8 x 8 or
+  4 x 4 register blocks) so that every step vectorises across rows rather
+  than along a short row.
+* Small calls are cheap: the entry points check their ndarrays with NumPy's
+  C API instead of acquiring typed memoryviews, do everything in one
+  ``nogil`` block, and below ``PARALLEL_MIN_ELEMENTS`` logits run a plain
+  loop that never enters the OpenMP runtime.
 * All loss options reduce to one per-row form.  With ``q_k`` the effective
   target mass of class ``k`` (labels: ``(1-eps) w_y [k=y] + eps/m w_k``;
   probabilities: ``w_k ((1-eps) Y_k + eps/m)``), ``Q = sum_k q_k`` and
