@@ -256,9 +256,9 @@ cdef double cross_entropy_row(
         loss += opt.zloss * lse * lse
     if g != NULL:
         # Dividing (rather than multiplying by 1/denominator) stays finite
-        # for a subnormal total weight.
-        # (Per-call constants: each division costs a row of 100 classes
-        # several percent.)
+        # for a subnormal total weight; rows of weight 1 take the quotient
+        # computed once per call (a division costs a row of 100 classes
+        # several percent).
         b = s / opt.grad_denom if s != 1.0 else opt.unit_b
         a = b * (Q + 2.0 * opt.zloss * lse) / S
         if label >= 0:
