@@ -124,19 +124,24 @@ FX_CLONES FX_T FX_NAME(fx_softcap_max)(const FX_T *z, ptrdiff_t n, FX_T c,
  * of any length stay accurate without converting every term.  The lanes are
  * explicit and folded in halves (a fixed order, the same at every thread
  * count): GCC ends an `omp simd reduction` by adding the lanes one after
- * another through memory, a chain of dependent adds that cost a row of 100
- * classes more than a fifth of its time.  Rows passed here are a multiple
- * of FX_TAIL long (the main loop, or a tail buffer). */
+ * another through memory, a chain of dependent scalar adds per block.  Rows
+ * passed here are a multiple of FX_TAIL long (the main loop, or a tail
+ * buffer). */
 #ifndef FX_SUM_BLOCK
 #define FX_SUM_BLOCK 256
 #endif
 
+#if defined(__GNUC__)
+#define FX_UNROLL(text) _Pragma(text)
+#else
+#define FX_UNROLL(text)
+#endif
 #define FX_FOLD_LANES(v)                 \
     do {                                 \
-        _Pragma("GCC unroll 8")          \
+        FX_UNROLL("GCC unroll 8")        \
         for (int j = 0; j < 8; ++j)      \
             (v)[j] += (v)[j + 8];        \
-        _Pragma("GCC unroll 4")          \
+        FX_UNROLL("GCC unroll 4")        \
         for (int j = 0; j < 4; ++j)      \
             (v)[j] += (v)[j + 4];        \
         (v)[0] += (v)[2];                \
