@@ -10,13 +10,23 @@ extension is built serially and says so.  Environment overrides:
 
 Never ``-ffast-math``: it breaks -inf/NaN handling, and in a shared library
 it switches the whole process to flush-to-zero.
+
+Editable installs (``pip install -e``) reuse the compiled module already in
+the checkout when it was built from the same sources, flags, Python, NumPy
+and Cython: the README's second set-up command then does not rebuild what
+the first one built.  ``fastxent/_kernels.build-stamp`` records what it was
+built from (delete it, or set ``FASTXENT_REBUILD=1``, to force a build).
 """
 
+import hashlib
+import json
 import os
+import shutil
 import sys
 import tempfile
 import textwrap
 
+import Cython
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -105,6 +115,83 @@ class BuildExt(build_ext):
             ]
         super().build_extensions()
 
+    def build_extension(self, ext):
+        editable = getattr(self, "editable_mode", False) and not _env_flag("FASTXENT_REBUILD")
+        digest = _inputs_digest(ext, self.compiler.compiler_type)
+        in_tree = os.path.join(HERE, self.get_ext_filename(ext.name))
+        target = self.get_ext_fullpath(ext.name)
+        if editable and _stamp_matches(in_tree, digest):
+            print(
+                f"fastxent: reusing {os.path.relpath(in_tree, HERE)}, built from these "
+                f"sources and flags (delete {os.path.relpath(STAMP, HERE)} to rebuild)"
+            )
+            if os.path.abspath(target) != os.path.abspath(in_tree):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copy2(in_tree, target)
+            return
+        # Cythonized here rather than at import, so that a reused build skips it.
+        (ext_c,) = cythonize([ext], compiler_directives=CYTHON_DIRECTIVES)
+        ext.sources = ext_c.sources
+        super().build_extension(ext)
+        if editable:
+            # The editable install copies `target` into the checkout as is.
+            with open(STAMP, "w") as f:
+                json.dump({"inputs": digest, "module_sha256": _sha256_file(target)}, f)
+                f.write("\n")
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STAMP = os.path.join(HERE, "fastxent", "_kernels.build-stamp")
+CYTHON_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+    "freethreading_compatible": True,
+}
+
+
+def _sha256_file(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _inputs_digest(ext, compiler_type):
+    """What a build depends on: the sources and headers, this file, the
+    flags, and the Python, NumPy and Cython it is built with."""
+    h = hashlib.sha256()
+    folder = os.path.join(HERE, "fastxent")
+    inputs = sorted(
+        os.path.join(folder, name)
+        for name in os.listdir(folder)
+        if name.endswith((".pyx", ".pxd", ".c", ".h")) and name != "_kernels.c"
+    )
+    for path in inputs + [os.path.join(HERE, "setup.py")]:
+        h.update(os.path.basename(path).encode() + b"\0" + open(path, "rb").read())
+    facts = [
+        ext.extra_compile_args,
+        ext.extra_link_args,
+        ext.define_macros,
+        compiler_type,
+        sys.version,
+        numpy.__version__,
+        Cython.__version__,
+        os.environ.get("CC", ""),
+    ]
+    h.update(repr(facts).encode())
+    return h.hexdigest()
+
+
+def _stamp_matches(module, digest):
+    """Whether ``module`` is the very file a build with ``digest`` made."""
+    try:
+        with open(STAMP) as f:
+            stamp = json.load(f)
+        return stamp["inputs"] == digest and stamp["module_sha256"] == _sha256_file(module)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
 
 extensions = [
     Extension(
@@ -117,17 +204,4 @@ extensions = [
     )
 ]
 
-setup(
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives={
-            "language_level": 3,
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "initializedcheck": False,
-            "freethreading_compatible": True,
-        },
-    ),
-    cmdclass={"build_ext": BuildExt},
-)
+setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt})

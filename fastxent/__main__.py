@@ -201,7 +201,8 @@ def _parser() -> argparse.ArgumentParser:
         "preallocated out=) against the plain NumPy way, the np.copyto floor "
         "(a copy of the logits: the least any loss+gradient costs) and, with "
         "--compare, other libraries. Each time is the median of --repeats "
-        "timings after a warm-up. 'of floor' is copy time / fastxent time.",
+        "timings after a warm-up. 'of floor' is copy time / fastxent time, with the "
+        "copy on 1 thread or split over the same number of threads, whichever is faster.",
         epilog="Example: python -m fastxent bench --compare torch,sklearn --plot bench.png",
     )
     b.add_argument(
@@ -291,8 +292,9 @@ def _bench(args: argparse.Namespace) -> int:
     print(
         "mean cross-entropy loss + gradient w.r.t. the logits; median of "
         f"{repeats} timings; speed-up = NumPy / fastxent; GB/s = (logits + gradient + "
-        "labels) / time; of floor = np.copyto time / fastxent time; peer (x) = peer / "
-        "fastxent."
+        "labels) / time; of floor = copy floor / fastxent time, where the floor is the "
+        "faster of np.copyto on 1 thread and split over the row's thread count; peer "
+        "(x) = peer / fastxent."
     )
     print(cb.format_table(records, peers))
     if args.json:

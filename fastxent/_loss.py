@@ -78,7 +78,8 @@ def _run(
     loss: FloatScalar | FloatArray | None = None
     if want_loss:
         if losses is not None:
-            loss = losses.astype(dtype, copy=False).reshape(shape[:-1])
+            # A NumPy scalar, not a 0-d array, for 1-d logits (one sample).
+            loss = losses.astype(dtype, copy=False).reshape(shape[:-1])[()]
         elif reduction == "sum":
             loss = dtype.type(total)
         else:
@@ -87,6 +88,23 @@ def _run(
             loss = dtype.type(total / denom) if denom > 0 else dtype.type(np.nan)
     return loss, grad
 
+
+_LOGITS_TARGET_DOC = """
+    logits : array_like of shape (..., m)
+        Classes on the last axis.  float32 and float64 are computed natively,
+        float16 in float32 and integer arrays in float64.
+    target : array_like
+        Either class indices: an *integer* array of shape ``logits.shape[:-1]``
+        with values in ``[0, m)`` (or ``ignore_index``); or class
+        probabilities: a *floating-point* array of shape ``logits.shape``
+        (rows need not sum to 1).  Integer targets are always class indices:
+        an integer array of the logits' own shape (a one-hot matrix, or 1-d
+        logits with one label per element) is an error, not probabilities."""
+
+_OUT_DOC = """
+    out : ndarray, optional
+        C-contiguous, writeable array of the logits' shape and compute dtype
+        that receives the gradient.  ``out=logits`` computes in place."""
 
 _OPTIONS_DOC = """
     weight : array_like of shape (m,), optional
@@ -171,13 +189,7 @@ def cross_entropy(
 
     Parameters
     ----------
-    logits : array_like of shape (..., m)
-        float32 and float64 are computed natively, float16 in float32 and
-        integer arrays in float64.
-    target : array_like
-        Integer class indices of shape ``logits.shape[:-1]`` in ``[0, m)``,
-        or class probabilities of shape ``logits.shape`` (rows need not sum
-        to 1).
+    {logits_target}
     {options}
 
     Returns
@@ -245,11 +257,8 @@ def cross_entropy_grad(
 
     Parameters
     ----------
-    logits, target
-        As in :func:`cross_entropy`.
-    out : ndarray, optional
-        C-contiguous, writeable array of the logits' shape and compute dtype
-        that receives the gradient.  ``out=logits`` computes in place.
+    {logits_target}
+    {out}
     {options}
 
     Returns
@@ -344,8 +353,8 @@ def cross_entropy_with_grad(
 
     Parameters
     ----------
-    logits, target, out
-        As in :func:`cross_entropy_grad`.
+    {logits_target}
+    {out}
     {options}
 
     Returns
@@ -389,5 +398,10 @@ def cross_entropy_with_grad(
 
 for _f in (cross_entropy, cross_entropy_grad, cross_entropy_with_grad):
     if _f.__doc__:  # None under python -OO
-        _f.__doc__ = _f.__doc__.replace("    {options}", _OPTIONS_DOC.strip("\n"))
-del _f
+        for _key, _text in (
+            ("logits_target", _LOGITS_TARGET_DOC),
+            ("out", _OUT_DOC),
+            ("options", _OPTIONS_DOC),
+        ):
+            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
+del _f, _key, _text

@@ -33,7 +33,10 @@ def _rows(
     if o is not None:
         return out if out is not None else o.reshape(shape)
     assert lse is not None
-    return lse.astype(dtype, copy=False).reshape(shape[:-1])
+    # [()] turns the 0-d result of 1-d logits into a NumPy scalar (a
+    # reduction's result, as np.max gives), and leaves arrays alone.
+    result: FloatArray = lse.astype(dtype, copy=False).reshape(shape[:-1])[()]
+    return result
 
 
 def log_softmax(
@@ -134,7 +137,7 @@ def logsumexp(logits: ArrayLike, *, num_threads: int | None = None) -> FloatArra
     Returns
     -------
     lse : ndarray of shape ``logits.shape[:-1]`` in the compute dtype
-        A 0-d array for 1-d input.
+        A NumPy scalar (``np.float64``/``np.float32``) for 1-d input.
 
     Raises
     ------
@@ -146,5 +149,7 @@ def logsumexp(logits: ArrayLike, *, num_threads: int | None = None) -> FloatArra
     >>> import numpy as np, fastxent
     >>> fastxent.logsumexp(np.log([[1.0, 3.0], [2.0, 2.0]])).round(6)
     array([1.386294, 1.386294])
+    >>> fastxent.logsumexp(np.log([1.0, 3.0]))  # doctest: +ELLIPSIS
+    np.float64(1.386294361119890...)
     """
     return _rows(logits, None, False, False, num_threads)

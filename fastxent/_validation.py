@@ -86,12 +86,7 @@ def as_labels_or_probs(
         if t.dtype in _NATIVE_LABELS and t.ndim == 1 and t.flags.c_contiguous and t.flags.aligned:
             return "labels", t
         if t.dtype.kind not in "iu":
-            hint = (
-                " Class-probability targets must have the full logits shape."
-                if t.dtype.kind == "f"
-                else ""
-            )
-            raise TypeError(f"class-index targets must be integers; got dtype={t.dtype}.{hint}")
+            raise TypeError(_non_integer_labels_message(target, t))
         if t.dtype.kind == "u" and t.dtype.itemsize >= 8 and t.size and t.max() > _INT64_MAX:
             pos = int(np.argmax(t > _INT64_MAX))
             raise ValueError(
@@ -102,14 +97,57 @@ def as_labels_or_probs(
             t = t.astype(np.int64)
         return "labels", _aligned(np.ascontiguousarray(t)).reshape(-1)
     if t.shape == shape:
-        if t.dtype.kind not in "fiu":
-            raise TypeError(f"class-probability targets must be real numbers; got dtype={t.dtype}.")
+        if t.dtype.kind in "iu":
+            raise ValueError(_integer_target_message(t.dtype, shape))
+        if t.dtype.kind != "f":
+            raise TypeError(
+                f"class-probability targets must be floating-point numbers; got dtype={t.dtype}."
+            )
         t2 = _aligned(np.ascontiguousarray(t, dtype=dtype))
         return "probs", t2.reshape(-1, shape[-1])
     raise ValueError(
         f"target must have shape {shape[:-1]} (class indices) or {shape} "
         f"(class probabilities) for logits of shape {shape}; got shape {t.shape}."
     )
+
+
+def _integer_target_message(dtype: np.dtype[Any], shape: tuple[int, ...]) -> str:
+    """Integer targets are always class indices, whatever their shape: an
+    integer array of the logits' own shape is a mistake, not probabilities."""
+    if len(shape) == 1:
+        return (
+            f"integer targets are class indices and must have shape {shape[:-1]} "
+            f"(logits.shape[:-1]); got an integer array of the logits' own shape {shape}. "
+            f"1-d logits of shape {shape} are ONE sample of {shape[0]} classes. For a binary "
+            "problem with one logit z per sample, pass the two-class logits "
+            "np.stack([np.zeros_like(z), z], axis=-1) with the 0/1 labels."
+        )
+    return (
+        f"integer targets are class indices and must have shape {shape[:-1]} "
+        f"(logits.shape[:-1]); got an integer ({dtype}) array of the logits' own shape "
+        f"{shape}. For one-hot rows pass target.argmax(-1); for class probabilities pass a "
+        "floating-point array."
+    )
+
+
+def _non_integer_labels_message(target: object, t: NDArray[Any]) -> str:
+    msg = f"class-index targets must be integers; got dtype={t.dtype}."
+    if t.dtype.kind == "f":
+        return msg + " Class-probability targets must have the full logits shape."
+    if str(getattr(target, "dtype", "")) == "category":
+        # A pandas Categorical or categorical Series: NumPy sees its values.
+        codes = ".codes" if type(target).__name__ == "Categorical" else ".cat.codes"
+        return msg + (
+            f" This is a pandas categorical: pass its integer codes, target{codes}"
+            " (with the categories in the order of the logits' columns)."
+        )
+    if t.dtype.kind in "OUS":
+        return msg + (
+            " Class names must be encoded as integers first, e.g. "
+            "np.unique(y, return_inverse=True)[1] (or series.cat.codes for a pandas "
+            "categorical)."
+        )
+    return msg
 
 
 def check_reduction(reduction: object) -> Literal["mean", "sum", "none"]:
@@ -169,7 +207,8 @@ def class_weight(
     if weight is None:
         return None
     w = _real_vector(weight, "weight", (m,), f"({m},) (one per class)")
-    w_native = np.ascontiguousarray(w, dtype=dtype)
+    with np.errstate(over="ignore"):  # overflow is reported below, as an error
+        w_native = np.ascontiguousarray(w, dtype=dtype)
     if not np.all(np.isfinite(w_native)):
         raise ValueError(f"weight must be finite in the compute dtype {dtype}; it overflows.")
     if np.any((w > 0) & (w_native == 0)):

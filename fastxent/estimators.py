@@ -49,6 +49,7 @@ from scipy import optimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_scalar
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.extmath import safe_sparse_dot
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
@@ -84,22 +85,60 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     sample weights ``s_i``) plus the L2 penalty.  The intercept is not
     penalised.
 
+    Every parameter of ``LogisticRegression`` is accepted with its meaning
+    for the lbfgs solver; those that only matter to other solvers are
+    accepted and have no effect there either (``intercept_scaling``,
+    ``random_state``, ``n_jobs``), and values that would need another solver
+    (an L1 or elastic-net penalty, ``dual=True``, ``solver="saga"``...) are
+    a ``ValueError`` that says so.
+
     Parameters
     ----------
     C : float > 0, default=1.0
         Inverse of the L2 regularisation strength, as in LogisticRegression:
         smaller values regularise more.  ``np.inf`` fits without a penalty.
-    fit_intercept : bool, default=True
-        Whether to fit an (unpenalised) intercept per class.
-    max_iter : int >= 0, default=100
-        Maximum number of L-BFGS iterations.  Reaching it raises a
-        :class:`~sklearn.exceptions.ConvergenceWarning`.
+    penalty : {"l2", None}, default="l2"
+        ``None`` fits without a penalty (and ignores ``C``), like ``C=np.inf``.
+        (scikit-learn >= 1.8 deprecates ``penalty`` in LogisticRegression in
+        favour of ``C`` and ``l1_ratio``; both spellings work here.)
+    l1_ratio : {0, 0.0, None}, default=0.0
+        Only a pure L2 penalty (``0``) is available: L-BFGS cannot minimise
+        an L1 term.
+    dual : False, default=False
+        The primal problem is solved; ``dual=True`` (liblinear only) is an
+        error.
     tol : float >= 0, default=1e-4
         L-BFGS stops when the largest component of the projected gradient of
         the objective above is at most ``tol`` (LogisticRegression's meaning).
+    fit_intercept : bool, default=True
+        Whether to fit an (unpenalised) intercept per class.
+    intercept_scaling : float, default=1
+        Accepted for compatibility; as in LogisticRegression, it only matters
+        to the liblinear solver and has no effect here.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, with scikit-learn's semantics: a dict
+        ``{class_label: weight}`` (classes not named weigh 1), or
+        ``"balanced"`` for ``n_samples / (n_classes * np.bincount(y))``
+        (computed with the sample weights when given).  They multiply the
+        sample weights, as in LogisticRegression; fastxent applies them as its
+        ``weight=`` class weights.
+    random_state : int, RandomState instance or None, default=None
+        Accepted for compatibility; L-BFGS is deterministic (it has no effect
+        in LogisticRegression's lbfgs solver either).
+    solver : "lbfgs", default="lbfgs"
+        The only solver; any other is an error.
+    max_iter : int >= 0, default=100
+        Maximum number of L-BFGS iterations.  Reaching it raises a
+        :class:`~sklearn.exceptions.ConvergenceWarning`.
+    verbose : int >= 0, default=0
+        L-BFGS progress output, as in LogisticRegression (SciPy's ``iprint``).
     warm_start : bool, default=False
         Start from the previous fit's ``coef_`` and ``intercept_`` (which must
         have the same shape) instead of from zero.
+    n_jobs : int or None, default=None
+        Accepted for compatibility; as in LogisticRegression's multinomial
+        lbfgs fit it has no effect.  Use ``num_threads`` for fastxent's
+        kernels.
     num_threads : int >= 1, default=None
         Threads for fastxent's kernels; ``None`` uses OpenMP's default
         (``OMP_NUM_THREADS``, threadpoolctl limits).  The matrix products go
@@ -149,17 +188,35 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self,
         C: float = 1.0,
         *,
-        fit_intercept: bool = True,
-        max_iter: int = 100,
+        penalty: str | None = "l2",
+        l1_ratio: float | None = 0.0,
+        dual: bool = False,
         tol: float = 1e-4,
+        fit_intercept: bool = True,
+        intercept_scaling: float = 1,
+        class_weight: dict[Any, float] | str | None = None,
+        random_state: Any = None,
+        solver: str = "lbfgs",
+        max_iter: int = 100,
+        verbose: int = 0,
         warm_start: bool = False,
+        n_jobs: int | None = None,
         num_threads: int | None = None,
     ) -> None:
         self.C = C
-        self.fit_intercept = fit_intercept
-        self.max_iter = max_iter
+        self.penalty = penalty
+        self.l1_ratio = l1_ratio
+        self.dual = dual
         self.tol = tol
+        self.fit_intercept = fit_intercept
+        self.intercept_scaling = intercept_scaling
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.solver = solver
+        self.max_iter = max_iter
+        self.verbose = verbose
         self.warm_start = warm_start
+        self.n_jobs = n_jobs
         self.num_threads = num_threads
 
     def __sklearn_tags__(self) -> Any:
@@ -167,15 +224,56 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         tags.input_tags.sparse = True
         return tags
 
-    def _check_params(self) -> None:
+    def _check_params(self) -> float:
+        """Check the parameters; return the penalty's ``1 / C`` (0 for none)."""
         check_scalar(self.C, "C", Real, min_val=0, include_boundaries="neither")
         check_scalar(self.max_iter, "max_iter", Integral, min_val=0)
         check_scalar(self.tol, "tol", Real, min_val=0)
-        for name in ("fit_intercept", "warm_start"):
+        check_scalar(self.verbose, "verbose", Integral, min_val=0)
+        check_scalar(self.intercept_scaling, "intercept_scaling", Real)
+        for name in ("fit_intercept", "warm_start", "dual"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool. Got {getattr(self, name)!r} instead.")
         if self.num_threads is not None:
             check_scalar(self.num_threads, "num_threads", Integral, min_val=1)
+        if self.n_jobs is not None:
+            check_scalar(self.n_jobs, "n_jobs", Integral)
+        if self.solver != "lbfgs":
+            raise ValueError(
+                f"SoftmaxRegression always uses the L-BFGS solver; got solver={self.solver!r}. "
+                "Use sklearn.linear_model.LogisticRegression for the other solvers."
+            )
+        if self.dual:
+            raise ValueError(
+                "dual=True needs LogisticRegression's liblinear solver; SoftmaxRegression "
+                "solves the primal problem (dual=False)."
+            )
+        if self.penalty not in ("l2", None, "deprecated"):
+            raise ValueError(
+                f"SoftmaxRegression fits an L2 penalty or none: penalty must be 'l2' or None; "
+                f"got {self.penalty!r}. L1 and elastic-net penalties need LogisticRegression's "
+                "saga or liblinear solvers."
+            )
+        if self.l1_ratio is not None:
+            check_scalar(self.l1_ratio, "l1_ratio", Real)
+        if self.l1_ratio not in (None, 0):
+            raise ValueError(
+                f"SoftmaxRegression fits a pure L2 penalty (l1_ratio=0); got l1_ratio="
+                f"{self.l1_ratio!r}. L1 and elastic-net penalties need LogisticRegression's "
+                "saga or liblinear solvers."
+            )
+        cw = self.class_weight
+        if not (cw is None or isinstance(cw, dict) or (isinstance(cw, str) and cw == "balanced")):
+            raise ValueError(
+                f"class_weight must be a dict, 'balanced' or None; got {self.class_weight!r}."
+            )
+        if self.penalty is None:
+            if self.C != 1.0:
+                warnings.warn(
+                    "Setting penalty=None will ignore the C parameter.", UserWarning, stacklevel=3
+                )
+            return 0.0
+        return 0.0 if np.isinf(self.C) else 1.0 / float(self.C)
 
     def fit(
         self, X: Any, y: ArrayLike, sample_weight: ArrayLike | None = None
@@ -197,7 +295,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self : SoftmaxRegression
             The fitted estimator.
         """
-        self._check_params()
+        penalty_inv_c = self._check_params()
         X, y = _validate_data(self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES, order="C")
         check_classification_targets(y)
         classes, y_idx = np.unique(y, return_inverse=True)
@@ -214,12 +312,17 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             sw = _check_sample_weight(sample_weight, X, dtype=X.dtype)
             if np.any(sw < 0):
                 raise ValueError("Negative values in sample_weight are not allowed.")
-            sw_sum = float(sw.sum(dtype=np.float64))
-            if not sw_sum > 0:
-                raise ValueError("Sample weights must contain at least one non-zero number.")
-        else:
-            sw_sum = float(n)
-        l2 = 0.0 if np.isinf(self.C) else 1.0 / (self.C * sw_sum)
+        cw = self._class_weights(classes, np.asarray(y), sw, X.dtype)
+        # LogisticRegression scales the penalty by the total weight after the
+        # class weights multiply the sample weights; so does the "mean" of
+        # cross_entropy with weight=cw: it divides by sum_i s_i cw[y_i].
+        per_sample = np.ones(n) if sw is None else sw.astype(np.float64)
+        if cw is not None:
+            per_sample = per_sample * cw.astype(np.float64)[y_idx]
+        sw_sum = float(per_sample.sum())
+        if not sw_sum > 0:
+            raise ValueError("Sample weights must contain at least one non-zero number.")
+        l2 = penalty_inv_c / sw_sum
 
         k = 1 if n_classes == 2 else n_classes  # rows of coef_
         w0 = np.zeros(k * (d + int(self.fit_intercept)), dtype=np.float64)
@@ -238,13 +341,14 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             w0,
             method="L-BFGS-B",
             jac=True,
-            args=(X, y_idx, sw, l2, k),
+            args=(X, y_idx, sw, l2, k, cw),
             options={
                 "maxiter": self.max_iter,
                 "maxls": 50,
                 "gtol": self.tol,
                 "ftol": 64 * np.finfo(float).eps,
             },
+            callback=self._progress_printer() if self.verbose else None,
         )
         if res.status != 0:
             warnings.warn(
@@ -255,10 +359,33 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 stacklevel=2,
             )
         self.classes_ = classes
-        self.coef_ = res.x[: k * d].reshape(k, d).copy()
-        self.intercept_ = res.x[k * d :].copy() if self.fit_intercept else np.zeros(k)
+        # In X's dtype, as LogisticRegression (float32 X: float32 coef_).
+        self.coef_ = res.x[: k * d].reshape(k, d).astype(X.dtype)
+        self.intercept_ = (res.x[k * d :] if self.fit_intercept else np.zeros(k)).astype(X.dtype)
         self.n_iter_ = np.array([min(res.nit, self.max_iter)], dtype=np.int32)
         return self
+
+    def _class_weights(
+        self, classes: NDArray[Any], y: NDArray[Any], sw: NDArray[Any] | None, dtype: Any
+    ) -> NDArray[Any] | None:
+        """``class_weight`` as one weight per sorted class, or None."""
+        if self.class_weight is None:
+            return None
+        try:  # scikit-learn >= 1.6 weighs "balanced" counts by the sample weights
+            cw = compute_class_weight(self.class_weight, classes=classes, y=y, sample_weight=sw)
+        except TypeError:  # pragma: no cover - older scikit-learn
+            cw = compute_class_weight(self.class_weight, classes=classes, y=y)
+        return np.asarray(cw, dtype=dtype)
+
+    def _progress_printer(self) -> Any:
+        """An L-BFGS callback printing one line per iteration (``verbose``)."""
+        count = [0]
+
+        def show(intermediate_result: Any) -> None:
+            count[0] += 1
+            print(f"L-BFGS iteration {count[0]}: objective {intermediate_result.fun:.10g}")
+
+        return show
 
     def _objective(
         self,
@@ -268,6 +395,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         sample_weight: NDArray[Any] | None,
         l2: float,
         k: int,
+        class_weight: NDArray[Any] | None = None,
     ) -> tuple[float, NDArray[np.float64]]:
         """LogisticRegression's objective and its gradient at the flat parameters w."""
         d = X.shape[1]
@@ -281,7 +409,12 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         else:
             Z = np.ascontiguousarray(S)
         loss, G = cross_entropy_with_grad(
-            Z, y_idx, sample_weight=sample_weight, out=Z, num_threads=self.num_threads
+            Z,
+            y_idx,
+            weight=class_weight,
+            sample_weight=sample_weight,
+            out=Z,
+            num_threads=self.num_threads,
         )
         if k == 1:
             G = G[:, 1:]

@@ -233,7 +233,9 @@ def check_cross_entropy(logits, target, *, reduction="mean", num_threads=None, *
     assert grad2.dtype == dtype and grad2.shape == shape
     assert grad2.flags.c_contiguous and grad2.flags.writeable
     if reduction == "none":
-        assert isinstance(loss2, np.ndarray) and loss2.dtype == dtype
+        # per-sample losses: an array, or a NumPy scalar for one sample (1-d logits)
+        kind = np.ndarray if len(shape) > 1 else np.generic
+        assert isinstance(loss2, kind) and loss2.dtype == dtype, type(loss2)
         assert loss2.shape == shape[:-1]
     else:
         assert isinstance(loss2, np.generic) and loss2.dtype == dtype, type(loss2)

@@ -47,6 +47,14 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
 
 def _expected_failed_checks(estimator):
+    if not estimator.fit_intercept:
+        # Without an intercept, class weights {0: 1000, 1: 1e-4} cannot move
+        # the decision boundary of centred blobs far enough; LogisticRegression
+        # (C=10, fit_intercept=False) fails this check in the same way.
+        return {
+            **EXPECTED_FAILED_CHECKS,
+            "check_class_weight_classifiers": "needs an intercept, as in LogisticRegression",
+        }
     return EXPECTED_FAILED_CHECKS
 
 
@@ -113,6 +121,122 @@ def test_same_optimum_with_sample_weight_and_string_labels(rng, fit_intercept):
     assert _rel_diff(ours.decision_function(X), theirs.decision_function(X)) < 1e-4
     np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
     assert ours.predict(X).dtype == labels.dtype
+
+
+@pytest.mark.parametrize("class_weight", ["balanced", {0: 3.0, 2: 0.25}, {1: 0.0}])
+@pytest.mark.parametrize("with_sample_weight", [False, True])
+@pytest.mark.parametrize("load", [load_iris, load_breast_cancer], ids=["iris", "binary"])
+def test_class_weight_gives_logistic_regressions_optimum(
+    class_weight, with_sample_weight, load, rng
+):
+    X, y = _standardised(load)
+    X, y = X[:130], y[:130]  # iris: 50, 50, 30 (unbalanced, so "balanced" changes the fit)
+    if isinstance(class_weight, dict) and load is load_breast_cancer:
+        class_weight = {c: w for c, w in class_weight.items() if c < 2}
+    sw = rng.random(len(y)) * 2 if with_sample_weight else None
+    ours = SoftmaxRegression(class_weight=class_weight, **TIGHT).fit(X, y, sw)
+    theirs = LogisticRegression(class_weight=class_weight, **TIGHT).fit(X, y, sw)
+    assert _rel_diff(ours.decision_function(X), theirs.decision_function(X)) < 1e-5
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    # ...and it is not the unweighted optimum
+    plain = SoftmaxRegression(**TIGHT).fit(X, y, sw)
+    assert _rel_diff(ours.decision_function(X), plain.decision_function(X)) > 1e-3
+
+
+def test_class_weight_with_string_labels_and_unknown_class():
+    X, y = _standardised(load_iris)
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    cw = {"setosa": 2.0, "virginica": 0.5}
+    ours = SoftmaxRegression(class_weight=cw, **TIGHT).fit(X, names)
+    theirs = LogisticRegression(class_weight=cw, **TIGHT).fit(X, names)
+    assert _rel_diff(ours.decision_function(X), theirs.decision_function(X)) < 1e-5
+    with pytest.raises(ValueError, match=r"not in class_weight"):
+        SoftmaxRegression(class_weight={"daisy": 2.0}).fit(X, names)
+
+
+def test_penalty_none_and_l2_spellings():
+    X, y = _standardised(load_iris)
+    # penalty=None: no penalty, like C=inf in LogisticRegression
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        none = SoftmaxRegression(penalty=None, max_iter=300).fit(X, y)
+        inf = SoftmaxRegression(C=np.inf, max_iter=300).fit(X, y)
+        theirs = LogisticRegression(C=np.inf, max_iter=300).fit(X, y)
+    np.testing.assert_array_equal(none.coef_, inf.coef_)
+    assert _rel_diff(none.decision_function(X), theirs.decision_function(X)) < 1e-3
+    with pytest.warns(UserWarning, match="ignore the C parameter"):
+        SoftmaxRegression(penalty=None, C=0.5).fit(X, y)
+    l2 = SoftmaxRegression(penalty="l2", l1_ratio=0, C=0.3).fit(X, y)
+    np.testing.assert_array_equal(l2.coef_, SoftmaxRegression(C=0.3).fit(X, y).coef_)
+    assert (
+        _rel_diff(l2.decision_function(X), LogisticRegression(C=0.3).fit(X, y).decision_function(X))
+        < 1e-3
+    )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"intercept_scaling": 5.0},
+        {"random_state": 0},
+        {"random_state": np.random.RandomState(3)},
+        {"n_jobs": 2},
+        {"n_jobs": -1},
+        {"solver": "lbfgs"},
+        {"dual": False},
+        {"l1_ratio": None},
+    ],
+)
+def test_logistic_regression_arguments_without_effect_are_accepted(params):
+    """As in LogisticRegression's lbfgs fit, these change nothing."""
+    X, y = _standardised(load_iris)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # LogisticRegression's deprecations
+        ours = SoftmaxRegression(**params).fit(X, y)
+        theirs = LogisticRegression(**params).fit(X, y)
+    np.testing.assert_array_equal(ours.coef_, SoftmaxRegression().fit(X, y).coef_)
+    assert _rel_diff(ours.decision_function(X), theirs.decision_function(X)) < 1e-3
+
+
+def test_verbose_prints_the_iterations(capsys):
+    X, y = _standardised(load_iris)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        SoftmaxRegression(verbose=1, max_iter=4).fit(X, y)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("L-BFGS")]
+    assert len(lines) == 4 and "objective" in lines[0]
+    SoftmaxRegression().fit(X, y)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"solver": "saga"}, "L-BFGS solver"),
+        ({"solver": "liblinear"}, "L-BFGS solver"),
+        ({"penalty": "l1"}, "penalty must be 'l2' or None"),
+        ({"penalty": "elasticnet"}, "penalty must be 'l2' or None"),
+        ({"l1_ratio": 0.5}, "pure L2 penalty"),
+        ({"l1_ratio": 1}, "pure L2 penalty"),
+        ({"dual": True}, "dual=True"),
+        ({"class_weight": "balance"}, "class_weight must be"),
+        ({"class_weight": [1.0, 2.0, 3.0]}, "class_weight must be"),
+    ],
+)
+def test_arguments_that_need_another_solver_are_errors(params, match):
+    X, y = _standardised(load_iris)
+    with pytest.raises(ValueError, match=match):
+        SoftmaxRegression(**params).fit(X, y)
+
+
+def test_float32_coefficients_like_logistic_regression():
+    X, y = _standardised(load_iris)
+    X32 = X.astype(np.float32)
+    ours = SoftmaxRegression().fit(X32, y)
+    theirs = LogisticRegression().fit(X32, y)
+    assert ours.coef_.dtype == theirs.coef_.dtype == np.float32
+    assert ours.intercept_.dtype == theirs.intercept_.dtype == np.float32
+    assert SoftmaxRegression().fit(X, y).coef_.dtype == np.float64
 
 
 def test_binary_has_one_coefficient_row_like_logistic_regression():
@@ -239,6 +363,12 @@ def test_not_fitted_error():
         ({"num_threads": 1.0}, TypeError),
         ({"fit_intercept": "yes"}, TypeError),
         ({"warm_start": 1}, TypeError),
+        ({"dual": "no"}, TypeError),
+        ({"verbose": -1}, ValueError),
+        ({"verbose": 0.5}, TypeError),
+        ({"n_jobs": 1.5}, TypeError),
+        ({"intercept_scaling": "1"}, TypeError),
+        ({"l1_ratio": "0"}, TypeError),
     ],
 )
 def test_bad_parameters_raise_at_fit(params, error):

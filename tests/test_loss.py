@@ -102,7 +102,7 @@ def test_single_row_1d(reduction, rng):
     for t in (np.int64(4), 4, make_probs(rng, (9,))):
         loss, _ = check_cross_entropy(z, t, reduction=reduction)
         if reduction == "none":
-            assert loss.shape == ()
+            assert type(loss) is np.float64  # one sample: a NumPy scalar
 
 
 def test_defaults_and_known_value():
@@ -146,15 +146,13 @@ def test_other_label_dtypes(label_dtype, rng):
     assert_bitwise(grad, grad64)
 
 
-@pytest.mark.parametrize("t_dtype", [np.float16, np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("t_dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_probability_target_dtypes(t_dtype, dtype, rng):
-    """Probability targets of any real dtype are converted to the logits' dtype."""
+    """Probability targets of any floating dtype are converted to the logits' dtype."""
     z = make_logits(rng, (5, 6), dtype)
-    y = (make_probs(rng, (5, 6)) if t_dtype != np.int64 else np.eye(6)[[0, 1, 2, 3, 5]]).astype(
-        t_dtype
-    )
-    check_cross_entropy(z, y)
+    check_cross_entropy(z, make_probs(rng, (5, 6)).astype(t_dtype))
+    check_cross_entropy(z, np.eye(6, dtype=t_dtype)[[0, 1, 2, 3, 5]])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

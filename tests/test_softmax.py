@@ -127,6 +127,16 @@ def test_shapes(name, shape, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logsumexp_of_one_row_is_a_numpy_scalar(dtype):
+    """Like np.max and scipy's logsumexp, a 1-d input reduces to a NumPy
+    scalar of the compute dtype, not a 0-d array."""
+    got = fastxent.logsumexp(np.log(np.array([1.0, 3.0], dtype=dtype)))
+    assert type(got) is np.dtype(dtype).type
+    assert got == pytest.approx(np.log(4.0), rel=1e-6)
+    assert isinstance(fastxent.logsumexp(np.zeros((1, 2), dtype)), np.ndarray)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_m1(dtype):
     z = np.array([[3.0], [-1e30], [0.0]], dtype=dtype)
     assert_bitwise(fastxent.softmax(z), np.ones((3, 1), dtype))

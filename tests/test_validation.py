@@ -105,8 +105,14 @@ def test_bad_logits(name, logits, exc, match):
         (np.array([0.0, 1.0, 2.0], np.float32), TypeError, r"must be integers.*float32"),
         (np.array([True, False, True]), TypeError, r"class-index targets must be integers"),
         (np.array(["a", "b", "c"]), TypeError, r"class-index targets must be integers"),
-        (np.zeros((3, 4), bool), TypeError, r"class-probability targets must be real"),
-        (np.zeros((3, 4), complex), TypeError, r"class-probability targets must be real"),
+        (np.zeros((3, 4), bool), TypeError, r"class-probability targets must be floating-point"),
+        (np.zeros((3, 4), complex), TypeError, r"class-probability targets must be floating"),
+        (
+            np.eye(4, dtype=np.int64)[[0, 1, 3]],
+            ValueError,
+            r"integer targets are class indices.*shape \(3,\).*target\.argmax\(-1\)",
+        ),
+        (np.zeros((3, 4), np.uint8), ValueError, r"integer \(uint8\) array of the logits' own"),
         (
             np.array([0, 1, 4]),
             ValueError,
@@ -133,6 +139,8 @@ def test_bad_logits(name, logits, exc, match):
         "str",
         "bool-probs",
         "complex-probs",
+        "int-onehot",
+        "uint8-probs",
         "too-big",
         "negative",
         "near-ignore",
@@ -144,6 +152,66 @@ def test_bad_targets(name, target, exc, match):
     out = np.full((N, M), 7.0) if name != "cross_entropy" else None
     kwargs = {} if out is None else {"out": out}
     raises_unchanged(exc, match, LOSS_FUNCS[name], _z(), target, **kwargs)
+
+
+@pytest.mark.parametrize("name", list(LOSS_FUNCS))
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8])
+def test_binary_one_logit_per_sample_is_an_error(name, label_dtype):
+    """The common binary mistake: one logit per sample, shape (n,), with n
+    integer labels.  Read as one sample of n classes with integer
+    "probabilities" it used to return a number; it is an error that says how
+    to pass a binary problem."""
+    z = np.array([0.3, -1.2, 2.0, 0.1])
+    y = np.array([1, 0, 1, 1], dtype=label_dtype)
+    raises_unchanged(
+        ValueError,
+        r"ONE sample of 4 classes.*np\.stack\(\[np\.zeros_like\(z\), z\], axis=-1\)",
+        LOSS_FUNCS[name],
+        z,
+        y,
+    )
+    # ...and the way the message says works: the two-class logits.
+    z2 = np.stack([np.zeros_like(z), z], axis=-1)
+    LOSS_FUNCS[name](z2, y)
+
+
+@pytest.mark.parametrize("name", list(LOSS_FUNCS))
+def test_integer_one_hot_matrix_is_an_error(name):
+    """Integer targets are always class indices: a one-hot integer matrix is
+    not taken as probabilities; the message names both fixes, and both give
+    the same loss."""
+    z = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    onehot = np.array([[1, 0, 0], [0, 0, 1]])
+    raises_unchanged(
+        ValueError, r"target\.argmax\(-1\).*floating-point array", LOSS_FUNCS[name], z, onehot
+    )
+    by_index = fastxent.cross_entropy(z, onehot.argmax(-1))
+    by_probs = fastxent.cross_entropy(z, onehot.astype(np.float64))
+    assert by_index == pytest.approx(by_probs, rel=1e-15)
+
+
+def test_string_labels_get_an_encoding_hint():
+    raises_unchanged(
+        TypeError,
+        r"must be integers; got dtype=<U1.*np\.unique\(y, return_inverse=True\)",
+        fastxent.cross_entropy,
+        _z(),
+        np.array(["a", "b", "a"]),
+    )
+
+
+def test_pandas_categorical_labels_get_a_codes_hint():
+    pd = pytest.importorskip("pandas")
+    cat = pd.Categorical(["spam", "ham", "spam"])
+    raises_unchanged(
+        TypeError, r"pandas categorical.*target\.codes", fastxent.cross_entropy, _z(), cat
+    )
+    series = pd.Series(cat)
+    raises_unchanged(
+        TypeError, r"pandas categorical.*target\.cat\.codes", fastxent.cross_entropy, _z(), series
+    )
+    # The hint works: the codes are accepted.
+    fastxent.cross_entropy(_z(), series.cat.codes.to_numpy())
 
 
 def test_bad_label_position_is_flat_in_batch_shape():
