@@ -18,6 +18,7 @@ class BuildConfig(TypedDict):
     platform: str
     openmp: bool
     default_threads: int
+    forked_child: bool
     simd: str
     compile_flags: str
 
@@ -30,6 +31,7 @@ def config() -> BuildConfig:
         "platform": platform.platform(),
         "openmp": _kernels.openmp_enabled(),
         "default_threads": _kernels.max_threads(),
+        "forked_child": _kernels.forked_child(),
         "simd": _kernels.simd_dispatch(),
         "compile_flags": _kernels.build_cflags(),
     }
@@ -61,7 +63,12 @@ def show_config(file: TextIO | None = None) -> None:
     lines = [
         f"fastxent {c['version']} (Python {c['python']}, {c['platform']})",
         f"  OpenMP:          {'enabled' if c['openmp'] else 'DISABLED (serial build)'}",
-        f"  default threads: {c['default_threads']}",
+        f"  default threads: {c['default_threads']}"
+        + (
+            " (forked child: one thread, OpenMP is not used after fork)"
+            if c["forked_child"]
+            else ""
+        ),
         f"  SIMD:            {c['simd']}",
         f"  compile flags:   {c['compile_flags']}",
     ]

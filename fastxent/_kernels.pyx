@@ -46,7 +46,7 @@ Design
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport INFINITY, log
+from libc.math cimport INFINITY, log, log1p
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -58,10 +58,10 @@ cdef extern from "_rowops.h" nogil:
     double fx_softcap_max_d(const double *z, Py_ssize_t n, double c, double *out)
     double fx_expsum_f(const float *z, Py_ssize_t n, float shift, float *out,
                        const float *w, const float *y, float alpha, float beta,
-                       double *tdot)
+                       double *tdot, double *rest)
     double fx_expsum_d(const double *z, Py_ssize_t n, double shift, double *out,
                        const double *w, const double *y, double alpha,
-                       double beta, double *tdot)
+                       double beta, double *tdot, double *rest)
     void fx_grad_pass_f(float *g, Py_ssize_t n, float a, float b,
                         const float *w, const float *y, float alpha,
                         float beta, const float *zc, float inv_c)
@@ -78,6 +78,16 @@ cdef extern from "_rowops.h" nogil:
     void fx_expneg_array_d(const double *x, Py_ssize_t n, double *out)
     void fx_tanh_array_f(const float *x, Py_ssize_t n, float *out)
     void fx_tanh_array_d(const double *x, Py_ssize_t n, double *out)
+    int fx_masked_without_mass_f(const float *z, Py_ssize_t m, Py_ssize_t label,
+                                 const float *y, const float *w, double smoothing)
+    int fx_masked_without_mass_d(const double *z, Py_ssize_t m, Py_ssize_t label,
+                                 const double *y, const double *w, double smoothing)
+    double fx_softmax_coef_f(double b, Py_ssize_t m, Py_ssize_t label, const float *y,
+                             const float *w, double smoothing, double zloss, double lse,
+                             double S)
+    double fx_softmax_coef_d(double b, Py_ssize_t m, Py_ssize_t label, const double *y,
+                             const double *w, double smoothing, double zloss, double lse,
+                             double S)
     const char *fx_simd_dispatch()
     double fx_log(double x)
     double fx_pairwise_sum(const double *x, Py_ssize_t n)
@@ -97,6 +107,16 @@ cdef extern from "_rowops.h" nogil:
 
 # Builds without OpenMP (e.g. Apple clang without libomp) still compile:
 # prange then runs serially, and this shim answers "one thread".
+#
+# Fork safety: GNU OpenMP's thread pool does not survive fork(), so a child
+# forked after the parent ran a parallel region blocks forever in its first
+# one (there is no way to reset libgomp).  A pthread_atfork handler marks
+# every forked child, and a marked process never enters the OpenMP runtime
+# again: every kernel runs its serial loop (one thread).  It catches every
+# fork, os.fork, multiprocessing's and C libraries' alike, at the cost of
+# one thread in children of parents that never started a team (another
+# library sharing libgomp could have).  PyTorch does the same
+# (aten/src/ATen/ParallelOpenMP.cpp: one thread in a forked child).
 cdef extern from *:
     """
     #ifdef _OPENMP
@@ -106,9 +126,26 @@ cdef extern from *:
     #define FX_OPENMP 0
     static int omp_get_max_threads(void) { return 1; }
     #endif
+    #if defined(_WIN32)
+    static int fx_forked = 0;
+    static int fx_register_fork_handler(void) { return 0; }
+    #else
+    #include <pthread.h>
+    static volatile int fx_forked = 0;
+    static void fx_mark_forked_child(void) { fx_forked = 1; }
+    static int fx_register_fork_handler(void)
+    {
+        return pthread_atfork(NULL, NULL, fx_mark_forked_child);
+    }
+    #endif
     """
     int FX_OPENMP
+    int fx_forked
+    int fx_register_fork_handler() noexcept nogil
     int omp_get_max_threads() noexcept nogil
+
+if fx_register_fork_handler() != 0:
+    raise ImportError("fastxent._kernels: pthread_atfork failed (out of memory)")
 
 cnp.import_array()
 
@@ -132,7 +169,7 @@ cdef struct LossOptions:
     double unit_b       # 1 / grad_denom: the gradient scale of a weight-1 row
     double zloss        # coefficient of lse**2
     double softcap      # c of c*tanh(z/c); 0 when off
-    double grad_denom   # the "mean" denominator (inf when it is 0), else 1
+    double grad_denom   # the "mean" denominator (may be 0 or negative), else 1
 
 
 # ---- typed front ends of the C primitives (float or double) ----
@@ -155,11 +192,11 @@ cdef inline floating row_softcap_max(const floating *z, Py_ssize_t m,
 cdef inline double row_expsum(const floating *z, Py_ssize_t m, floating shift,
                               floating *out, const floating *w,
                               const floating *y, floating alpha, floating beta,
-                              double *tdot) noexcept nogil:
+                              double *tdot, double *rest=NULL) noexcept nogil:
     if floating is float:
-        return fx_expsum_f(z, m, shift, out, w, y, alpha, beta, tdot)
+        return fx_expsum_f(z, m, shift, out, w, y, alpha, beta, tdot, rest)
     else:
-        return fx_expsum_d(z, m, shift, out, w, y, alpha, beta, tdot)
+        return fx_expsum_d(z, m, shift, out, w, y, alpha, beta, tdot, rest)
 
 
 cdef inline void row_grad_pass(floating *g, Py_ssize_t m, floating a,
@@ -171,6 +208,24 @@ cdef inline void row_grad_pass(floating *g, Py_ssize_t m, floating a,
         fx_grad_pass_f(g, m, a, b, w, y, alpha, beta, zc, inv_c)
     else:
         fx_grad_pass_d(g, m, a, b, w, y, alpha, beta, zc, inv_c)
+
+
+cdef inline bint row_masked_without_mass(const floating *z, Py_ssize_t m,
+                                         Py_ssize_t label, const floating *y,
+                                         const floating *w, double smoothing) noexcept nogil:
+    if floating is float:
+        return fx_masked_without_mass_f(z, m, label, y, w, smoothing)
+    else:
+        return fx_masked_without_mass_d(z, m, label, y, w, smoothing)
+
+
+cdef inline double row_softmax_coef(double b, Py_ssize_t m, Py_ssize_t label,
+                                    const floating *y, const floating *w,
+                                    const LossOptions *opt, double lse, double S) noexcept nogil:
+    if floating is float:
+        return fx_softmax_coef_f(b, m, label, y, w, opt.smoothing, opt.zloss, lse, S)
+    else:
+        return fx_softmax_coef_d(b, m, label, y, w, opt.smoothing, opt.zloss, lse, S)
 
 
 cdef inline void row_sub2(const floating *z, Py_ssize_t m, floating s1,
@@ -226,6 +281,13 @@ cdef double cross_entropy_row(
         inv_c = <floating>(1.0 / opt.softcap)
     else:
         mx = row_max(z, m)
+        # A fully masked row without target mass (padding, say) contributes
+        # nothing, where the arithmetic would give -inf - -inf = NaN.  (The
+        # soft-cap maps -inf to -c, so capped rows never get here.)
+        if mx == -INFINITY and row_masked_without_mass(z, m, label, y, w, opt.smoothing):
+            if g != NULL:
+                memset(g, 0, m * sizeof(floating))
+            return 0.0
 
     # The target terms come out of the exp pass (tdot: their dot product
     # with z - max, and their total mass); the label's own term is read
@@ -260,7 +322,10 @@ cdef double cross_entropy_row(
         # computed once per call (a division costs a row of 100 classes
         # several percent).
         b = s / opt.grad_denom if s != 1.0 else opt.unit_b
-        a = b * (Q + 2.0 * opt.zloss * lse) / S
+        if b - b == 0:
+            a = b * (Q + 2.0 * opt.zloss * lse) / S
+        else:  # b is +-inf or NaN (a zero "mean" denominator): PyTorch's pattern
+            a = row_softmax_coef(b, m, label, y, w, opt, lse, S)
         if label >= 0:
             # Without smoothing the class weights only enter through c_main.
             row_grad_pass(g, m, <floating>a, <floating>b,
@@ -282,7 +347,7 @@ cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
     """softmax or log_softmax of one row into ``out`` (NULL: neither);
     returns the row's logsumexp.  ``out`` may alias ``z``."""
     cdef floating mx = row_max(z, m)
-    cdef double S
+    cdef double S, rest
     cdef Py_ssize_t k
     if out == NULL and (mx == INFINITY or mx == -INFINITY):
         # All -inf, or some +inf: the shifted sum is NaN, but the limit is
@@ -292,12 +357,14 @@ cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
                 return z[k]
         return mx
     if take_log or out == NULL:
-        S = row_expsum(z, m, mx, <floating *>NULL, NULL, NULL, 0, 0, NULL)
+        # log1p of the sum without the max's own term: lse = max + 4e-18
+        # for [0, -40] (scipy, np.logaddexp), where log(1 + 4e-18) gives max.
+        S = row_expsum(z, m, mx, <floating *>NULL, NULL, NULL, 0, 0, NULL, &rest)
         if out != NULL:
-            row_sub2(z, m, mx, <floating>log(S), out)
-    else:
-        S = row_expsum(z, m, mx, out, NULL, NULL, 0, 0, NULL)
-        row_scale(out, m, <floating>(1.0 / S))
+            row_sub2(z, m, mx, <floating>log1p(rest), out)
+        return mx + log1p(rest)
+    S = row_expsum(z, m, mx, out, NULL, NULL, 0, 0, NULL)
+    row_scale(out, m, <floating>(1.0 / S))
     return mx + log(S)
 
 
@@ -308,7 +375,8 @@ cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
 # small call more than its arithmetic.
 
 cdef inline bint _use_threads(Py_ssize_t n, Py_ssize_t m, int num_threads) noexcept nogil:
-    return num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS
+    # fx_forked: never enter the OpenMP runtime in a forked child (above).
+    return num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS and not fx_forked
 
 
 cdef Py_ssize_t _label_pass(const label_t *labels, Py_ssize_t n, Py_ssize_t m,
@@ -374,9 +442,10 @@ cdef LossOptions _options(double smoothing, double zloss, double softcap,
     opt.beta = smoothing / m
     opt.zloss = zloss
     opt.softcap = softcap
-    # A zero denominator makes the mean NaN (computed by the caller) and
-    # its gradient zero: dividing by +inf gives exactly that.
-    opt.grad_denom = (denom if denom > 0 else INFINITY) if mean else 1.0
+    # IEEE division throughout, as PyTorch: a zero denominator (weights that
+    # cancel, or all zero) gives inf/NaN gradients; ignored rows are zeroed
+    # explicitly, so "everything ignored" still has a zero gradient.
+    opt.grad_denom = denom if mean else 1.0
     opt.unit_b = 1.0 / opt.grad_denom
     return opt
 
@@ -697,8 +766,14 @@ def openmp_enabled():
 
 
 def max_threads():
-    """``omp_get_max_threads()`` now (1 without OpenMP)."""
-    return omp_get_max_threads()
+    """``omp_get_max_threads()`` now (1 without OpenMP, and in a forked child)."""
+    return 1 if fx_forked else omp_get_max_threads()
+
+
+def forked_child():
+    """Whether this process was forked (after this module was imported): it
+    then runs every kernel on one thread."""
+    return bool(fx_forked)
 
 
 def simd_dispatch():

@@ -83,9 +83,11 @@ def _run(
         elif reduction == "sum":
             loss = dtype.type(total)
         else:
-            # A zero denominator (n == 0, every sample ignored or weighted 0)
-            # gives NaN, as in NumPy and PyTorch; the kernel made its gradient 0.
-            loss = dtype.type(total / denom) if denom > 0 else dtype.type(np.nan)
+            # IEEE division, as PyTorch: a zero denominator gives NaN (n == 0,
+            # every sample ignored, all weights 0) or +-inf (weights that
+            # cancel); the kernel's gradient follows the same arithmetic.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                loss = dtype.type(np.float64(total) / np.float64(denom))
     return loss, grad
 
 
@@ -108,11 +110,13 @@ _OUT_DOC = """
 
 _OPTIONS_DOC = """
     weight : array_like of shape (m,), optional
-        Non-negative, finite class weights ``w`` (PyTorch's ``weight``).
+        Finite class weights ``w`` (PyTorch's ``weight``; negative weights
+        are allowed, with PyTorch's semantics).
     sample_weight : array_like of shape ``logits.shape[:-1]``, optional
-        Non-negative, finite per-sample weights ``s`` (scikit-learn's
-        ``sample_weight``): each sample's loss and gradient are multiplied
-        by ``s_i`` and ``"mean"`` divides by ``sum_i s_i w[y_i]``.
+        Finite per-sample weights ``s`` (scikit-learn's ``sample_weight``,
+        negative allowed): each sample's loss and gradient are multiplied
+        by ``s_i`` and ``"mean"`` divides by ``sum_i s_i w[y_i]``.  A
+        ``"mean"`` denominator of 0 gives NaN or +-inf, as in PyTorch.
     ignore_index : int, default -100
         Class-index targets equal to it contribute no loss and no gradient
         and are left out of the ``"mean"`` denominator.  Not allowed (other

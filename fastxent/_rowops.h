@@ -54,13 +54,16 @@ double fx_softcap_max_d(const double *z, ptrdiff_t n, double c, double *out);
  * (w == NULL means w[k] = 1, y == NULL means the bracket is beta),
  * tdot[0] = sum_k q[k] * (z[k] - shift), skipping terms with q[k] == 0 (so a
  * masked -inf logit with no target mass adds nothing), and
- * tdot[1] = sum_k q[k]. */
+ * tdot[1] = sum_k q[k].  When rest is not NULL (and shift is the row max,
+ * attained), *rest receives the sum without one term at the max, accurate
+ * even when it is far below 1 (for log1p: the sum itself would round
+ * 1 + 4e-18 to 1). */
 double fx_expsum_f(const float *z, ptrdiff_t n, float shift, float *out,
                    const float *w, const float *y, float alpha, float beta,
-                   double *tdot);
+                   double *tdot, double *rest);
 double fx_expsum_d(const double *z, ptrdiff_t n, double shift, double *out,
                    const double *w, const double *y, double alpha, double beta,
-                   double *tdot);
+                   double *tdot, double *rest);
 
 /* The gradient pass, in place on g (which holds exp(z - shift)):
  *   g[k] = (a * g[k] - b * q[k]) * f[k]
@@ -85,6 +88,25 @@ void fx_sub2_d(const double *z, ptrdiff_t n, double shift1, double shift2,
 /* g[k] *= a. */
 void fx_scale_f(float *g, ptrdiff_t n, float a);
 void fx_scale_d(double *g, ptrdiff_t n, double a);
+
+/* 1 if every z[k] is -inf and every target mass q[k] is 0, else 0; q[k]
+ * as in the row kernel: (1 - smoothing) w[label] [k == label] + smoothing/m w[k]
+ * for a class index label >= 0, w[k] ((1 - smoothing) y[k] + smoothing/m) for
+ * probabilities y (label < 0).  w may be NULL (all 1). */
+int fx_masked_without_mass_f(const float *z, ptrdiff_t m, ptrdiff_t label,
+                             const float *y, const float *w, double smoothing);
+int fx_masked_without_mass_d(const double *z, ptrdiff_t m, ptrdiff_t label,
+                             const double *y, const double *w, double smoothing);
+
+/* (sum_k b q[k] + 2 zloss lse b) / S with b multiplied into each term:
+ * the gradient's softmax coefficient for a row whose b = s / denominator is
+ * not finite, so that its inf/NaN pattern is PyTorch's. */
+double fx_softmax_coef_f(double b, ptrdiff_t m, ptrdiff_t label, const float *y,
+                         const float *w, double smoothing, double zloss, double lse,
+                         double S);
+double fx_softmax_coef_d(double b, ptrdiff_t m, ptrdiff_t label, const double *y,
+                         const double *w, double smoothing, double zloss, double lse,
+                         double S);
 
 /* Rows per block of the small-m kernel, and the largest m it takes. */
 #define FX_TILE_ROWS 64

@@ -163,15 +163,16 @@ FX_INLINE double FX_NAME(fold_lanes_double)(double *v)
 
 FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
                                       FX_T *out, const FX_T *w, const FX_T *y,
-                                      FX_T alpha, FX_T beta, double *tdot)
+                                      FX_T alpha, FX_T beta, double *tdot,
+                                      double *count)
 {
-    double acc = 0.0, dacc = 0.0, qacc = 0.0;
+    double acc = 0.0, dacc = 0.0, qacc = 0.0, cacc = 0.0;
     for (ptrdiff_t k0 = 0; k0 < n; k0 += FX_SUM_BLOCK) {
         ptrdiff_t k1 = n - k0 < FX_SUM_BLOCK ? n : k0 + FX_SUM_BLOCK;
-        FX_T part[FX_TAIL];
+        FX_T part[FX_TAIL], cpart[FX_TAIL];
         double dpart[FX_TAIL], qpart[FX_TAIL];
         for (int j = 0; j < FX_TAIL; ++j) {
-            part[j] = 0;
+            part[j] = cpart[j] = 0;
             dpart[j] = qpart[j] = 0.0;
         }
         for (ptrdiff_t k = k0; k < k1; k += FX_TAIL) {
@@ -181,7 +182,16 @@ FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
                 FX_T e = FX_EXPNEG(d);
                 if (out)
                     out[k + j] = e;
-                part[j] += e;
+                if (count) {
+                    /* Terms equal to the shift (exactly 1) are counted, not
+                     * added, so that the sum of the others keeps the bits a
+                     * sum of 1 + tiny would round away (log1p below). */
+                    FX_T top = d == (FX_T)0 ? (FX_T)1 : (FX_T)0;
+                    part[j] += e - top;
+                    cpart[j] += top;
+                } else {
+                    part[j] += e;
+                }
                 if (tdot) {
                     /* In double: a large weight times a large logit gap must
                      * not overflow float32 before the mean divides it down. */
@@ -193,6 +203,8 @@ FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
             }
         }
         acc += FX_NAME(fold_lanes)(part);
+        if (count)
+            cacc += FX_NAME(fold_lanes)(cpart);
         if (tdot) {
             dacc += FX_NAME(fold_lanes_double)(dpart);
             qacc += FX_NAME(fold_lanes_double)(qpart);
@@ -202,38 +214,49 @@ FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
         tdot[0] = dacc;
         tdot[1] = qacc;
     }
+    if (count)
+        *count = cacc;
     return acc;
 }
 
 FX_INLINE double FX_NAME(expsum_dispatch)(const FX_T *z, ptrdiff_t n, FX_T shift,
                                           FX_T *out, const FX_T *w, const FX_T *y,
-                                          FX_T alpha, FX_T beta, double *tdot)
+                                          FX_T alpha, FX_T beta, double *tdot,
+                                          double *count)
 {
-#define FX_ES(OUT, W, Y, TD) FX_NAME(expsum_body)(z, n, shift, OUT, W, Y, alpha, beta, TD)
-#define FX_ES_TARGETS(OUT)                          \
+#define FX_ES(OUT, W, Y, TD, C) FX_NAME(expsum_body)(z, n, shift, OUT, W, Y, alpha, beta, TD, C)
+#define FX_ES_TARGETS(OUT, C)                       \
     if (!tdot)                                      \
-        return FX_ES(OUT, NULL, NULL, NULL);        \
+        return FX_ES(OUT, NULL, NULL, NULL, C);     \
     if (w && y)                                     \
-        return FX_ES(OUT, w, y, tdot);              \
+        return FX_ES(OUT, w, y, tdot, C);           \
     if (w)                                          \
-        return FX_ES(OUT, w, NULL, tdot);           \
+        return FX_ES(OUT, w, NULL, tdot, C);        \
     if (y)                                          \
-        return FX_ES(OUT, NULL, y, tdot);           \
-    return FX_ES(OUT, NULL, NULL, tdot);
-    if (out) {
-        FX_ES_TARGETS(out)
+        return FX_ES(OUT, NULL, y, tdot, C);        \
+    return FX_ES(OUT, NULL, NULL, tdot, C);
+    if (count) {
+        if (out) {
+            FX_ES_TARGETS(out, count)
+        }
+        FX_ES_TARGETS(NULL, count)
     }
-    FX_ES_TARGETS(NULL)
+    if (out) {
+        FX_ES_TARGETS(out, NULL)
+    }
+    FX_ES_TARGETS(NULL, NULL)
 #undef FX_ES_TARGETS
 #undef FX_ES
 }
 
 FX_CLONES double FX_NAME(fx_expsum)(const FX_T *z, ptrdiff_t n, FX_T shift,
                                     FX_T *out, const FX_T *w, const FX_T *y,
-                                    FX_T alpha, FX_T beta, double *tdot)
+                                    FX_T alpha, FX_T beta, double *tdot,
+                                    double *rest)
 {
     ptrdiff_t nm = n - n % FX_TAIL, r = n - nm;
-    double s = 0.0, td[2] = {0.0, 0.0};
+    double s = 0.0, td[2] = {0.0, 0.0}, c_main = 0.0, c_tail = 0.0;
+    double *count = rest ? &c_main : NULL;
     FX_T ob[FX_TAIL];
     if (r) {
         /* Padding: exp(-inf) = 0, and zero target mass (w = 0) so that the
@@ -249,14 +272,23 @@ FX_CLONES double FX_NAME(fx_expsum)(const FX_T *z, ptrdiff_t n, FX_T shift,
         if (y)
             FX_NAME(tail_in)(yb, y, n, r, 0);
         s = FX_NAME(expsum_dispatch)(zb, FX_TAIL, shift, out ? ob : NULL, wb,
-                                     y ? yb : NULL, alpha, beta, tdot ? td : NULL);
+                                     y ? yb : NULL, alpha, beta, tdot ? td : NULL,
+                                     rest ? &c_tail : NULL);
     }
-    s += FX_NAME(expsum_dispatch)(z, nm, shift, out, w, y, alpha, beta, tdot);
+    s += FX_NAME(expsum_dispatch)(z, nm, shift, out, w, y, alpha, beta, tdot, count);
     if (r && out)
         FX_NAME(tail_out)(out, ob, n, r);
     if (tdot) {
         tdot[0] += td[0];
         tdot[1] += td[1];
+    }
+    if (rest) {
+        /* s holds the terms below the shift; with c terms at it, the whole
+         * sum is s + c and the sum without one of them s + (c - 1), exact
+         * when s is tiny (no 1 + s to round). */
+        double c = c_main + c_tail;
+        *rest = s + (c - 1.0);
+        return s + c;
     }
     return s;
 }
@@ -264,12 +296,15 @@ FX_CLONES double FX_NAME(fx_expsum)(const FX_T *z, ptrdiff_t n, FX_T shift,
 FX_INLINE void FX_NAME(grad_pass_body)(FX_T *g, ptrdiff_t n, FX_T a, FX_T b,
                                        const FX_T *w, const FX_T *y,
                                        FX_T alpha, FX_T beta, const FX_T *zc,
-                                       FX_T inv_c)
+                                       FX_T inv_c, int has_q)
 {
 #pragma omp simd
     for (ptrdiff_t k = 0; k < n; ++k) {
-        FX_T q = (w ? w[k] : (FX_T)1) * (y ? alpha * y[k] + beta : beta);
-        FX_T v = a * g[k] - b * q;
+        FX_T v = a * g[k];
+        if (has_q) {
+            FX_T q = (w ? w[k] : (FX_T)1) * (y ? alpha * y[k] + beta : beta);
+            v = v - b * q;
+        }
         if (zc) {
             FX_T t = zc[k] * inv_c;
             v = v * ((FX_T)1 - t * t);
@@ -283,17 +318,25 @@ FX_INLINE void FX_NAME(grad_pass_dispatch)(FX_T *g, ptrdiff_t n, FX_T a, FX_T b,
                                            FX_T alpha, FX_T beta, const FX_T *zc,
                                            FX_T inv_c)
 {
-#define FX_GP(W, Y, ZC) FX_NAME(grad_pass_body)(g, n, a, b, W, Y, alpha, beta, ZC, inv_c)
+#define FX_GP(W, Y, ZC, HQ) \
+    FX_NAME(grad_pass_body)(g, n, a, b, W, Y, alpha, beta, ZC, inv_c, HQ)
+    /* Without weights, targets and a uniform part there is no q term at all
+     * (class indices without smoothing: the label's term is the caller's).
+     * Leaving out b * 0 is also what keeps an infinite b (a zero "mean"
+     * denominator) from making NaN of the other classes, as in PyTorch. */
+    int has_q = w || y || beta != 0;
     if (zc) {
-        if (w && y) FX_GP(w, y, zc);
-        else if (w) FX_GP(w, NULL, zc);
-        else if (y) FX_GP(NULL, y, zc);
-        else FX_GP(NULL, NULL, zc);
+        if (w && y) FX_GP(w, y, zc, 1);
+        else if (w) FX_GP(w, NULL, zc, 1);
+        else if (y) FX_GP(NULL, y, zc, 1);
+        else if (has_q) FX_GP(NULL, NULL, zc, 1);
+        else FX_GP(NULL, NULL, zc, 0);
     } else {
-        if (w && y) FX_GP(w, y, NULL);
-        else if (w) FX_GP(w, NULL, NULL);
-        else if (y) FX_GP(NULL, y, NULL);
-        else FX_GP(NULL, NULL, NULL);
+        if (w && y) FX_GP(w, y, NULL, 1);
+        else if (w) FX_GP(w, NULL, NULL, 1);
+        else if (y) FX_GP(NULL, y, NULL, 1);
+        else if (has_q) FX_GP(NULL, NULL, NULL, 1);
+        else FX_GP(NULL, NULL, NULL, 0);
     }
 #undef FX_GP
 }
@@ -334,6 +377,52 @@ FX_CLONES void FX_NAME(fx_scale)(FX_T *g, ptrdiff_t n, FX_T a)
 #pragma omp simd
     for (ptrdiff_t k = 0; k < n; ++k)
         g[k] *= a;
+}
+
+/* Whether a row is fully masked (every logit -inf) and has no target mass
+ * (every q[k] == 0; see fx_expsum): such a row has loss 0 and gradient 0,
+ * where the arithmetic would give -inf - -inf = NaN.  Scalar: it runs only
+ * for rows whose max is -inf. */
+int FX_NAME(fx_masked_without_mass)(const FX_T *z, ptrdiff_t m, ptrdiff_t label,
+                                    const FX_T *y, const FX_T *w, double smoothing)
+{
+    const double beta = smoothing / (double)m;
+    for (ptrdiff_t k = 0; k < m; ++k) {
+        if (!(z[k] == -(FX_T)INFINITY))
+            return 0;
+        double wk = w ? (double)w[k] : 1.0;
+        double q = label >= 0 ? wk * ((k == label ? 1.0 - smoothing : 0.0) + beta)
+                              : wk * ((1.0 - smoothing) * (double)y[k] + beta);
+        if (q != 0.0)
+            return 0; /* NaN target mass too */
+    }
+    return 1;
+}
+
+/* The softmax coefficient a = (sum_k b q[k] + 2 zloss lse b) / S of a row,
+ * with b multiplied into every term of the target mass separately (q[k] as
+ * in fx_masked_without_mass).  Used only when b is not finite (a zero
+ * "mean" denominator): b * (sum_k q[k]) would then be +-inf where PyTorch,
+ * which differentiates each term on its own, gets inf - inf or 0 * inf =
+ * NaN; this keeps the gradient's inf/NaN pattern PyTorch's. */
+double FX_NAME(fx_softmax_coef)(double b, ptrdiff_t m, ptrdiff_t label, const FX_T *y,
+                                const FX_T *w, double smoothing, double zloss,
+                                double lse, double S)
+{
+    const double beta = smoothing / (double)m;
+    double total = 0.0;
+    if (label >= 0) {
+        total = b * ((1.0 - smoothing) * (w ? (double)w[label] : 1.0));
+        if (smoothing > 0.0)
+            for (ptrdiff_t k = 0; k < m; ++k)
+                total += b * (beta * (w ? (double)w[k] : 1.0));
+    } else {
+        for (ptrdiff_t k = 0; k < m; ++k)
+            total += b * ((w ? (double)w[k] : 1.0) * ((1.0 - smoothing) * (double)y[k] + beta));
+    }
+    if (zloss != 0.0)
+        total += b * (2.0 * zloss * lse);
+    return total / S;
 }
 
 /* The small-m tile kernel's layout changes: the block of R rows of m
@@ -419,7 +508,7 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
     /* column-major: tile[j * TR + r], FX_VL spare columns for tile_in/out */
     FX_T tile[(FX_SMALL_M_MAX + FX_VL) * TR];
     FX_T mx[TR], zt[TR], S[TR], a[TR], b[TR], c[TR]; /* a, b, c: the gradient's */
-    double dot[TR], Q[TR], coef[TR], sr[TR], ignd[TR];
+    double dot[TR], Q[TR], coef[TR], sr[TR], ignd[TR], lse_r[TR];
     int32_t y[TR]; /* m <= FX_SMALL_M_MAX: 32-bit compares vectorise better */
     int32_t ign[TR];
     const double beta = smoothing / (double)m;
@@ -449,6 +538,20 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
             FX_T v = tile[j * TR + r];
             mx[r] = v > mx[r] ? v : mx[r];
             zt[r] = y[r] == (int32_t)j ? v : zt[r];
+        }
+    }
+    /* Fully masked rows without target mass are handled like ignored rows
+     * (loss 0, zero gradient); z is still intact here even in place. */
+    int any_masked = 0;
+    for (ptrdiff_t r = 0; r < R; ++r)
+        any_masked |= mx[r] == -(FX_T)INFINITY;
+    if (any_masked) {
+        for (ptrdiff_t r = 0; r < R; ++r) {
+            if (mx[r] == -(FX_T)INFINITY && !ign[r] &&
+                FX_NAME(fx_masked_without_mass)(z + r * m, m, y[r], NULL, w, smoothing)) {
+                ign[r] = 1;
+                ignd[r] = 1.0;
+            }
         }
     }
 
@@ -497,17 +600,39 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         b[r] = (FX_T)br;
         a[r] = (FX_T)(br * (q + 2.0 * zloss * lse) / sum);
         c[r] = (FX_T)coef[r];
+        lse_r[r] = lse;
     }
     if (!g)
         return;
+    for (ptrdiff_t r = 0; r < R; ++r) {
+        double br = (double)b[r];
+        if (!ign[r] && !(br - br == 0.0)) /* b inf or NaN: see fx_softmax_coef */
+            a[r] = (FX_T)FX_NAME(fx_softmax_coef)(br, m, y[r], NULL, w, smoothing, zloss,
+                                                   lse_r[r], (double)S[r]);
+    }
 
-    for (ptrdiff_t j = 0; j < m; ++j) {
-        FX_T qj = (FX_T)(beta * (w ? (double)w[j] : 1.0));
+    if (smoothing > 0.0) {
+        for (ptrdiff_t j = 0; j < m; ++j) {
+            FX_T qj = (FX_T)(beta * (w ? (double)w[j] : 1.0));
 #pragma omp simd
-        for (ptrdiff_t r = 0; r < R; ++r) {
-            FX_T q = qj + (y[r] == (int32_t)j ? c[r] : (FX_T)0);
-            FX_T v = a[r] * tile[j * TR + r] - b[r] * q;
-            tile[j * TR + r] = ign[r] ? (FX_T)0 : v;
+            for (ptrdiff_t r = 0; r < R; ++r) {
+                FX_T q = qj + (y[r] == (int32_t)j ? c[r] : (FX_T)0);
+                FX_T v = a[r] * tile[j * TR + r] - b[r] * q;
+                tile[j * TR + r] = ign[r] ? (FX_T)0 : v;
+            }
+        }
+    } else {
+        /* Only the label's term: b * c subtracted there and nowhere else (no
+         * b * 0, which an infinite b would turn into NaN; see grad_pass). */
+        for (ptrdiff_t r = 0; r < R; ++r)
+            c[r] = b[r] * c[r];
+        for (ptrdiff_t j = 0; j < m; ++j) {
+#pragma omp simd
+            for (ptrdiff_t r = 0; r < R; ++r) {
+                FX_T v = a[r] * tile[j * TR + r];
+                v = y[r] == (int32_t)j ? v - c[r] : v;
+                tile[j * TR + r] = ign[r] ? (FX_T)0 : v;
+            }
         }
     }
     FX_NAME(tile_out)(tile, R, m, g);

@@ -194,8 +194,8 @@ def _real_vector(
     a = a.astype(np.float64)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be finite; it contains NaN or inf.")
-    if np.any(a < 0):
-        raise ValueError(f"{name} must be non-negative; it contains {float(a[a < 0].min())!r}.")
+    # Negative weights are allowed, as PyTorch (class weights) and
+    # scikit-learn (sample weights) allow them.
     return a
 
 
@@ -211,10 +211,11 @@ def class_weight(
         w_native = np.ascontiguousarray(w, dtype=dtype)
     if not np.all(np.isfinite(w_native)):
         raise ValueError(f"weight must be finite in the compute dtype {dtype}; it overflows.")
-    if np.any((w > 0) & (w_native == 0)):
+    if np.any((w != 0) & (w_native == 0)):
+        tiny = float(np.abs(w[w != 0]).min())
         raise ValueError(
-            f"weight has positive entries that underflow to 0 in the compute dtype {dtype} "
-            f"(smallest positive weight {float(w[w > 0].min())!r}); rescale the weights."
+            f"weight has non-zero entries that underflow to 0 in the compute dtype {dtype} "
+            f"(smallest magnitude {tiny!r}); rescale the weights."
         )
     return w_native
 

@@ -289,6 +289,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             Class labels, at least two distinct values.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights, not all zero; ``None`` weighs every sample 1.
+            (fastxent's loss functions accept negative weights; the estimator
+            does not: with them the objective can be unbounded below.)
 
         Returns
         -------

@@ -52,7 +52,7 @@ def log_loss(
         Return the (weighted) mean per-sample loss; otherwise the (weighted)
         sum.
     sample_weight : array-like of shape (n_samples,), default=None
-        Non-negative sample weights.
+        Finite sample weights (negative ones allowed, as in scikit-learn).
     labels : array-like, default=None
         All class labels (the columns of ``logits``, sorted).  Inferred from
         ``y_true`` when not given; needed when ``y_true`` lacks some classes.
@@ -66,8 +66,8 @@ def log_loss(
     ValueError
         Fewer than two labels; ``y_true`` with values not in ``labels``; a
         number of logit columns different from the number of labels;
-        mismatched lengths; NaN or ``+inf`` logits; negative sample weights
-        or (with ``normalize=True``) weights that sum to zero.
+        mismatched lengths; NaN or ``+inf`` logits; non-finite sample
+        weights or (with ``normalize=True``) weights that sum to zero.
 
     See Also
     --------
@@ -105,7 +105,7 @@ def log_loss(
         classes = np.unique(y)
         if classes.shape[0] == 1:
             raise ValueError(
-                f"y_true contains only one label ({classes[0]!r}). Please provide the "
+                f"y_true contains only one label ({classes.tolist()[0]!r}). Please provide the "
                 "list of all expected class labels explicitly through the labels argument."
             )
     else:
@@ -113,11 +113,11 @@ def log_loss(
         classes = np.unique(given)
         if classes.shape[0] < 2:
             raise ValueError(
-                f"The labels array needs to contain at least two labels, got {classes}."
+                f"The labels array needs to contain at least two labels, got {classes.tolist()}."
             )
         if given.shape != classes.shape or np.any(given != classes):
             warnings.warn(
-                f"Labels passed were {given}. But this function assumes labels are "
+                f"Labels passed were {given.tolist()}. But this function assumes labels are "
                 f"ordered lexicographically. Pass the ordered labels={classes.tolist()} "
                 "and ensure that the columns of logits correspond to this ordering.",
                 UserWarning,

@@ -167,8 +167,14 @@ def _error_scales(
         with np.errstate(invalid="ignore"):
             z = softcap * np.tanh(z / softcap)
     rs = row_scale(z)
-    wmax = 1.0 if weight is None else max(float(np.max(weight, initial=0.0)), 1e-300)
+    # Weights may be negative: the error scales are magnitudes.
+    wmax = 1.0 if weight is None else max(float(np.max(np.abs(weight), initial=0.0)), 1e-300)
     s = (
+        np.ones(n)
+        if sample_weight is None
+        else np.abs(np.asarray(sample_weight, dtype=np.float64).reshape(n))
+    )
+    s_signed = (
         np.ones(n)
         if sample_weight is None
         else np.asarray(sample_weight, dtype=np.float64).reshape(n)
@@ -183,14 +189,14 @@ def _error_scales(
             if weight is None
             else np.asarray(weight, np.float64)[np.where(keep, labels, 0)]
         )
-        denom = float(np.sum(s * np.where(keep, wy, 0.0)))
+        denom = float(np.sum(s_signed * np.where(keep, wy, 0.0)))
     else:
         y = np.abs(t.astype(np.float64).reshape(n, m))
         mass = (1 - label_smoothing) * y.sum(axis=1) + label_smoothing
-        denom = float(s.sum())
+        denom = float(s_signed.sum())
     q = wmax * mass
     loss_scale = s * (2 * q * rs + z_loss * rs * rs)
-    b = s / denom if (reduction == "mean" and denom > 0) else s
+    b = s / abs(denom) if (reduction == "mean" and denom != 0) else s
     p = ref.softmax(z).reshape(n, m) if n else np.zeros((0, m))
     grad_scale = (b * (q + 2 * z_loss * rs))[:, None] * (1 + rs[:, None] * p)
     return loss_scale, grad_scale, denom
@@ -255,7 +261,7 @@ def check_cross_entropy(logits, target, *, reduction="mean", num_threads=None, *
     elif reduction == "sum":
         lscale = loss_scale.sum()
     else:
-        lscale = loss_scale.sum() / denom if denom > 0 else 1.0
+        lscale = loss_scale.sum() / abs(denom) if denom != 0 else 1.0
     assert_close(loss2, expected_loss, dtype, lscale, what=f"loss ({reduction})")
     n = int(np.prod(shape[:-1]))
     assert_close(

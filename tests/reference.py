@@ -123,8 +123,15 @@ def cross_entropy(
         loss_i   = s_i (-sum_c w_c Y'_ic L_ic + zl lse_i^2)
         "mean"   = sum_i loss_i / sum_i s_i
 
-    ``"mean"`` with a zero denominator is NaN with a zero gradient (NaN
-    only in rows whose softmax is undefined: NaN or all ``-inf``).
+    Weights may be negative (PyTorch and scikit-learn allow it).  ``"mean"``
+    divides in IEEE arithmetic, as PyTorch: a zero denominator gives a NaN
+    (0 / 0) or +-inf loss and a non-finite gradient in every kept row (the
+    exact inf/NaN pattern is PyTorch's arithmetic, checked against its
+    fixtures; here those rows are NaN); ignored rows keep a zero gradient.
+
+    A fully masked row (every soft-capped logit ``-inf``) with no target mass
+    (every ``q_c = 0``) is no example at all: loss 0, gradient 0, where the
+    arithmetic would give ``-inf - -inf = NaN``.
     """
     z, shape = _rows(logits)
     n, m = z.shape
@@ -152,6 +159,7 @@ def cross_entropy(
     P = softmax(zc).reshape(n, m)
     lse = logsumexp(zc).reshape(n)
 
+    mean = reduction == "mean"
     if t.shape == batch and t.dtype.kind in "iu":
         labels = t.reshape(n).astype(np.int64)
         keep = labels != ignore_index
@@ -159,47 +167,59 @@ def cross_entropy(
         onehot = np.zeros((n, m))
         onehot[np.arange(n), safe] = 1.0
         wy = np.where(keep, w[safe], 0.0)
-        # Main term and its gradient w_y (P - e_y).
+        # Main term -w_y L_y, smoothing term -sum_c w_c L_c.
         nll = -_times(wy, L[np.arange(n), safe])
-        g_main = np.where(keep[:, None], wy[:, None] * (P - onehot), 0.0)
-        # Smoothing term -sum_c w_c L_ic and its gradient sum_c w_c (P - e_c).
         smooth = -np.sum(_times(w[None, :], L), axis=1)
         smooth = np.where(keep, smooth, 0.0)
-        g_smooth = np.where(keep[:, None], w.sum() * P - w[None, :], 0.0)
         main = np.where(keep, _times(1.0 - eps, nll) + _times(eps / m, smooth), 0.0)
-        g_term = (1.0 - eps) * g_main + (eps / m) * g_smooth
+        q = (1.0 - eps) * wy[:, None] * onehot + (eps / m) * w[None, :]
         denom = float(np.sum(s * wy))
     elif t.shape == shape:
         Y = t.astype(np.float64).reshape(n, m)
         Yp = (1.0 - eps) * Y + eps / m
         q = w[None, :] * Yp  # effective mass of class c
         main = -np.sum(_times(q, L), axis=1)
-        # d/dZ_ij of -sum_c q_c L_c = sum_c q_c (P_j - [j = c])
-        g_term = q.sum(axis=1, keepdims=True) * P - q
         keep = np.ones(n, dtype=bool)
         denom = float(np.sum(s))
     else:
         raise ValueError(f"reference: target shape {t.shape} fits neither {batch} nor {shape}")
 
     zterm = np.where(keep, zl * lse * lse, 0.0) if zl else np.zeros(n)
-    g_z = np.where(keep[:, None], (2.0 * zl * lse)[:, None] * P, 0.0) if zl else 0.0
     per_sample = s * (main + zterm)  # "mean" below: np.average's sum(s l) / sum(s)
-    # Under "mean" each sample's gradient weight is s_i / denominator, formed
-    # first (exact even for a subnormal total weight).
-    gw = s / denom if (reduction == "mean" and denom > 0) else s
-    # Ignored samples get exactly zero, whatever their logits (NaN included).
-    grad = np.where(keep[:, None], gw[:, None] * (g_term + g_z) * dzc, 0.0)
+
+    # The gradient by the chain rule through L = log_softmax(Zc):
+    #   dE/dZc_ij = gL_ij - P_ij sum_c gL_ic  (+ the z-loss's 2 zl lse_i P_ij),
+    # with gL = dE/dL the (weighted) target mass times -gw, and gw_i the
+    # sample's weight in the returned loss: s_i, over the denominator under
+    # "mean" (IEEE: a zero denominator gives inf/NaN, as in PyTorch, whose
+    # backward takes these same steps; the label's term is the only non-zero
+    # entry of the main part, the smoothing part is dense).
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        gw = s / denom if mean else s
+        if t.shape == batch:
+            gL = np.zeros((n, m))
+            gL[np.arange(n), safe] = -(gw * ((1.0 - eps) * wy))
+            if eps > 0:
+                gL = gL - (gw[:, None] * (eps / m)) * w[None, :]
+        else:
+            gL = -(gw[:, None] * q)
+        g = gL - P * np.sum(gL, axis=1, keepdims=True)
+        if zl:
+            g = g + (gw * 2.0 * zl * lse)[:, None] * P
+        # Ignored samples get exactly zero, whatever their logits (NaN included).
+        grad = np.where(keep[:, None], g * dzc, 0.0)
+    # Fully masked rows without target mass: no example.
+    dead = keep & np.all(zc == -np.inf, axis=1) & np.all(q == 0, axis=1)
+    per_sample = np.where(dead, 0.0, per_sample)
+    grad = np.where(dead[:, None], 0.0, grad)
 
     if reduction == "none":
         return per_sample.reshape(batch), grad.reshape(shape)
     if reduction == "sum":
         return float(np.sum(per_sample)), grad.reshape(shape)
     if reduction == "mean":
-        if denom > 0:
-            return float(np.sum(per_sample) / denom), grad.reshape(shape)
-        # Zero total weight: the gradient is 0 times that of the sum (so
-        # still NaN where a row has no defined softmax, e.g. all -inf).
-        return float("nan"), np.where(np.isnan(grad), np.nan, 0.0).reshape(shape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.float64(np.sum(per_sample)) / np.float64(denom)), grad.reshape(shape)
     raise ValueError(f"reference: unknown reduction {reduction!r}")
 
 

@@ -170,7 +170,8 @@ def _real_number(v):
 
 def _weight_problem(value, name, shape, cd=None):
     """Class weights (``cd`` given) are applied in the compute dtype, so they
-    must stay finite there and positive ones must not underflow to 0."""
+    must stay finite there and non-zero ones must not underflow to 0.
+    Negative weights are valid (PyTorch and scikit-learn semantics)."""
     a = _as_array(value)
     if a is None or a.dtype.kind not in "fiu":
         return f"{name}: not an array of real numbers"
@@ -180,12 +181,10 @@ def _weight_problem(value, name, shape, cd=None):
         a64 = a.astype(np.float64)
     if not np.all(np.isfinite(a64)):
         return f"{name}: not finite"
-    if np.any(a64 < 0):
-        return f"{name}: negative"
     if cd is not None:
         with np.errstate(all="ignore"):
             ac = a64.astype(cd)
-        if not np.all(np.isfinite(ac)) or np.any((a64 > 0) & (ac == 0)):
+        if not np.all(np.isfinite(ac)) or np.any((a64 != 0) & (ac == 0)):
             return f"{name}: not representable in {cd}"
     return None
 
@@ -554,10 +553,15 @@ def _class_weights(draw, shape):
     w = rng.random(shape) * _choice(draw, [1.0, 3.0, 1e6, 1e-3, 1e39, 1e-50])
     if w.size and _coin(draw):
         w.reshape(-1)[draw(st.integers(0, w.size - 1))] = 0.0
+    if w.size and _one_in(draw, 3):
+        # Negative weights (valid); sometimes cancelling to a zero "mean"
+        # denominator, which gives inf/NaN as in PyTorch.
+        sign = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+        w = -w if _coin(draw) else w * sign
+        if w.size > 1 and _coin(draw):
+            w.reshape(-1)[1] = -w.reshape(-1)[0]
     if kind == "bad_value" and w.size:
-        w.reshape(-1)[draw(st.integers(0, w.size - 1))] = _choice(
-            draw, [np.nan, np.inf, -1.0, -np.inf]
-        )
+        w.reshape(-1)[draw(st.integers(0, w.size - 1))] = _choice(draw, [np.nan, np.inf, -np.inf])
     dtype = _choice(draw, [np.float64, np.float32, np.float16, np.int64, np.uint8])
     with np.errstate(all="ignore"):
         w = w.astype(dtype) if np.dtype(dtype).kind == "f" else np.ceil(w).astype(dtype)
@@ -717,6 +721,7 @@ def _row_terms(z, kind, t, w, s, ignore, eps, zl, cap):
             q = np.broadcast_to(eps / m * wv, (n, m)).copy()
             q[np.arange(n)[keep], lab[keep]] += (1 - eps) * wv[lab[keep]]
             q[~keep] = 0.0
+            q = np.abs(q)  # weights may be negative: sizes are magnitudes
         else:
             q = np.abs(wv * ((1 - eps) * t.reshape(n, m) + eps / m))
             q = np.where(np.isfinite(q), q, 0.0)
@@ -783,7 +788,7 @@ def expected_loss_and_grad(case):
             denom = float(np.sum(np.where(keep, s_flat * wy, 0.0)))
         else:
             denom = float(s_flat.sum())
-        factor = factor / denom if denom > 0 else factor
+        factor = factor / abs(denom) if denom != 0 else factor
     loss_tol = factor * loss_size
     loss_tol = loss_tol.reshape(batch) if opts["reduction"] == "none" else loss_tol.sum()
     # Rows allowed to come out non-finite where the oracle is finite (or
@@ -795,8 +800,14 @@ def expected_loss_and_grad(case):
     #   dtype, inf * exp(-big) = inf * 0 = NaN where the oracle has 0.
     with np.errstate(all="ignore"):
         overflow = factor * coef > np.finfo(cd).max
-    lenient = overflow | (
-        np.isinf(t.reshape(n, m)).any(axis=1) if kind == "probs" else np.zeros(n, dtype=bool)
+    # * A zero "mean" denominator (weights that cancel): every kept row's
+    #   gradient is non-finite, its exact inf/NaN pattern PyTorch's
+    #   arithmetic (checked against PyTorch fixtures, not here).
+    zero_denom = opts["reduction"] == "mean" and denom == 0
+    lenient = (
+        overflow
+        | zero_denom
+        | (np.isinf(t.reshape(n, m)).any(axis=1) if kind == "probs" else np.zeros(n, dtype=bool))
     )
     loss_lenient = lenient.reshape(batch) if opts["reduction"] == "none" else lenient.any()
     # The gradient pass takes b = s_i / denominator and a = b (Q + ...) / S

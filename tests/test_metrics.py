@@ -123,7 +123,8 @@ def test_matches_reference_for_any_shape(n, m, seed, scale):
         ([0, 1], [[0.0, np.inf], [0.0, 1.0]], {}, "NaN or \\+inf"),
         ([0, 1], np.zeros((2, 2)), {"sample_weight": [0, 0]}, "sum to zero"),
         ([0, 1], np.zeros((2, 2)), {"sample_weight": [1.0]}, "sample_weight must have shape"),
-        ([0, 1], np.zeros((2, 2)), {"sample_weight": [1.0, -1.0]}, "non-negative"),
+        # weights that cancel: scikit-learn raises ZeroDivisionError("Weights sum to zero")
+        ([0, 1], np.zeros((2, 2)), {"sample_weight": [1.0, -1.0]}, "sum to zero"),
     ],
 )
 def test_bad_input_raises_value_error(y, logits, kwargs, match):
@@ -142,3 +143,27 @@ def test_inputs_are_not_modified(rng):
     log_loss(y, z)
     np.testing.assert_array_equal(z, z0)
     np.testing.assert_array_equal(y, y0)
+
+
+def test_negative_sample_weights_as_in_scikit_learn():
+    """scikit-learn's log_loss takes negative sample weights (np.average)."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
+    sw = [1.0, -0.5, 2.0]
+    got = log_loss([0, 1, 1], np.log(p), sample_weight=sw)
+    assert got == pytest.approx(sk_log_loss([0, 1, 1], p, sample_weight=sw), rel=1e-12)
+
+
+def test_messages_show_plain_values():
+    """No NumPy reprs (np.int64(2), arrays without commas) in messages."""
+    with pytest.raises(ValueError, match=r"only one label \(2\)\.") as e:
+        log_loss([2, 2, 2], np.zeros((3, 2)))
+    assert "np." not in str(e.value)
+    with pytest.raises(ValueError, match=r"only one label \('spam'\)\."):
+        log_loss(["spam", "spam"], np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"got \[1\]\.") as e:
+        log_loss([1, 1], np.zeros((2, 2)), labels=[1])
+    with pytest.warns(UserWarning, match=r"Labels passed were \['spam', 'eggs', 'ham'\]\.") as w:
+        log_loss(["spam", "eggs"], np.zeros((2, 3)), labels=["spam", "eggs", "ham"])
+    assert "np." not in str(w[0].message)

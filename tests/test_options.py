@@ -249,22 +249,64 @@ def test_ignore_index(dtype, ignore, rng):
     )
 
 
-@pytest.mark.parametrize("what", ["ignored", "weight", "sample_weight"])
+@pytest.mark.parametrize("what", ["ignored", "weight", "sample_weight", "cancelling"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_zero_total_weight_mean_is_nan_with_zero_grad(what, dtype, rng):
+def test_zero_total_weight_mean_follows_pytorch(what, dtype, rng):
+    """A zero "mean" denominator divides as IEEE (and PyTorch) does: 0 / 0 is
+    NaN, x / 0 is +-inf; the gradient is zero in ignored rows and non-finite
+    in every kept row (PyTorch's exact pattern: test_torch_parity)."""
     z = make_logits(rng, (4, 3), dtype)
     y = np.array([0, 1, 1, 0])
     opts = {
         "ignored": dict(ignore_index=0, weight=[1.0, 0.0, 1.0]),
         "weight": dict(weight=[0.0, 0.0, 1.0]),
         "sample_weight": dict(sample_weight=np.zeros(4)),
+        "cancelling": dict(weight=[1.0, -1.0, 1.0]),  # 1 - 1 - 1 + 1 = 0
     }[what]
     if what == "ignored":
         y = np.array([0, 0, 0, 0])
     loss, grad = check_cross_entropy(z, y, **opts)
-    assert np.isnan(loss) and loss.dtype == dtype
-    assert np.all(grad == 0)
-    assert check_cross_entropy(z, y, reduction="sum", **opts)[0] == 0
+    assert loss.dtype == dtype
+    total = check_cross_entropy(z, y, reduction="sum", **opts)[0]
+    if what == "ignored":
+        assert np.isnan(loss) and np.all(grad == 0) and total == 0
+    elif what == "cancelling":
+        assert loss == np.copysign(np.inf, total) and total != 0
+        assert not np.isfinite(grad).any()
+    else:
+        assert np.isnan(loss) and total == 0
+        assert not np.isfinite(grad).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_negative_class_weights_as_pytorch(dtype):
+    """PyTorch accepts negative class weights (its tests draw them from
+    [-9, 9]); the issue's example, checked against torch 2.13's values."""
+    z = np.array([[1.0, 2, 3], [0, 0, 1]], dtype=dtype)
+    w = [1.0, -1.0, 2.0]
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    per, _ = check_cross_entropy(z, [0, 1], weight=w, reduction="none")
+    np.testing.assert_allclose(per, [2.4076059644443806, -1.551444713932051], rtol=tol)
+    total, _ = check_cross_entropy(z, [0, 1], weight=w, reduction="sum")
+    assert total == pytest.approx(0.8561612505123295, rel=tol)
+    # denominator 1 - 1 + 2 = 2 (labels 0, 1, 2), then -1 + 2 = 1 (labels 1, 2)
+    for labels, denom in (([0, 1, 2], 2.0), ([1, 2, 2], 3.0), ([1, 1, 0], -1.0)):
+        zz = np.array([[1.0, 2, 3], [0, 0, 1], [-1, 2, 0.5]], dtype=dtype)
+        mean, _ = check_cross_entropy(zz, labels, weight=w)
+        s, _ = check_cross_entropy(zz, labels, weight=w, reduction="sum")
+        assert mean == pytest.approx(s / denom, rel=tol)
+
+
+@pytest.mark.parametrize("kind", ["labels", "probs"])
+def test_negative_sample_weights_as_numpy_average(kind, rng):
+    """scikit-learn's semantics: "mean" is np.average of the per-sample
+    losses with the (possibly negative) sample weights."""
+    z = make_logits(rng, (6, 4))
+    t = make_labels(rng, (6,), 4) if kind == "labels" else make_probs(rng, (6, 4))
+    s = np.array([1.0, -0.5, 2.0, 0.25, -1.0, 3.0])
+    per = fastxent.cross_entropy(z, t, reduction="none")
+    mean, _ = check_cross_entropy(z, t, sample_weight=s)
+    assert mean == pytest.approx(np.average(per, weights=s), rel=1e-12)
 
 
 def test_label_smoothing_labels_equal_smoothed_one_hot(rng):
@@ -489,3 +531,65 @@ def array_problems(draw):
 def test_property_larger_problems_vs_reference(problem, reduction, num_threads):
     z, t, opts = problem
     check_cross_entropy(z, t, reduction=reduction, num_threads=num_threads, **opts)
+
+
+@pytest.mark.parametrize("m", [5, 70])  # the small-m tile kernel and the row kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_denominator_gradient_pattern_is_pytorchs(m, dtype, rng):
+    """Weights cancelling to a zero "mean" denominator: PyTorch's backward
+    gives, in each kept row, +-inf (the sign of the row's weight) in every
+    class other than the label, NaN at the label and where a probability is 0
+    (0 * inf), and NaN everywhere with label smoothing (0 * inf in the
+    smoothing term of a zero-weight class).  Both kernels reproduce it (the
+    fixtures check m = 5 against torch itself)."""
+    z = make_logits(rng, (6, m), dtype)
+    z[0, 3] = -np.inf  # a masked class: probability 0
+    y = np.array([0, 1, 0, 1, 0, 1])
+    w = np.zeros(m)
+    w[0], w[1] = 1.5, -1.5
+    loss, g = fastxent.cross_entropy_with_grad(z, y, weight=w)
+    assert np.isnan(loss) or np.isinf(loss)
+    sign = np.where(y == 0, 1.0, -1.0)
+    expected = np.broadcast_to(sign[:, None] * np.inf, (6, m)).copy()
+    expected[np.arange(6), y] = np.nan
+    expected[0, 3] = np.nan
+    np.testing.assert_array_equal(g, expected)
+    _, g_smooth = fastxent.cross_entropy_with_grad(z, y, weight=w, label_smoothing=0.1)
+    assert np.isnan(g_smooth).all()
+
+
+@pytest.mark.parametrize("m", [4, 70])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_fully_masked_row_without_target_mass_is_no_example(m, dtype, in_place, rng):
+    """A row whose logits are all -inf and whose target mass is zero (a
+    padded example) has loss 0 and gradient 0; PyTorch and the plain
+    arithmetic give NaN (-inf - -inf).  Rows of all -inf *with* target mass
+    stay NaN, and so does a masked row holding a NaN."""
+    z = make_logits(rng, (5, m), dtype)
+    z[[1, 2, 4]] = -np.inf
+    z[4, 0] = np.nan
+    probs = make_probs(rng, (5, m), dtype)
+    probs[[1, 4]] = 0.0  # rows 1 and 4 carry no mass; row 2 does
+    w = np.ones(m)
+    w[2] = 0.0
+    labels = np.array([0, 2, 1, 0, 2])  # rows 1 and 4: class 2 weighs 0
+    for target, kw in ((probs, {}), (labels, {"weight": w})):
+        for reduction in ("none", "sum", "mean"):
+            zz = z.copy()
+            out = zz if in_place else None
+            loss, g = fastxent.cross_entropy_with_grad(
+                zz, target, reduction=reduction, out=out, **kw
+            )
+            g = np.asarray(g)
+            assert np.all(g[1] == 0), (reduction, target.ndim)
+            assert np.isnan(g[2]).all() and np.isnan(g[4]).all()
+            assert np.isfinite(g[[0, 3]]).all()
+            if reduction == "none":
+                assert loss[1] == 0 and np.isnan(loss[2]) and np.isnan(loss[4])
+        # With the NaN and the massed row removed, the loss is finite and
+        # equals the loss of the other rows alone (row 1 adds nothing).
+        keep = [0, 1, 3]
+        s_all = fastxent.cross_entropy(z[keep], target[keep], reduction="sum", **kw)
+        s_two = fastxent.cross_entropy(z[[0, 3]], target[[0, 3]], reduction="sum", **kw)
+        assert s_all == s_two

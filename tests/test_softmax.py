@@ -271,3 +271,34 @@ def _logits(draw):
 def test_property_vs_reference(z, name):
     with np.errstate(all="ignore"):
         check(name, z)
+
+
+def test_logsumexp_keeps_the_terms_below_the_max():
+    """lse = max + log1p(sum of the other terms): for [0, -40] that is
+    4.248e-18, where max + log(1 + 4.2e-18) rounds to 0 (scipy gh-18295);
+    np.logaddexp and scipy agree."""
+    got = fastxent.logsumexp(np.array([0.0, -40.0]))
+    assert got == pytest.approx(np.logaddexp(0.0, -40.0), rel=1e-15)
+    assert got == pytest.approx(4.248354255291589e-18, rel=1e-15)
+    lsm = fastxent.log_softmax(np.array([0.0, -40.0]))
+    assert lsm[0] == pytest.approx(-4.248354255291589e-18, rel=1e-15)
+    # ties at the max: each of c maxima contributes exp(0) = 1 exactly
+    assert fastxent.logsumexp(np.array([0.0, 0.0, -50.0])) == pytest.approx(
+        np.log(2.0) + np.exp(-50.0) / 2, rel=1e-15
+    )
+    # float32: log1p(1e-20) is 1e-20, not 0
+    got32 = fastxent.logsumexp(np.array([[0.0, -46.0]], dtype=np.float32))
+    assert got32[0] == pytest.approx(np.exp(-46.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logsumexp_relative_accuracy_near_the_max(dtype, rng):
+    """Rows dominated by one logit: relative accuracy of lse - max (the part
+    log1p keeps) against scipy's logsumexp in float64."""
+    scipy_special = pytest.importorskip("scipy.special")
+    z = (rng.standard_normal((200, 50)) - 30.0).astype(dtype)
+    z[:, 7] = 0.0
+    got = fastxent.logsumexp(z).astype(np.float64)
+    want = scipy_special.logsumexp(z.astype(np.float64), axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == np.float32 else 1e-13)
+    assert np.all(want > 0) and np.all(want < 1e-10)
