@@ -26,11 +26,12 @@ def cross_entropy_labels(
     sample_weight: _F64 | None,
     loss_out: _F64 | None,
     grad_out: _Floating | None,
+    hess_out: _Floating | None,
     ignore_index: int,
     smoothing: float,
     zloss: float,
     softcap: float,
-    mean: bool,
+    grad_denom: float,
     num_threads: int,
 ) -> tuple[int, float, float]: ...
 def cross_entropy_probs(
@@ -40,10 +41,11 @@ def cross_entropy_probs(
     sample_weight: _F64 | None,
     loss_out: _F64 | None,
     grad_out: _Floating | None,
+    hess_out: _Floating | None,
     smoothing: float,
     zloss: float,
     softcap: float,
-    mean: bool,
+    grad_denom: float,
     num_threads: int,
 ) -> tuple[int, float, float]: ...
 def softmax_rows(

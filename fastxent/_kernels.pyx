@@ -72,6 +72,8 @@ cdef extern from "_rowops.h" nogil:
     void fx_sub2_d(const double *z, Py_ssize_t n, double s1, double s2, double *out)
     void fx_scale_f(float *g, Py_ssize_t n, float a)
     void fx_scale_d(double *g, Py_ssize_t n, double a)
+    void fx_hess_pass_f(const float *e, Py_ssize_t n, float inv_s, float c, float *h)
+    void fx_hess_pass_d(const double *e, Py_ssize_t n, double inv_s, double c, double *h)
     void fx_exp_array_f(const float *x, Py_ssize_t n, float *out)
     void fx_exp_array_d(const double *x, Py_ssize_t n, double *out)
     void fx_expneg_array_f(const float *x, Py_ssize_t n, float *out)
@@ -98,12 +100,14 @@ cdef extern from "_rowops.h" nogil:
                            const void *labels, int labels_64bit,
                            long long ignore_index, const float *w,
                            const double *sw, double smoothing, double zloss,
-                           double grad_denom, double *loss_out, float *g)
+                           double grad_denom, double *loss_out, float *g,
+                           float *h)
     void fx_small_labels_d(const double *z, Py_ssize_t R, Py_ssize_t m,
                            const void *labels, int labels_64bit,
                            long long ignore_index, const double *w,
                            const double *sw, double smoothing, double zloss,
-                           double grad_denom, double *loss_out, double *g)
+                           double grad_denom, double *loss_out, double *g,
+                           double *h)
 
 # Builds without OpenMP (e.g. Apple clang without libomp) still compile:
 # prange then runs serially, and this shim answers "one thread".
@@ -243,17 +247,26 @@ cdef inline void row_scale(floating *g, Py_ssize_t m, floating a) noexcept nogil
         fx_scale_d(g, m, a)
 
 
+cdef inline void row_hess_pass(const floating *e, Py_ssize_t m, floating inv_s,
+                               floating c, floating *h) noexcept nogil:
+    if floating is float:
+        fx_hess_pass_f(e, m, inv_s, c, h)
+    else:
+        fx_hess_pass_d(e, m, inv_s, c, h)
+
+
 cdef inline void small_labels_block(
     const floating *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
     bint labels_64bit, int64_t ignore_index, const floating *w,
     const double *sw, const LossOptions *opt, double *loss_out, floating *g,
+    floating *h,
 ) noexcept nogil:
     if floating is float:
         fx_small_labels_f(z, R, m, labels, labels_64bit, ignore_index, w, sw,
-                          opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g)
+                          opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
     else:
         fx_small_labels_d(z, R, m, labels, labels_64bit, ignore_index, w, sw,
-                          opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g)
+                          opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
 
 
 # ---- the row kernels ----
@@ -261,7 +274,7 @@ cdef inline void small_labels_block(
 cdef double cross_entropy_row(
     const floating *z, Py_ssize_t m, Py_ssize_t label, const floating *y,
     const floating *w, double s, const LossOptions *opt, floating *g,
-    floating *scratch,
+    floating *h, floating *scratch,
 ) noexcept nogil:
     """Loss of one row, and its gradient into ``g`` unless ``g`` is NULL.
 
@@ -269,6 +282,8 @@ cdef double cross_entropy_row(
     the row of class probabilities.  ``w`` (class weights) may be NULL.
     ``scratch`` holds ``m`` elements and is used only with a soft-cap; it
     keeps the capped logits so that ``g`` may alias ``z`` (in place).
+    ``h`` (NULL, or with ``g``; no z-loss or soft-cap) receives the diagonal
+    of the Hessian, ``b Q P (1 - P)``.
     """
     cdef const floating *zc = z
     cdef floating mx, inv_c = 0
@@ -287,6 +302,8 @@ cdef double cross_entropy_row(
         if mx == -INFINITY and row_masked_without_mass(z, m, label, y, w, opt.smoothing):
             if g != NULL:
                 memset(g, 0, m * sizeof(floating))
+            if h != NULL:
+                memset(h, 0, m * sizeof(floating))
             return 0.0
 
     # The target terms come out of the exp pass (tdot: their dot product
@@ -326,6 +343,8 @@ cdef double cross_entropy_row(
             a = b * (Q + 2.0 * opt.zloss * lse) / S
         else:  # b is +-inf or NaN (a zero "mean" denominator): PyTorch's pattern
             a = row_softmax_coef(b, m, label, y, w, opt, lse, S)
+        if h != NULL:  # from exp(z - max), which g holds until the pass below
+            row_hess_pass(g, m, <floating>(1.0 / S), <floating>(b * Q), h)
         if label >= 0:
             # Without smoothing the class weights only enter through c_main.
             row_grad_pass(g, m, <floating>a, <floating>b,
@@ -407,7 +426,7 @@ cdef Py_ssize_t _label_pass(const label_t *labels, Py_ssize_t n, Py_ssize_t m,
 cdef inline void _small_block(
     Py_ssize_t blk, const floating *z, Py_ssize_t n, Py_ssize_t m,
     const label_t *labels, const floating *w, const double *sw,
-    const LossOptions *opt, double *loss_out, floating *grad,
+    const LossOptions *opt, double *loss_out, floating *grad, floating *hess,
     int64_t ignore_index,
 ) noexcept nogil:
     cdef Py_ssize_t r0 = blk * FX_TILE_ROWS
@@ -415,28 +434,30 @@ cdef inline void _small_block(
     small_labels_block(
         z + r0 * m, R, m, labels + r0, label_t is int64_t, ignore_index, w,
         sw + r0 if sw != NULL else NULL, opt, loss_out + r0,
-        grad + r0 * m if grad != NULL else NULL)
+        grad + r0 * m if grad != NULL else NULL,
+        hess + r0 * m if hess != NULL else NULL)
 
 
 cdef void _small_labels(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     const floating *w, const double *sw, const LossOptions *opt,
-    double *loss_out, floating *grad, int64_t ignore_index, int num_threads,
+    double *loss_out, floating *grad, floating *hess, int64_t ignore_index,
+    int num_threads,
 ) noexcept nogil:
     """Few classes: blocks of FX_TILE_ROWS rows, vectorised across rows."""
     cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS, blk
     if not _use_threads(n, m, num_threads):
         for blk in range(nblocks):
-            _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
+            _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
                          ignore_index)
         return
     for blk in prange(nblocks, schedule='static', num_threads=num_threads):
-        _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
+        _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
                      ignore_index)
 
 
 cdef LossOptions _options(double smoothing, double zloss, double softcap,
-                          double denom, bint mean, Py_ssize_t m) noexcept nogil:
+                          double grad_denom, Py_ssize_t m) noexcept nogil:
     cdef LossOptions opt
     opt.smoothing = smoothing
     opt.beta = smoothing / m
@@ -445,7 +466,7 @@ cdef LossOptions _options(double smoothing, double zloss, double softcap,
     # IEEE division throughout, as PyTorch: a zero denominator (weights that
     # cancel, or all zero) gives inf/NaN gradients; ignored rows are zeroed
     # explicitly, so "everything ignored" still has a zero gradient.
-    opt.grad_denom = denom if mean else 1.0
+    opt.grad_denom = grad_denom
     opt.unit_b = 1.0 / opt.grad_denom
     return opt
 
@@ -453,30 +474,33 @@ cdef LossOptions _options(double smoothing, double zloss, double softcap,
 cdef inline double _one_row(
     Py_ssize_t i, const floating *z, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
-    const double *sw, const LossOptions *opt, floating *grad,
+    const double *sw, const LossOptions *opt, floating *grad, floating *hess,
     floating *scratch,
 ) noexcept nogil:
     """Row ``i`` of the general path: its loss, and its gradient row."""
     cdef floating *g = grad + i * m if grad != NULL else NULL
+    cdef floating *h = hess + i * m if hess != NULL else NULL
     cdef Py_ssize_t label = -1
     cdef const floating *y = NULL
     if labels != NULL:
         if labels[i] == ignore_index:
             if g != NULL:
                 memset(g, 0, m * sizeof(floating))
+            if h != NULL:
+                memset(h, 0, m * sizeof(floating))
             return 0.0
         label = <Py_ssize_t>labels[i]
     else:
         y = target + i * m
     return cross_entropy_row(z + i * m, m, label, y, w,
-                             sw[i] if sw != NULL else 1.0, opt, g, scratch)
+                             sw[i] if sw != NULL else 1.0, opt, g, h, scratch)
 
 
 cdef int _rows(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
     const double *sw, const LossOptions *opt, double *loss_out,
-    floating *grad, int num_threads,
+    floating *grad, floating *hess, int num_threads,
 ) noexcept nogil:
     """The general path: cross_entropy_row over the rows, for class indices
     (``labels``) or probabilities (``target``, ``labels`` NULL).  Returns 1
@@ -492,7 +516,7 @@ cdef int _rows(
                 return 1
         for i in range(n):
             loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
-                                   sw, opt, grad, scratch)
+                                   sw, opt, grad, hess, scratch)
         free(scratch)
         return 0
     with parallel(num_threads=num_threads):
@@ -505,9 +529,28 @@ cdef int _rows(
             if opt.softcap > 0 and scratch == NULL:
                 continue
             loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
-                                   sw, opt, grad, scratch)
+                                   sw, opt, grad, hess, scratch)
         free(scratch)
     return failed
+
+
+cdef int _loss_rows(
+    const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
+    int64_t ignore_index, const floating *target, const floating *w,
+    const double *sw, const LossOptions *opt, double *loss_out,
+    floating *grad, floating *hess, int num_threads,
+) noexcept nogil:
+    """Per-row losses (and gradient, and Hessian diagonal) of any block of
+    rows with its own output pointers: the one driver every loss job uses
+    (whole arrays, chunks of ``x @ W.T``, Dask blocks, half-precision
+    blocks converted to float32).  Labels must be range-checked already.
+    Returns 1 if scratch memory could not be allocated."""
+    if labels != NULL and m <= FX_SMALL_M_MAX and opt.softcap == 0:
+        _small_labels(z, n, m, labels, w, sw, opt, loss_out, grad, hess,
+                      ignore_index, num_threads)
+        return 0
+    return _rows(z, n, m, labels, ignore_index, target, w, sw, opt, loss_out,
+                 grad, hess, num_threads)
 
 
 # ---- entry points (called from Python with validated arrays) ----
@@ -528,6 +571,7 @@ cdef struct Arrays:
     double *sw       # (n,) float64 sample weights, or NULL
     double *loss     # (n,) float64 per-row losses, or NULL
     void *grad       # (n, m) gradient or softmax output, or NULL
+    void *hess       # (n, m) Hessian diagonal, or NULL
 
 
 cdef int _float_type(object z) except -1:
@@ -564,7 +608,7 @@ cdef int _take(object a, int typenum, Py_ssize_t d0, Py_ssize_t d1,
 
 cdef int _take_common(Arrays *a, object z, object class_weight,
                       object sample_weight, object loss_out,
-                      object grad_out) except -1:
+                      object grad_out, object hess_out=None) except -1:
     """The logits and the arrays every loss kernel shares; returns the
     logits' type number."""
     cdef int ft = _float_type(z)
@@ -575,18 +619,22 @@ cdef int _take_common(Arrays *a, object z, object class_weight,
     _take(sample_weight, cnp.NPY_DOUBLE, a.n, -1, False, <void **>&a.sw)
     _take(loss_out, cnp.NPY_DOUBLE, a.n, -1, True, <void **>&a.loss)
     _take(grad_out, ft, a.n, a.m, True, &a.grad)
+    _take(hess_out, ft, a.n, a.m, True, &a.hess)
+    if a.hess != NULL and a.grad == NULL:
+        raise ValueError("fastxent._kernels: hess_out needs grad_out")
     return ft
 
 
 cdef tuple _run_loss(const floating *z, const label_t *labels,
                      const floating *target, const Arrays *a,
                      int64_t ignore_index, double smoothing, double zloss,
-                     double softcap, bint mean, int num_threads):
+                     double softcap, double grad_denom, int num_threads):
     """One loss kernel call: class indices (``labels``) or probabilities
     (``target``).  Returns ``(bad, total, denominator)``."""
     cdef Py_ssize_t n = a.n, m = a.m, bad = -1
     cdef const floating *w = <const floating *>a.w
     cdef floating *grad = <floating *>a.grad
+    cdef floating *hess = <floating *>a.hess
     cdef double *rows = a.loss
     cdef double denom = 0, total = 0
     cdef int failed = 0
@@ -601,18 +649,17 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
         else:
             denom = <double>n
         if bad < 0:
-            opt = _options(smoothing, zloss, softcap, denom, mean, m)
+            # NaN: divide the gradient by this call's own "mean" denominator.
+            opt = _options(smoothing, zloss, softcap,
+                           denom if grad_denom != grad_denom else grad_denom, m)
             # Reduced losses: the per-row values go to a buffer of our own.
             if rows == NULL:
                 rows = <double *>malloc(n * sizeof(double))
             if rows == NULL:
                 failed = 1
-            elif labels != NULL and m <= FX_SMALL_M_MAX and softcap == 0:
-                _small_labels(z, n, m, labels, w, a.sw, &opt, rows, grad,
-                              ignore_index, num_threads)
             else:
-                failed = _rows(z, n, m, labels, ignore_index, target, w, a.sw,
-                               &opt, rows, grad, num_threads)
+                failed = _loss_rows(z, n, m, labels, ignore_index, target, w,
+                                    a.sw, &opt, rows, grad, hess, num_threads)
             if rows != NULL:
                 total = fx_pairwise_sum(rows, n)
                 if a.loss == NULL:
@@ -629,30 +676,36 @@ def cross_entropy_labels(
     object sample_weight,
     object loss_out,
     object grad_out,
+    object hess_out,
     int64_t ignore_index,
     double smoothing,
     double zloss,
     double softcap,
-    bint mean,
+    double grad_denom,
     int num_threads,
 ):
-    """Per-row losses into ``loss_out`` (and the gradient into ``grad_out``)
-    for class-index targets: ``z`` (n, m) float32/float64, ``labels`` (n,)
-    int32/int64, ``class_weight`` (m,) of z's dtype, ``sample_weight`` and
-    ``loss_out`` (n,) float64, ``grad_out`` (n, m) of z's dtype; all
-    C-contiguous.  ``loss_out`` (when only their sum is wanted),
-    ``class_weight``, ``sample_weight`` and ``grad_out`` may be None.
+    """Per-row losses into ``loss_out`` (and the gradient into ``grad_out``,
+    the Hessian diagonal into ``hess_out``) for class-index targets: ``z``
+    (n, m) float32/float64, ``labels`` (n,) int32/int64, ``class_weight``
+    (m,) of z's dtype, ``sample_weight`` and ``loss_out`` (n,) float64,
+    ``grad_out`` and ``hess_out`` (n, m) of z's dtype; all C-contiguous.
+    ``loss_out`` (when only their sum is wanted), ``class_weight``,
+    ``sample_weight``, ``grad_out`` and ``hess_out`` may be None
+    (``hess_out`` needs ``grad_out``, and ``zloss = softcap = 0``).
+
+    The gradient (and Hessian) rows are divided by ``grad_denom``: 1 for a
+    sum, the "mean" denominator of a larger batch these rows belong to, or
+    NaN for this call's own "mean" denominator.
 
     Returns ``(bad, total, denominator)``.  ``bad`` is the position of the
     first label outside ``[0, m)`` that is not ``ignore_index`` (then nothing
     else was computed) or -1; ``total`` is the pairwise sum of the per-row
-    losses; ``denominator`` is ``sum_i s_i w[y_i]`` over the kept rows, by
-    which the gradient was divided if ``mean``.  Ignored rows get loss 0
-    and a zero gradient.
+    losses; ``denominator`` is this call's ``sum_i s_i w[y_i]`` over the kept
+    rows.  Ignored rows get loss 0 and a zero gradient.
     """
     cdef Arrays a
     cdef int ft = _take_common(&a, z, class_weight, sample_weight, loss_out,
-                               grad_out)
+                               grad_out, hess_out)
     cdef int lt = cnp.NPY_INT64
     if cnp.PyArray_Check(labels) and cnp.PyArray_TYPE(<cnp.ndarray>labels) == cnp.NPY_INT32:
         lt = cnp.NPY_INT32
@@ -662,14 +715,14 @@ def cross_entropy_labels(
     if ft == cnp.NPY_FLOAT:
         if lt == cnp.NPY_INT32:
             return _run_loss(<float *>a.z, <int32_t *>a.labels, <float *>NULL, &a,
-                             ignore_index, smoothing, zloss, softcap, mean, num_threads)
+                             ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
         return _run_loss(<float *>a.z, <int64_t *>a.labels, <float *>NULL, &a,
-                         ignore_index, smoothing, zloss, softcap, mean, num_threads)
+                         ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
     if lt == cnp.NPY_INT32:
         return _run_loss(<double *>a.z, <int32_t *>a.labels, <double *>NULL, &a,
-                         ignore_index, smoothing, zloss, softcap, mean, num_threads)
+                         ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
     return _run_loss(<double *>a.z, <int64_t *>a.labels, <double *>NULL, &a,
-                     ignore_index, smoothing, zloss, softcap, mean, num_threads)
+                     ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
 
 
 def cross_entropy_probs(
@@ -679,10 +732,11 @@ def cross_entropy_probs(
     object sample_weight,
     object loss_out,
     object grad_out,
+    object hess_out,
     double smoothing,
     double zloss,
     double softcap,
-    bint mean,
+    double grad_denom,
     int num_threads,
 ):
     """As :func:`cross_entropy_labels` for class-probability targets of the
@@ -691,15 +745,15 @@ def cross_entropy_probs(
     without sample weights)."""
     cdef Arrays a
     cdef int ft = _take_common(&a, z, class_weight, sample_weight, loss_out,
-                               grad_out)
+                               grad_out, hess_out)
     _take(target, ft, a.n, a.m, False, &a.target)
     if a.target == NULL:
         raise TypeError("fastxent._kernels: target must be an array")
     if ft == cnp.NPY_FLOAT:
         return _run_loss(<float *>a.z, <int64_t *>NULL, <float *>a.target, &a,
-                         0, smoothing, zloss, softcap, mean, num_threads)
+                         0, smoothing, zloss, softcap, grad_denom, num_threads)
     return _run_loss(<double *>a.z, <int64_t *>NULL, <double *>a.target, &a,
-                     0, smoothing, zloss, softcap, mean, num_threads)
+                     0, smoothing, zloss, softcap, grad_denom, num_threads)
 
 
 cdef void _softmax_run(const floating *z, const Arrays *a, bint take_log,

@@ -57,10 +57,11 @@ def _run(
     # Per-row losses are only returned under "none"; otherwise the kernel
     # keeps them in a buffer of its own and returns their sum.
     losses = np.empty(n, dtype=np.float64) if reduction == "none" else None
-    mean = reduction == "mean"
+    # NaN: the kernel divides the gradient by the "mean" denominator it sums.
+    grad_denom = np.nan if reduction == "mean" else 1.0
     if kind == "labels":
         bad, total, denom = _kernels.cross_entropy_labels(
-            z, t, w, s, losses, g, ignore, eps, zl, cap, mean, nt
+            z, t, w, s, losses, g, None, ignore, eps, zl, cap, grad_denom, nt
         )
         if bad >= 0:
             raise ValueError(
@@ -69,7 +70,7 @@ def _run(
             )
     else:
         _, total, denom = _kernels.cross_entropy_probs(
-            z, t, w, s, losses, g, eps, zl, cap, mean, nt
+            z, t, w, s, losses, g, None, eps, zl, cap, grad_denom, nt
         )
 
     grad: FloatArray | None = None

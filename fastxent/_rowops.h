@@ -85,6 +85,11 @@ void fx_sub2_f(const float *z, ptrdiff_t n, float shift1, float shift2,
 void fx_sub2_d(const double *z, ptrdiff_t n, double shift1, double shift2,
                double *out);
 
+/* h[k] = c * p * (1 - p) with p = e[k] * inv_s: the diagonal of the
+ * softmax cross-entropy Hessian (c = b Q) from the row's exp(z - max). */
+void fx_hess_pass_f(const float *e, ptrdiff_t n, float inv_s, float c, float *h);
+void fx_hess_pass_d(const double *e, ptrdiff_t n, double inv_s, double c, double *h);
+
 /* g[k] *= a. */
 void fx_scale_f(float *g, ptrdiff_t n, float a);
 void fx_scale_d(double *g, ptrdiff_t n, double a);
@@ -120,17 +125,20 @@ double fx_softmax_coef_d(double b, ptrdiff_t m, ptrdiff_t label, const double *y
  * ignore_index get loss 0 and a zero gradient.  w (class weights) and sw
  * (sample weights) may be NULL.  Writes R losses (sample-weighted, before
  * any reduction) and, if g is not NULL, the R x m gradient divided by
- * grad_denom.  Same per-row formula as the general row kernel, no soft-cap. */
+ * grad_denom, and if h is not NULL (with g, no z-loss) the Hessian
+ * diagonal likewise.  Same per-row formula as the general row kernel, no
+ * soft-cap. */
 void fx_small_labels_f(const float *z, ptrdiff_t R, ptrdiff_t m,
                        const void *labels, int labels_64bit,
                        long long ignore_index, const float *w,
                        const double *sw, double smoothing, double zloss,
-                       double grad_denom, double *loss_out, float *g);
+                       double grad_denom, double *loss_out, float *g, float *h);
 void fx_small_labels_d(const double *z, ptrdiff_t R, ptrdiff_t m,
                        const void *labels, int labels_64bit,
                        long long ignore_index, const double *w,
                        const double *sw, double smoothing, double zloss,
-                       double grad_denom, double *loss_out, double *g);
+                       double grad_denom, double *loss_out, double *g,
+                       double *h);
 
 /* Sum of n doubles by pairwise summation, in a fixed order. */
 double fx_pairwise_sum(const double *x, ptrdiff_t n);

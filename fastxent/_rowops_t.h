@@ -372,6 +372,16 @@ FX_CLONES void FX_NAME(fx_sub2)(const FX_T *z, ptrdiff_t n, FX_T shift1,
         out[k] = (z[k] - shift1) - shift2;
 }
 
+FX_CLONES void FX_NAME(fx_hess_pass)(const FX_T *e, ptrdiff_t n, FX_T inv_s, FX_T c,
+                                     FX_T *h)
+{
+#pragma omp simd
+    for (ptrdiff_t k = 0; k < n; ++k) {
+        FX_T p = e[k] * inv_s;
+        h[k] = c * (p * ((FX_T)1 - p));
+    }
+}
+
 FX_CLONES void FX_NAME(fx_scale)(FX_T *g, ptrdiff_t n, FX_T a)
 {
 #pragma omp simd
@@ -502,12 +512,13 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
                                         long long ignore_index, const FX_T *w,
                                         const double *sw, double smoothing,
                                         double zloss, double grad_denom,
-                                        double *loss_out, FX_T *g)
+                                        double *loss_out, FX_T *g, FX_T *h)
 {
     enum { TR = FX_TILE_ROWS };
     /* column-major: tile[j * TR + r], FX_VL spare columns for tile_in/out */
     FX_T tile[(FX_SMALL_M_MAX + FX_VL) * TR];
     FX_T mx[TR], zt[TR], S[TR], a[TR], b[TR], c[TR]; /* a, b, c: the gradient's */
+    FX_T hs[TR], hc[TR]; /* the Hessian's 1 / S and b Q */
     double dot[TR], Q[TR], coef[TR], sr[TR], ignd[TR], lse_r[TR];
     int32_t y[TR]; /* m <= FX_SMALL_M_MAX: 32-bit compares vectorise better */
     int32_t ign[TR];
@@ -601,6 +612,8 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         a[r] = (FX_T)(br * (q + 2.0 * zloss * lse) / sum);
         c[r] = (FX_T)coef[r];
         lse_r[r] = lse;
+        hs[r] = (FX_T)(1.0 / sum);
+        hc[r] = (FX_T)(br * q);
     }
     if (!g)
         return;
@@ -611,6 +624,21 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
                                                    lse_r[r], (double)S[r]);
     }
 
+    if (h) {
+        /* The Hessian diagonal b Q P (1 - P) from exp(z - max), into a
+         * tile of its own (tile_out below) before the gradient overwrites
+         * the exps; h is written row-major through tile_out like g. */
+        FX_T htile[(FX_SMALL_M_MAX + FX_VL) * TR];
+        for (ptrdiff_t j = 0; j < m; ++j) {
+#pragma omp simd
+            for (ptrdiff_t r = 0; r < R; ++r) {
+                FX_T p = tile[j * TR + r] * hs[r];
+                FX_T v = hc[r] * (p * ((FX_T)1 - p));
+                htile[j * TR + r] = ign[r] ? (FX_T)0 : v;
+            }
+        }
+        FX_NAME(tile_out)(htile, R, m, h);
+    }
     if (smoothing > 0.0) {
         for (ptrdiff_t j = 0; j < m; ++j) {
             FX_T qj = (FX_T)(beta * (w ? (double)w[j] : 1.0));

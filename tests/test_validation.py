@@ -480,8 +480,8 @@ def test_kernel_entry_points_check_their_arrays():
     z = np.zeros((4, 3))
     y = np.zeros(4, dtype=np.int64)
     g = np.zeros_like(z)
-    args = (-100, 0.0, 0.0, 0.0, True, 1)
-    assert _kernels.cross_entropy_labels(z, y, None, None, None, g, *args)[0] == -1
+    args = (-100, 0.0, 0.0, 0.0, np.nan, 1)
+    assert _kernels.cross_entropy_labels(z, y, None, None, None, g, None, *args)[0] == -1
     bad_calls = [
         (TypeError, (z.astype(np.float16), y, None, None, None, None)),
         (TypeError, ([[0.0]], y, None, None, None, None)),
@@ -503,11 +503,15 @@ def test_kernel_entry_points_check_their_arrays():
     ro = np.zeros_like(z)
     ro.flags.writeable = False
     bad_calls.append((ValueError, (z, y, None, None, None, ro)))
+    bad_calls.append((ValueError, (z, y, None, None, None, None, np.zeros_like(z))))  # no grad
+    bad_calls.append((ValueError, (z, y, None, None, None, g, np.zeros((4, 2)))))
     for exc, arrays in bad_calls:
         with pytest.raises(exc):
-            _kernels.cross_entropy_labels(*arrays, *args)
+            _kernels.cross_entropy_labels(*arrays, *((None,) * (7 - len(arrays))), *args)
     with pytest.raises(ValueError):
-        _kernels.cross_entropy_probs(z, z[:, :2], None, None, None, None, 0.0, 0.0, 0.0, True, 1)
+        _kernels.cross_entropy_probs(
+            z, z[:, :2], None, None, None, None, None, 0.0, 0.0, 0.0, np.nan, 1
+        )
     with pytest.raises(ValueError):
         _kernels.softmax_rows(z, np.zeros((4, 3), dtype=np.float32), False, None, 1)
     with pytest.raises(ValueError):
