@@ -48,6 +48,14 @@ def cross_entropy_probs(
     grad_denom: float,
     num_threads: int,
 ) -> tuple[int, float, float]: ...
+def mean_denominator(
+    labels: _Labels,
+    class_weight: _Floating | None,
+    sample_weight: _F64 | None,
+    ignore_index: int,
+    m: int,
+) -> tuple[int, float]: ...
+def pairwise_sum(x: _F64) -> float: ...
 def softmax_rows(
     z: _Floating,
     out: _Floating | None,

@@ -756,6 +756,53 @@ def cross_entropy_probs(
                      0, smoothing, zloss, softcap, grad_denom, num_threads)
 
 
+def mean_denominator(object labels, object class_weight, object sample_weight,
+                     int64_t ignore_index, Py_ssize_t m):
+    """``(bad, denominator)`` of class-index targets without computing any
+    loss: the label check and "mean" denominator of :func:`cross_entropy_labels`
+    (``class_weight`` float32 or float64, or None)."""
+    cdef Py_ssize_t n, bad = -1
+    cdef double denom = 0
+    cdef void *lab
+    cdef void *w
+    cdef double *sw
+    cdef int lt = cnp.NPY_INT64, wt = cnp.NPY_DOUBLE
+    if not cnp.PyArray_Check(labels) or cnp.PyArray_NDIM(<cnp.ndarray>labels) != 1:
+        raise TypeError("fastxent._kernels: labels must be a 1-d array")
+    n = cnp.PyArray_DIM(<cnp.ndarray>labels, 0)
+    if cnp.PyArray_TYPE(<cnp.ndarray>labels) == cnp.NPY_INT32:
+        lt = cnp.NPY_INT32
+    _take(labels, lt, n, -1, False, &lab)
+    if class_weight is not None and cnp.PyArray_Check(class_weight) and \
+            cnp.PyArray_TYPE(<cnp.ndarray>class_weight) == cnp.NPY_FLOAT:
+        wt = cnp.NPY_FLOAT
+    _take(class_weight, wt, m, -1, False, &w)
+    _take(sample_weight, cnp.NPY_DOUBLE, n, -1, False, <void **>&sw)
+    with nogil:
+        if wt == cnp.NPY_FLOAT and lt == cnp.NPY_INT32:
+            bad = _label_pass(<int32_t *>lab, n, m, ignore_index, <float *>w, sw, &denom)
+        elif wt == cnp.NPY_FLOAT:
+            bad = _label_pass(<int64_t *>lab, n, m, ignore_index, <float *>w, sw, &denom)
+        elif lt == cnp.NPY_INT32:
+            bad = _label_pass(<int32_t *>lab, n, m, ignore_index, <double *>w, sw, &denom)
+        else:
+            bad = _label_pass(<int64_t *>lab, n, m, ignore_index, <double *>w, sw, &denom)
+    return bad, denom
+
+
+def pairwise_sum(object x):
+    """The kernels' fixed-order pairwise sum of a 1-d float64 array."""
+    cdef void *data
+    cdef double total
+    if not cnp.PyArray_Check(x) or cnp.PyArray_NDIM(<cnp.ndarray>x) != 1:
+        raise TypeError("fastxent._kernels: expected a 1-d float64 array")
+    cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+    _take(x, cnp.NPY_DOUBLE, n, -1, False, &data)
+    with nogil:
+        total = fx_pairwise_sum(<double *>data, n)
+    return total
+
+
 cdef void _softmax_run(const floating *z, const Arrays *a, bint take_log,
                        int num_threads) noexcept nogil:
     cdef Py_ssize_t n = a.n, m = a.m, i

@@ -2,14 +2,76 @@
 
 from __future__ import annotations
 
-from typing import Literal, overload
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
 from . import _validation as v
 from ._typing import FloatArray, FloatScalar
+
+
+class LossSpec(NamedTuple):
+    """A validated target and loss options, for rows of ``m`` classes."""
+
+    kind: Literal["labels", "probs"]
+    t: NDArray[Any]  # (n,) int32/int64 labels, or (n, m) probabilities
+    ignore: int
+    eps: float
+    zl: float
+    cap: float
+    w: FloatArray | None
+    s: NDArray[np.float64] | None
+
+
+def loss_spec(
+    target: ArrayLike,
+    shape: tuple[int, ...],
+    dtype: np.dtype[np.floating[Any]],
+    *,
+    weight: ArrayLike | None,
+    sample_weight: ArrayLike | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> LossSpec:
+    """Validate the target and every loss option against logits of ``shape``
+    computed in ``dtype`` (shared by the loss functions, the fused linear
+    cross-entropy and the Dask blocks)."""
+    kind, t = v.as_labels_or_probs(target, shape, dtype)
+    return LossSpec(
+        kind,
+        t,
+        v.ignore_index(ignore_index, kind),
+        v.float_option(label_smoothing, "label_smoothing", 0.0, 1.0),
+        v.float_option(z_loss, "z_loss", 0.0),
+        v.softcap(softcap, dtype),
+        v.class_weight(weight, shape[-1], dtype),
+        v.sample_weight(sample_weight, shape[:-1]),
+    )
+
+
+def mean_denominator(spec: LossSpec, m: int) -> float:
+    """The "mean" denominator of these rows: ``sum_i s_i w[y_i]`` over the
+    kept rows for class indices (after checking every label), ``sum_i s_i``
+    (or ``n``) for probabilities."""
+    if spec.kind == "labels":
+        bad, denom = _kernels.mean_denominator(spec.t, spec.w, spec.s, spec.ignore, m)
+        if bad >= 0:
+            raise bad_label_error(spec.t, bad, m, spec.ignore)
+        return float(denom)
+    if spec.s is not None:
+        return float(_kernels.pairwise_sum(spec.s))
+    return float(spec.t.shape[0])
+
+
+def bad_label_error(t: NDArray[Any], bad: int, m: int, ignore: int) -> ValueError:
+    return ValueError(
+        f"target contains a label outside [0, {m}) that is not ignore_index="
+        f"{ignore}: {int(t[bad])} at flat position {bad}."
+    )
 
 
 def _run(
@@ -27,18 +89,26 @@ def _run(
     softcap: float | None,
     out: FloatArray | None,
     num_threads: int | None,
-) -> tuple[FloatScalar | FloatArray | None, FloatArray | None]:
-    """Validate everything, run one kernel, reduce.  Returns (loss, grad)."""
+    grad_denom: float | None = None,
+) -> tuple[FloatScalar | FloatArray | None, FloatArray | None, float, float]:
+    """Validate everything, run one kernel, reduce.  Returns ``(loss, grad,
+    total, denominator)``: the last two are the sum of the per-row losses
+    and these rows' "mean" denominator.  ``grad_denom`` (a block of a
+    larger batch) divides the gradient instead of the reduction's own."""
     reduction = v.check_reduction(reduction)
     z, shape, dtype = v.as_logits(logits)
     n, m = z.shape
-    kind, t = v.as_labels_or_probs(target, shape, dtype)
-    ignore = v.ignore_index(ignore_index, kind)
-    eps = v.float_option(label_smoothing, "label_smoothing", 0.0, 1.0)
-    zl = v.float_option(z_loss, "z_loss", 0.0)
-    cap = v.softcap(softcap, dtype)
-    w = v.class_weight(weight, m, dtype)
-    s = v.sample_weight(sample_weight, shape[:-1])
+    kind, t, ignore, eps, zl, cap, w, s = loss_spec(
+        target,
+        shape,
+        dtype,
+        weight=weight,
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
     nt = v.resolve_threads(num_threads, z.size)
 
     g: FloatArray | None = None
@@ -57,17 +127,15 @@ def _run(
     # Per-row losses are only returned under "none"; otherwise the kernel
     # keeps them in a buffer of its own and returns their sum.
     losses = np.empty(n, dtype=np.float64) if reduction == "none" else None
-    # NaN: the kernel divides the gradient by the "mean" denominator it sums.
-    grad_denom = np.nan if reduction == "mean" else 1.0
+    if grad_denom is None:
+        # NaN: the kernel divides the gradient by the "mean" denominator it sums.
+        grad_denom = np.nan if reduction == "mean" else 1.0
     if kind == "labels":
         bad, total, denom = _kernels.cross_entropy_labels(
             z, t, w, s, losses, g, None, ignore, eps, zl, cap, grad_denom, nt
         )
         if bad >= 0:
-            raise ValueError(
-                f"target contains a label outside [0, {m}) that is not ignore_index="
-                f"{ignore}: {int(t[bad])} at flat position {bad}."
-            )
+            raise bad_label_error(t, bad, m, ignore)
     else:
         _, total, denom = _kernels.cross_entropy_probs(
             z, t, w, s, losses, g, None, eps, zl, cap, grad_denom, nt
@@ -81,15 +149,25 @@ def _run(
         if losses is not None:
             # A NumPy scalar, not a 0-d array, for 1-d logits (one sample).
             loss = losses.astype(dtype, copy=False).reshape(shape[:-1])[()]
-        elif reduction == "sum":
-            loss = dtype.type(total)
         else:
-            # IEEE division, as PyTorch: a zero denominator gives NaN (n == 0,
-            # every sample ignored, all weights 0) or +-inf (weights that
-            # cancel); the kernel's gradient follows the same arithmetic.
-            with np.errstate(divide="ignore", invalid="ignore"):
-                loss = dtype.type(np.float64(total) / np.float64(denom))
-    return loss, grad
+            loss = reduce_total(total, denom, reduction, dtype)
+    return loss, grad, total, denom
+
+
+def reduce_total(
+    total: float, denom: float, reduction: str, dtype: np.dtype[np.floating[Any]]
+) -> FloatScalar:
+    """The "sum" or "mean" loss from the summed per-row losses."""
+    value: FloatScalar
+    if reduction == "sum":
+        value = dtype.type(total)
+        return value
+    # IEEE division, as PyTorch: a zero denominator gives NaN (n == 0,
+    # every sample ignored, all weights 0) or +-inf (weights that
+    # cancel); the kernel's gradient follows the same arithmetic.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        value = dtype.type(np.float64(total) / np.float64(denom))
+    return value
 
 
 _LOGITS_TARGET_DOC = """
@@ -220,7 +298,7 @@ def cross_entropy(
     >>> fastxent.cross_entropy(logits, [0, 2], reduction="none").round(4)
     array([0.2413, 1.0986])
     """
-    loss, _ = _run(
+    loss, _, _, _ = _run(
         logits,
         target,
         want_loss=True,
@@ -286,7 +364,7 @@ def cross_entropy_grad(
     array([[-0.2144,  0.1753,  0.0391],
            [ 0.3333,  0.3333, -0.6667]])
     """
-    _, grad = _run(
+    _, grad, _, _ = _run(
         logits,
         target,
         want_loss=False,
@@ -382,7 +460,7 @@ def cross_entropy_with_grad(
     >>> loss.dtype, grad.shape
     (dtype('float32'), (2, 3))
     """
-    loss, grad = _run(
+    loss, grad, _, _ = _run(
         logits,
         target,
         want_loss=True,
