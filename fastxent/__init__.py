@@ -6,6 +6,7 @@ keeps -inf and NaN semantics.  See :func:`cross_entropy_with_grad`.
 """
 
 from ._config import show_config
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._loss import cross_entropy, cross_entropy_grad, cross_entropy_with_grad
 from ._softmax import log_softmax, logsumexp, softmax
 from ._version import __version__
@@ -15,6 +16,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_grad",
     "cross_entropy_with_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
     "show_config",

@@ -56,6 +56,27 @@ def mean_denominator(
     m: int,
 ) -> tuple[int, float]: ...
 def pairwise_sum(x: _F64) -> float: ...
+def linear_cross_entropy_chunks(
+    x: _Floating,
+    W: _Floating,
+    bias: _Floating | None,
+    labels: _Labels | None,
+    target: _Floating | None,
+    class_weight: _Floating | None,
+    sample_weight: _F64 | None,
+    buf: _Floating,
+    loss_out: _F64,
+    grad_x: _Floating | None,
+    grad_W: _Floating | None,
+    grad_b: _F64 | None,
+    gemm: object,
+    ignore_index: int,
+    smoothing: float,
+    zloss: float,
+    softcap: float,
+    grad_denom: float,
+    num_threads: int,
+) -> float: ...
 def softmax_rows(
     z: _Floating,
     out: _Floating | None,

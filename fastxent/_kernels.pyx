@@ -44,12 +44,13 @@ Design
   raised inside the parallel region.
 """
 cimport numpy as cnp
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer, PyCapsule_IsValid
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, log, log1p
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 cdef extern from "_rowops.h" nogil:
     float fx_max_f(const float *z, Py_ssize_t n)
@@ -800,6 +801,330 @@ def pairwise_sum(object x):
     _take(x, cnp.NPY_DOUBLE, n, -1, False, &data)
     with nogil:
         total = fx_pairwise_sum(<double *>data, n)
+    return total
+
+
+# ---- the fused linear + cross-entropy: x @ W.T consumed in row chunks ----
+#
+# For each chunk of r rows: the logits x_c @ W.T (+ b) by one GEMM into a
+# buffer of r x V, the row kernels over it (loss, and the gradient written
+# over the logits), then the chunk's gradient consumed by two more GEMMs:
+# grad_x[c] = G @ W and grad_W += G.T @ x_c (beta = 1: no V x d temporary),
+# and grad_b += the column sums of G.  The n x V logits never exist.  BLAS
+# is SciPy's (scipy.linalg.cython_blas, what scikit-learn uses from Cython),
+# reached through the function pointers its module exports, so this module
+# needs SciPy neither to build nor to import.  BLAS runs its own threads
+# inside each GEMM; the row kernels run ours between GEMMs, never both at
+# once.  All arrays are row-major; the GEMMs are written for column-major
+# BLAS as the transposed products.
+
+ctypedef void (*sgemm_t)(char *transa, char *transb, int *m, int *n, int *k,
+                         float *alpha, float *a, int *lda, float *b, int *ldb,
+                         float *beta, float *c, int *ldc) noexcept nogil
+ctypedef void (*dgemm_t)(char *transa, char *transb, int *m, int *n, int *k,
+                         double *alpha, double *a, int *lda, double *b, int *ldb,
+                         double *beta, double *c, int *ldc) noexcept nogil
+
+
+cdef inline void _gemm(void *fn, char ta, char tb, int M, int N, int K,
+                       const floating *A, int lda, const floating *B, int ldb,
+                       floating beta, floating *C, int ldc) noexcept nogil:
+    """Column-major C = op(A) op(B) + beta C with alpha = 1."""
+    cdef floating alpha = 1
+    if floating is float:
+        (<sgemm_t>fn)(&ta, &tb, &M, &N, &K, &alpha, <float *>A, &lda,
+                      <float *>B, &ldb, &beta, C, &ldc)
+    else:
+        (<dgemm_t>fn)(&ta, &tb, &M, &N, &K, &alpha, <double *>A, &lda,
+                      <double *>B, &ldb, &beta, C, &ldc)
+
+
+# The GEMMs run on fastxent's threads: each splits its output into tiles of
+# fixed sizes (they depend on the shapes, never on the thread count), and
+# the tiles go to the OpenMP threads, each calling single-threaded BLAS (the
+# caller limits BLAS to one thread).  One thread pool instead of two taking
+# turns (neither spins while the other works), and the same BLAS calls at
+# any thread count, so the same bits: OpenBLAS's own threading picks
+# different kernels for different thread counts.
+cdef enum:
+    TILE_ROWS = 256         # rows of x (and of the logits) per tile
+    TILE_V = 2048           # rows of W (columns of the logits) per tile
+    TILE_D = 128            # features (columns of grad_x, grad_W) per tile
+    TILE_K = 1024           # rows summed per partial product of grad_W
+    # grad_W of at most this many elements is summed from partial products
+    # over row tiles (its own tiles would be too few to share out), when
+    # the partial products take at most PARTIALS_BYTES
+    SMALL_GRAD_W = 1 << 20
+    PARTIALS_BYTES = 64 << 20
+
+
+cdef inline Py_ssize_t _tiles(Py_ssize_t size, Py_ssize_t tile) noexcept nogil:
+    return (size + tile - 1) // tile
+
+
+cdef inline bint _tile_threads(Py_ssize_t ntiles, int num_threads) noexcept nogil:
+    return ntiles > 1 and num_threads > 1 and not fx_forked
+
+
+cdef void _gemm_logits(void *fn, const floating *W, Py_ssize_t ldw,
+                       const floating *xc, Py_ssize_t ldx, Py_ssize_t rr,
+                       Py_ssize_t d, Py_ssize_t V, floating beta, floating *buf,
+                       int num_threads) noexcept nogil:
+    """buf (rr x V, row-major) = beta buf + x_c W^T, tile by tile."""
+    cdef Py_ssize_t nr = _tiles(rr, TILE_ROWS), nv = _tiles(V, TILE_V), t, r0, v0
+    for t in prange(nr * nv, schedule='static', num_threads=num_threads,
+                    use_threads_if=_tile_threads(nr * nv, num_threads)):
+        r0 = (t // nv) * TILE_ROWS
+        v0 = (t % nv) * TILE_V
+        # buf^T (col-major V x rr): W (col-major d x V)^T times x_c^T
+        _gemm(fn, c'T', c'N', <int>min(<Py_ssize_t>TILE_V, V - v0),
+              <int>min(<Py_ssize_t>TILE_ROWS, rr - r0), <int>d, W + v0 * ldw, <int>ldw,
+              xc + r0 * ldx, <int>ldx, beta, buf + r0 * V + v0, <int>V)
+
+
+cdef void _gemm_grad_x(void *fn, const floating *W, Py_ssize_t ldw,
+                       const floating *buf, Py_ssize_t rr, Py_ssize_t d,
+                       Py_ssize_t V, floating *gx, int num_threads) noexcept nogil:
+    """gx (rr x d, row-major) = G W, tile by tile."""
+    cdef Py_ssize_t nr = _tiles(rr, TILE_ROWS), nd = _tiles(d, TILE_D), t, r0, j0
+    for t in prange(nr * nd, schedule='static', num_threads=num_threads,
+                    use_threads_if=_tile_threads(nr * nd, num_threads)):
+        r0 = (t // nd) * TILE_ROWS
+        j0 = (t % nd) * TILE_D
+        # gx^T (col-major d x rr): W^T (col-major d x V) times G^T
+        _gemm(fn, c'N', c'N', <int>min(<Py_ssize_t>TILE_D, d - j0),
+              <int>min(<Py_ssize_t>TILE_ROWS, rr - r0), <int>V, W + j0, <int>ldw,
+              buf + r0 * V, <int>V, 0, gx + r0 * d + j0, <int>d)
+
+
+cdef int _gemm_grad_W(void *fn, const floating *xc, Py_ssize_t ldx,
+                      const floating *buf, Py_ssize_t rr, Py_ssize_t d,
+                      Py_ssize_t V, floating beta, floating *gW,
+                      int num_threads) noexcept nogil:
+    """gW (V x d, row-major) = beta gW + G^T x_c.  Returns 1 if out of memory.
+
+    A large gW is split into tiles of its own.  A small one (an estimator's
+    few classes and features) has too few tiles to share out, so the sum
+    over the rows is split instead: partial products of TILE_K rows each,
+    added in row order."""
+    cdef Py_ssize_t nv = _tiles(V, TILE_V), nd = _tiles(d, TILE_D)
+    cdef Py_ssize_t nk = _tiles(rr, TILE_K), t, v0, j0, k0, e
+    cdef floating *part
+    cdef floating acc
+    if V * d > SMALL_GRAD_W or nk == 1 or nk * V * d * sizeof(floating) > PARTIALS_BYTES:
+        for t in prange(nv * nd, schedule='static', num_threads=num_threads,
+                        use_threads_if=_tile_threads(nv * nd, num_threads)):
+            v0 = (t // nd) * TILE_V
+            j0 = (t % nd) * TILE_D
+            # gW^T (col-major d x V): x_c^T (d x rr) times G (rr x V)
+            _gemm(fn, c'N', c'T', <int>min(<Py_ssize_t>TILE_D, d - j0),
+                  <int>min(<Py_ssize_t>TILE_V, V - v0), <int>rr, xc + j0, <int>ldx,
+                  buf + v0, <int>V, beta, gW + v0 * d + j0, <int>d)
+        return 0
+    part = <floating *>malloc(nk * V * d * sizeof(floating))
+    if part == NULL:
+        return 1
+    for t in prange(nk, schedule='static', num_threads=num_threads,
+                    use_threads_if=_tile_threads(nk, num_threads)):
+        k0 = t * TILE_K
+        _gemm(fn, c'N', c'T', <int>d, <int>V, <int>min(<Py_ssize_t>TILE_K, rr - k0),
+              xc + k0 * ldx, <int>ldx, buf + k0 * V, <int>V, 0, part + t * V * d, <int>d)
+    # Each element summed in row-tile order, whichever thread does it.
+    for e in prange(V * d, schedule='static', num_threads=num_threads,
+                    use_threads_if=_tile_threads(V * d // 4096, num_threads)):
+        acc = part[e] if beta == 0 else gW[e] + part[e]
+        for t in range(1, nk):
+            acc = acc + part[t * V * d + e]
+        gW[e] = acc
+    free(part)
+    return 0
+
+
+cdef void _fill_rows(floating *buf, Py_ssize_t r, Py_ssize_t V,
+                     const floating *bias, int num_threads) noexcept nogil:
+    """Every row of ``buf`` := ``bias`` (the GEMM then adds x @ W.T to it
+    with beta = 1, which costs no more than the zeroing beta = 0 does)."""
+    cdef Py_ssize_t i
+    if not _use_threads(r, V, num_threads):
+        for i in range(r):
+            memcpy(buf + i * V, bias, V * sizeof(floating))
+        return
+    for i in prange(r, schedule='static', num_threads=num_threads):
+        memcpy(buf + i * V, bias, V * sizeof(floating))
+
+
+cdef void _add_column_sums(const floating *buf, Py_ssize_t r, Py_ssize_t V,
+                           double *acc, int num_threads) noexcept nogil:
+    """``acc[k] += sum_i buf[i, k]`` in double, rows in order (threads split
+    the columns, so the result does not depend on their number)."""
+    cdef Py_ssize_t blk, nblk = (V + 511) // 512, k0, k1, i, k
+    if not _use_threads(r, V, num_threads):
+        nblk = 1
+    for blk in prange(nblk, schedule='static', num_threads=num_threads,
+                      use_threads_if=nblk > 1):
+        k0 = blk * 512 if nblk > 1 else 0
+        k1 = min(k0 + 512, V) if nblk > 1 else V
+        for i in range(r):
+            for k in range(k0, k1):
+                acc[k] += buf[i * V + k]
+
+
+cdef int _linear_chunks(
+    void *gemm, const floating *x, Py_ssize_t ldx, const floating *W,
+    Py_ssize_t ldw, const floating *bias, Py_ssize_t n, Py_ssize_t d,
+    Py_ssize_t V, const label_t *labels, int64_t ignore_index,
+    const floating *target, const floating *w, const double *sw,
+    const LossOptions *opt, double *loss_out, floating *buf, Py_ssize_t r,
+    floating *grad_x, floating *grad_W, double *grad_b, int num_threads,
+) noexcept nogil:
+    """The chunk loop (gradients when ``grad_W`` is not NULL; ``grad_x`` and
+    ``grad_b`` may be NULL then).  Returns 1 if the row kernels ran out of
+    memory."""
+    cdef Py_ssize_t c0 = 0, rr
+    cdef int failed = 0
+    while c0 < n:
+        rr = min(r, n - c0)
+        if bias != NULL:
+            _fill_rows(buf, rr, V, bias, num_threads)
+        _gemm_logits(gemm, W, ldw, x + c0 * ldx, ldx, rr, d, V,
+                     1 if bias != NULL else 0, buf, num_threads)
+        failed |= _loss_rows(
+            buf, rr, V, labels + c0 if labels != NULL else NULL, ignore_index,
+            target + c0 * V if target != NULL else NULL, w,
+            sw + c0 if sw != NULL else NULL, opt, loss_out + c0,
+            buf if grad_W != NULL else NULL, <floating *>NULL, num_threads)
+        if grad_W == NULL:
+            c0 += rr
+            continue
+        if grad_x != NULL:
+            _gemm_grad_x(gemm, W, ldw, buf, rr, d, V, grad_x + c0 * d, num_threads)
+        failed |= _gemm_grad_W(gemm, x + c0 * ldx, ldx, buf, rr, d, V,
+                               0 if c0 == 0 else 1, grad_W, num_threads)
+        if grad_b != NULL:
+            _add_column_sums(buf, rr, V, grad_b, num_threads)
+        c0 += rr
+    return failed
+
+
+cdef int _take_rows(object a, int typenum, Py_ssize_t d0, Py_ssize_t d1,
+                    void **data, Py_ssize_t *ld) except -1:
+    """A (d0, d1) array of ``typenum`` whose rows are contiguous (any row
+    stride >= d1, as BLAS takes it): its data pointer and row stride in
+    elements."""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_Check(a):
+        raise TypeError("fastxent._kernels: expected an ndarray")
+    arr = <cnp.ndarray>a
+    cdef Py_ssize_t size = cnp.PyArray_ITEMSIZE(arr)
+    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != 2
+            or cnp.PyArray_DIM(arr, 0) != d0 or cnp.PyArray_DIM(arr, 1) != d1
+            or (d1 > 1 and cnp.PyArray_STRIDE(arr, 1) != size)
+            or cnp.PyArray_STRIDE(arr, 0) % size != 0
+            or (d0 > 1 and cnp.PyArray_STRIDE(arr, 0) < d1 * size)
+            or not cnp.PyArray_ISALIGNED(arr) or not cnp.PyArray_ISNOTSWAPPED(arr)):
+        raise ValueError("fastxent._kernels: array of the wrong dtype, shape or layout")
+    data[0] = cnp.PyArray_DATA(arr)
+    ld[0] = max(cnp.PyArray_STRIDE(arr, 0) // size, max(d1, 1)) if d0 > 1 else max(d1, 1)
+    return 0
+
+
+def linear_cross_entropy_chunks(
+    object x, object W, object bias, object labels, object target,
+    object class_weight, object sample_weight, object buf, object loss_out,
+    object grad_x, object grad_W, object grad_b, object gemm,
+    int64_t ignore_index, double smoothing, double zloss, double softcap,
+    double grad_denom, int num_threads,
+):
+    """Per-row losses of ``x @ W.T + bias`` into ``loss_out`` (n,) float64,
+    and if ``grad_W`` (V, d) is given the gradients: it, ``grad_x`` (n, d)
+    of x's dtype (or None: not wanted), ``grad_b`` (V,) float64 (accumulated
+    into: pass zeros; or None), through the row-chunk ``buf`` (r, V).  ``x`` (n, d) and
+    ``W`` (V, d) float32 or float64 with contiguous rows (any row stride),
+    ``bias`` (V,) or None, ``labels`` (n,) int32/int64 (range-checked
+    already) or ``target`` (n, V) probabilities; ``gemm`` the SciPy BLAS
+    capsule of sgemm/dgemm.  The gradients are divided by ``grad_denom``.
+    Returns the pairwise sum of the per-row losses."""
+    cdef int ft = _float_type(x)
+    cdef Py_ssize_t n, d, V, r, ldx, ldw, lt = cnp.NPY_INT64
+    cdef void *xp
+    cdef void *Wp
+    cdef void *bp
+    cdef void *lab = NULL
+    cdef void *tp
+    cdef void *wp
+    cdef double *sw
+    cdef void *bufp
+    cdef double *rows
+    cdef void *gx
+    cdef void *gW
+    cdef double *gb
+    cdef void *fn
+    cdef int failed = 0
+    cdef double total = 0
+    cdef LossOptions opt
+    if cnp.PyArray_NDIM(<cnp.ndarray>x) != 2 or not cnp.PyArray_Check(W) \
+            or cnp.PyArray_NDIM(<cnp.ndarray>W) != 2 or not cnp.PyArray_Check(buf) \
+            or cnp.PyArray_NDIM(<cnp.ndarray>buf) != 2:
+        raise ValueError("fastxent._kernels: x, W and buf must be 2-d arrays")
+    n, d = cnp.PyArray_DIM(<cnp.ndarray>x, 0), cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    V, r = cnp.PyArray_DIM(<cnp.ndarray>W, 0), cnp.PyArray_DIM(<cnp.ndarray>buf, 0)
+    if V < 1 or r < 1 or max(n, d, V, r) >= 2**31:
+        raise ValueError("fastxent._kernels: sizes out of range")
+    _take_rows(x, ft, n, d, &xp, &ldx)
+    _take_rows(W, ft, V, d, &Wp, &ldw)
+    if max(ldx, ldw) >= 2**31:
+        raise ValueError("fastxent._kernels: row strides out of range")
+    _take(bias, ft, V, -1, False, &bp)
+    if labels is not None:
+        if cnp.PyArray_Check(labels) and cnp.PyArray_TYPE(<cnp.ndarray>labels) == cnp.NPY_INT32:
+            lt = cnp.NPY_INT32
+        _take(labels, lt, n, -1, False, &lab)
+        _take(None, ft, n, V, False, &tp)
+    else:
+        _take(target, ft, n, V, False, &tp)
+        if tp == NULL and n > 0:
+            raise TypeError("fastxent._kernels: labels or target needed")
+    _take(class_weight, ft, V, -1, False, &wp)
+    _take(sample_weight, cnp.NPY_DOUBLE, n, -1, False, <void **>&sw)
+    _take(buf, ft, r, V, True, &bufp)
+    _take(loss_out, cnp.NPY_DOUBLE, n, -1, True, <void **>&rows)
+    _take(grad_x, ft, n, d, True, &gx)
+    _take(grad_W, ft, V, d, True, &gW)
+    _take(grad_b, cnp.NPY_DOUBLE, V, -1, True, <void **>&gb)
+    if rows == NULL or (gW == NULL and (gx != NULL or gb != NULL)):
+        raise ValueError("fastxent._kernels: loss_out needed; grad_x and grad_b need grad_W")
+    if not PyCapsule_IsValid(gemm, PyCapsule_GetName(gemm)):
+        raise TypeError("fastxent._kernels: gemm must be a BLAS function capsule")
+    fn = PyCapsule_GetPointer(gemm, PyCapsule_GetName(gemm))
+    if n == 0:
+        return 0.0
+    opt = _options(smoothing, zloss, softcap, grad_denom, V)
+    with nogil:
+        if ft == cnp.NPY_FLOAT:
+            if lt == cnp.NPY_INT32:
+                failed = _linear_chunks(
+                    fn, <float *>xp, ldx, <float *>Wp, ldw, <float *>bp, n, d, V,
+                    <int32_t *>lab, ignore_index, <float *>tp, <float *>wp, sw, &opt,
+                    rows, <float *>bufp, r, <float *>gx, <float *>gW, gb, num_threads)
+            else:
+                failed = _linear_chunks(
+                    fn, <float *>xp, ldx, <float *>Wp, ldw, <float *>bp, n, d, V,
+                    <int64_t *>lab, ignore_index, <float *>tp, <float *>wp, sw, &opt,
+                    rows, <float *>bufp, r, <float *>gx, <float *>gW, gb, num_threads)
+        elif lt == cnp.NPY_INT32:
+            failed = _linear_chunks(
+                fn, <double *>xp, ldx, <double *>Wp, ldw, <double *>bp, n, d, V,
+                <int32_t *>lab, ignore_index, <double *>tp, <double *>wp, sw, &opt,
+                rows, <double *>bufp, r, <double *>gx, <double *>gW, gb, num_threads)
+        else:
+            failed = _linear_chunks(
+                fn, <double *>xp, ldx, <double *>Wp, ldw, <double *>bp, n, d, V,
+                <int64_t *>lab, ignore_index, <double *>tp, <double *>wp, sw, &opt,
+                rows, <double *>bufp, r, <double *>gx, <double *>gW, gb, num_threads)
+        if not failed:
+            total = fx_pairwise_sum(rows, n)
+    if failed:
+        raise MemoryError("fastxent: could not allocate scratch memory")
     return total
 
 

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize
+from scipy import sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_scalar
@@ -54,6 +55,7 @@ from sklearn.utils.extmath import safe_sparse_dot
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from ._linear import _linear_run, blas_threads
 from ._loss import cross_entropy_with_grad
 from ._softmax import log_softmax, softmax
 
@@ -68,6 +70,84 @@ except ImportError:  # pragma: no cover - scikit-learn < 1.6
 __all__ = ["SoftmaxRegression"]
 
 _FLOAT_DTYPES: tuple[type[np.floating[Any]], ...] = (np.float64, np.float32)
+
+
+#: Below this many multiply-adds per product (n * d * k), a fit runs BLAS
+#: and fastxent's kernels on one thread: thread start-up and hand-over cost
+#: more than they save (measured: benchmarks/bench_estimator.py, README).
+SMALL_FIT_WORK = 2**23
+
+
+def fit_threads(num_threads: int | None, n: int, d: int, k: int) -> int | None:
+    """The thread count of a fit: ``num_threads`` when given, else one thread
+    for a small problem and the libraries' defaults (None) otherwise."""
+    if num_threads is not None:
+        return num_threads
+    return 1 if n * d * max(k, 2) < SMALL_FIT_WORK else None
+
+
+def data_term(
+    w: NDArray[np.float64],
+    X: Any,
+    y_idx: NDArray[np.intp],
+    sample_weight: NDArray[Any] | None,
+    class_weight: NDArray[Any] | None,
+    k: int,
+    fit_intercept: bool,
+    reduction: str,
+    num_threads: int | None,
+) -> tuple[float, NDArray[np.float64]]:
+    """The data term of the objective (the cross-entropy of the logits
+    ``X @ W.T + b``, weighted, reduced by ``reduction``: ``"mean"`` for a
+    fit, ``"sum"`` for one block of a larger one) and its gradient with
+    respect to the flat parameters ``w = [W.ravel(), b]``.
+
+    Dense X goes through :func:`fastxent.linear_cross_entropy_with_grad`'s
+    chunked GEMMs (the logits never exist as a whole, and no gradient with
+    respect to X is formed); sparse X through a sparse product and
+    :func:`fastxent.cross_entropy_with_grad` on the (n, k) logits.  Two
+    classes (``k == 1``): the two-class cross-entropy of the logits
+    ``[0, z]``, so the first row of the two-row head is zero.
+    """
+    d = X.shape[1]
+    W = w[: k * d].reshape(k, d)
+    b = w[k * d :] if fit_intercept else None
+    if k == 1:
+        W = np.vstack([np.zeros((1, d)), W])
+        b = None if b is None else np.concatenate([[0.0], b])
+    W = W.astype(X.dtype)
+    b = None if b is None else b.astype(X.dtype)
+    options = dict(weight=class_weight, sample_weight=sample_weight, num_threads=num_threads)
+    if not sp.issparse(X):
+        loss, _, gW, gb, _, _ = _linear_run(
+            X,
+            W,
+            y_idx,
+            linear_bias=b,
+            want_grad=True,
+            want_grad_x=False,
+            reduction=reduction,
+            ignore_index=-100,
+            label_smoothing=0.0,
+            z_loss=0.0,
+            softcap=None,
+            chunk_size=None,
+            **options,  # type: ignore[arg-type]
+        )
+    else:
+        Z = np.asarray(X @ W.T)
+        if b is not None:
+            Z += b
+        loss, G = cross_entropy_with_grad(Z, y_idx, reduction=reduction, out=Z, **options)  # type: ignore[call-overload]
+        gW = np.asarray(X.T @ G).T
+        gb = G.sum(axis=0) if b is not None else None
+    rows = slice(1, 2) if k == 1 else slice(None)
+    grad = np.empty_like(w)
+    grad[: k * d] = gW[rows].ravel()
+    if fit_intercept:
+        assert gb is not None
+        grad[k * d :] = gb[rows]
+    return float(loss), grad
 
 
 class SoftmaxRegression(ClassifierMixin, BaseEstimator):
@@ -338,20 +418,23 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if self.fit_intercept:
                 w0[k * d :] = self.intercept_
 
-        res = optimize.minimize(
-            self._objective,
-            w0,
-            method="L-BFGS-B",
-            jac=True,
-            args=(X, y_idx, sw, l2, k, cw),
-            options={
-                "maxiter": self.max_iter,
-                "maxls": 50,
-                "gtol": self.tol,
-                "ftol": 64 * np.finfo(float).eps,
-            },
-            callback=self._progress_printer() if self.verbose else None,
-        )
+        # One knob for BLAS (the products and L-BFGS's own) and the kernels.
+        self._fit_threads = fit_threads(self.num_threads, n, d, k)
+        with blas_threads(self._fit_threads):
+            res = optimize.minimize(
+                self._objective,
+                w0,
+                method="L-BFGS-B",
+                jac=True,
+                args=(X, y_idx, sw, l2, k, cw),
+                options={
+                    "maxiter": self.max_iter,
+                    "maxls": 50,
+                    "gtol": self.tol,
+                    "ftol": 64 * np.finfo(float).eps,
+                },
+                callback=self._progress_printer() if self.verbose else None,
+            )
         if res.status != 0:
             warnings.warn(
                 f"L-BFGS failed to converge after {res.nit} iteration(s) (status="
@@ -389,6 +472,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
         return show
 
+    _fit_threads: int | None = None
+
     def _objective(
         self,
         w: NDArray[np.float64],
@@ -400,31 +485,20 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         class_weight: NDArray[Any] | None = None,
     ) -> tuple[float, NDArray[np.float64]]:
         """LogisticRegression's objective and its gradient at the flat parameters w."""
-        d = X.shape[1]
-        W = w[: k * d].reshape(k, d)
-        S = np.asarray(safe_sparse_dot(X, W.T.astype(X.dtype, copy=False)))
-        if self.fit_intercept:
-            S += w[k * d :].astype(X.dtype, copy=False)
-        if k == 1:  # binomial: the two-class cross-entropy of [0, z]
-            Z = np.zeros((X.shape[0], 2), dtype=X.dtype)
-            Z[:, 1] = S[:, 0]
-        else:
-            Z = np.ascontiguousarray(S)
-        loss, G = cross_entropy_with_grad(
-            Z,
+        loss, grad = data_term(
+            w,
+            X,
             y_idx,
-            weight=class_weight,
-            sample_weight=sample_weight,
-            out=Z,
-            num_threads=self.num_threads,
+            sample_weight,
+            class_weight,
+            k,
+            self.fit_intercept,
+            "mean",
+            self._fit_threads,
         )
-        if k == 1:
-            G = G[:, 1:]
-        grad = np.empty_like(w)
-        grad[: k * d] = (np.asarray(safe_sparse_dot(G.T, X)) + l2 * W).ravel()
-        if self.fit_intercept:
-            grad[k * d :] = G.sum(axis=0, dtype=np.float64)
-        return float(loss) + 0.5 * l2 * float(W.ravel() @ W.ravel()), grad
+        W = w[: k * X.shape[1]]
+        grad[: W.size] += l2 * W
+        return loss + 0.5 * l2 * float(W @ W), grad
 
     def decision_function(self, X: Any) -> NDArray[np.floating[Any]]:
         """The logits ``X @ coef_.T + intercept_``.

@@ -1,0 +1,477 @@
+"""Fused linear + softmax cross-entropy: ``CE(x @ W.T + b, target)`` and its
+gradients with respect to ``x``, ``W`` and ``b``, without the n x V logits.
+
+The rows are processed in chunks: for each chunk one GEMM forms its logits
+in a buffer of ``chunk_size x V`` (allocated once per call), the row kernels
+turn them into the loss and, in place, the gradient ``G`` with respect to
+the logits, and two more GEMMs consume ``G``: ``grad_x[chunk] = G @ W`` and
+``grad_W += G.T @ x[chunk]`` (BLAS's beta = 1, no V x d temporary).  BLAS is
+SciPy's (``scipy.linalg.cython_blas``, called without the GIL through the
+function pointers SciPy exports); SciPy is imported on the first call, so
+``import fastxent`` stays NumPy-only.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal, overload
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import _kernels
+from . import _validation as v
+from ._loss import _OPTIONS_DOC, loss_spec, mean_denominator, reduce_total
+from ._typing import FloatArray, FloatScalar
+
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
+
+_BLAS_INT_MAX = 2**31 - 1
+#: The default chunk rule (see default_chunk_size): the buffer's share of the
+#: logits it stands in for, a size that is always fine (cache-sized), and
+#: the bounds on rows and bytes.
+_CHUNK_FRACTION = 1 / 24
+_CHUNK_SMALL_BYTES = 4 * 2**20
+_CHUNK_MIN_ROWS = 128
+_CHUNK_MAX_ROWS = 1024
+_CHUNK_MAX_BYTES = 256 * 2**20
+
+
+def default_chunk_size(n: int, V: int, d: int, itemsize: int) -> int:
+    """Rows per chunk when ``chunk_size=None``.
+
+    Every chunk re-reads ``W`` (V x d) in two GEMMs and reads and writes
+    ``grad_W`` in a third, and small chunks make GEMMs less efficient, so
+    the fewer the chunks the closer the call is to the three GEMMs alone;
+    the ``rows x V`` buffer of logits is what it costs in memory.  The rule
+    favours memory, the point of the fused function: about 1/24 of the rows
+    (a buffer of about 4 % of the n x V logits it replaces), but at least
+    128 rows and at least a 4 MiB buffer (which any machine has to spare),
+    at most 1 024 rows unless 4 MiB holds more, at most 256 MiB, and at most
+    ``n``.  ``d`` does not enter: the GEMMs' work and their per-chunk
+    overhead both grow with it.  ``chunk_size=1024`` trades memory for
+    speed (README: measured figures).
+    """
+    del d  # documented: the rule does not depend on it
+    row_bytes = max(1, V * itemsize)
+    small = _CHUNK_SMALL_BYTES // row_bytes
+    rows = max(int(n * _CHUNK_FRACTION), _CHUNK_MIN_ROWS, small)
+    rows = min(rows, max(_CHUNK_MAX_ROWS, small), _CHUNK_MAX_BYTES // row_bytes)
+    return max(1, min(rows, n))
+
+
+@functools.cache
+def _gemm_capsule(dtype_char: str) -> object:
+    try:
+        from scipy.linalg import cython_blas
+    except ImportError:  # pragma: no cover - SciPy is an extra
+        raise ImportError(
+            "the fused linear cross-entropy calls SciPy's BLAS: pip install scipy "
+            '(or "fastxent[linear]")'
+        ) from None
+    return cython_blas.__pyx_capi__[{"f": "sgemm", "d": "dgemm"}[dtype_char]]
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    """threadpoolctl's controller of the loaded BLAS libraries (SciPy's among
+    them: made after its import), or None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+def blas_threads(num_threads: int | None) -> Any:
+    """A context that limits BLAS to ``num_threads`` threads (None: no
+    change), through threadpoolctl."""
+    import contextlib
+
+    _gemm_capsule("d")  # SciPy's BLAS loaded before the controller looks
+    controller = _blas_controller() if num_threads is not None else None
+    if controller is None:
+        return contextlib.nullcontext()
+    return controller.limit(limits=num_threads)
+
+
+def _rows_for_blas(a: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
+    """``a`` as it is when BLAS can take it (contiguous rows, any row stride
+    >= the row length, aligned, native), else a C-contiguous copy."""
+    if a.dtype != dtype:
+        a = a.astype(dtype)
+    ok = (
+        a.ndim == 2
+        and (a.shape[1] <= 1 or a.strides[1] == a.itemsize)
+        and (a.shape[0] <= 1 or a.strides[0] >= a.shape[1] * a.itemsize)
+        and a.strides[0] % a.itemsize == 0
+        and a.flags.aligned
+        and a.dtype.isnative
+    )
+    return a if ok else np.ascontiguousarray(a)
+
+
+def _check_inputs(
+    x: ArrayLike, linear_weight: ArrayLike, linear_bias: ArrayLike | None
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None, tuple[int, ...], np.dtype[Any]]:
+    """``(x2d, W, b, x_shape, dtype)`` after the shape and dtype checks."""
+    xa = np.asarray(x)
+    Wa = np.asarray(linear_weight)
+    ba = None if linear_bias is None else np.asarray(linear_bias)
+    given = {"x": xa, "linear_weight": Wa}
+    if ba is not None:
+        given["linear_bias"] = ba
+    dtypes = {a.dtype for a in given.values()}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
+        got = ", ".join(f"{k}={a.dtype}" for k, a in given.items())
+        raise TypeError(
+            "x, linear_weight and linear_bias must all be float32 or all float64 "
+            f"(BLAS computes in one dtype); got {got}. Convert with .astype(...) first."
+        )
+    dtype = xa.dtype
+    if xa.ndim == 0:
+        raise ValueError("x must have shape (..., d) with the features last; got a 0-d array.")
+    if Wa.ndim != 2:
+        raise ValueError(
+            f"linear_weight must have shape (V, d) (PyTorch's F.linear convention); "
+            f"got shape {Wa.shape}."
+        )
+    V, d = Wa.shape
+    if xa.shape[-1] != d:
+        raise ValueError(
+            f"x has {xa.shape[-1]} features (shape {xa.shape}) but linear_weight has shape "
+            f"{Wa.shape}: it must be (V, {xa.shape[-1]})."
+        )
+    if V == 0:
+        raise ValueError("linear_weight must have at least one row (V >= 1 classes).")
+    if ba is not None and ba.shape != (V,):
+        raise ValueError(f"linear_bias must have shape ({V},) (one per class); got {ba.shape}.")
+    if max(V, d) > _BLAS_INT_MAX:
+        raise ValueError(f"V and d must be below 2**31 (BLAS's 32-bit sizes); got V={V}, d={d}.")
+    x2 = xa.reshape(int(np.prod(xa.shape[:-1])), d)
+    if x2.shape[0] > _BLAS_INT_MAX:
+        raise ValueError(f"x has {x2.shape[0]} rows; at most 2**31 - 1 are supported.")
+    b = None if ba is None else np.ascontiguousarray(ba)
+    return _rows_for_blas(x2, dtype), _rows_for_blas(Wa, dtype), b, xa.shape, dtype
+
+
+def _chunk_size(value: Any, n: int, V: int, d: int, itemsize: int) -> int:
+    if value is None:
+        return default_chunk_size(n, V, d, itemsize)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"chunk_size must be None or an integer >= 1; got {value!r}.")
+    if value < 1:
+        raise ValueError(f"chunk_size must be None or an integer >= 1; got {value}.")
+    return max(1, min(int(value), n))
+
+
+def _linear_run(
+    x: ArrayLike,
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None,
+    want_grad: bool,
+    reduction: object,
+    weight: ArrayLike | None,
+    sample_weight: ArrayLike | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    chunk_size: Any,
+    num_threads: int | None,
+    grad_denom: float | None = None,
+    want_grad_x: bool = True,
+) -> tuple[Any, Any, Any, Any, float, float]:
+    """Validate, run the chunk loop, reduce.  Returns ``(loss, grad_x,
+    grad_W, grad_b, total, denominator)``; ``grad_denom`` (for blocks of a
+    larger batch) divides the gradients instead of the reduction's own, and
+    ``want_grad_x=False`` skips the GEMM of ``grad_x`` (None then: an
+    estimator needs only the parameters' gradients)."""
+    reduction = v.check_reduction(reduction)
+    x2, W, b, x_shape, dtype = _check_inputs(x, linear_weight, linear_bias)
+    n, d = x2.shape
+    V = W.shape[0]
+    batch = x_shape[:-1]
+    spec = loss_spec(
+        target,
+        batch + (V,),
+        dtype,
+        weight=weight,
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+    r = _chunk_size(chunk_size, n, V, d, dtype.itemsize)
+    nt = v.resolve_threads(num_threads, n * V)
+    # Every label is checked (and the "mean" denominator summed) before any
+    # GEMM runs, so bad input costs nothing and leaves nothing half done.
+    denom = mean_denominator(spec, V)
+    if grad_denom is None:
+        grad_denom = denom if reduction == "mean" else 1.0
+
+    losses = np.empty(n, dtype=np.float64)
+    gx = gW = gb = None
+    if want_grad:
+        gx = np.empty((n, d), dtype=dtype) if want_grad_x else None
+        gW = np.zeros((V, d), dtype=dtype) if n == 0 else np.empty((V, d), dtype=dtype)
+        gb = np.zeros(V, dtype=np.float64) if b is not None else None
+    total = 0.0
+    if n:
+        buf = np.empty((r, V), dtype=dtype)
+        labels = spec.t if spec.kind == "labels" else None
+        probs = spec.t if spec.kind == "probs" else None
+        # The kernels split every GEMM over fastxent's threads themselves,
+        # each calling BLAS on one thread.
+        with blas_threads(1):
+            total = _kernels.linear_cross_entropy_chunks(
+                x2, W, b, labels, probs, spec.w, spec.s, buf, losses, gx, gW, gb,
+                _gemm_capsule(dtype.char), spec.ignore, spec.eps, spec.zl, spec.cap,
+                grad_denom, nt,
+            )  # fmt: skip
+        del buf
+
+    loss: Any
+    if reduction == "none":
+        loss = losses.astype(dtype, copy=False).reshape(batch)[()]
+    else:
+        loss = reduce_total(total, denom, reduction, dtype)
+    if not want_grad:
+        return loss, None, None, None, total, denom
+    grad_b = None if gb is None else gb.astype(dtype)
+    grad_x = None if gx is None else gx.reshape(x_shape)
+    return loss, grad_x, gW, grad_b, total, denom
+
+
+_LINEAR_DOC = """
+    x : array_like of shape (..., d)
+        Features (hidden states), float32 or float64; rows may have any
+        stride (rows that are not contiguous are copied).
+    linear_weight : array_like of shape (V, d)
+        The classifier head ``W`` (PyTorch's ``F.linear`` convention), of
+        x's dtype.
+    target : array_like
+        Integer class indices of shape ``x.shape[:-1]`` in ``[0, V)`` (or
+        ``ignore_index``), or floating-point class probabilities of shape
+        ``x.shape[:-1] + (V,)``: as in :func:`fastxent.cross_entropy`.
+    linear_bias : array_like of shape (V,), optional
+        The bias ``b``, of x's dtype."""
+
+_CHUNK_DOC = """
+    chunk_size : int >= 1, optional
+        Rows of ``x`` per chunk; the call holds one ``chunk_size x V``
+        buffer of logits.  ``None`` picks about 1/24 of the rows (a buffer
+        of about 4 % of the logits it replaces), but at least 128 rows and 4
+        MiB, at most 1 024 rows (unless 4 MiB holds more) and 256 MiB, and
+        at most ``n``: every chunk re-reads ``W`` and ``grad_W``, so fewer,
+        larger chunks are faster and cost memory.  Results do not depend on
+        the thread count for a fixed ``chunk_size``.
+    num_threads : int >= 1, optional
+        Threads for fastxent's row kernels and, for the duration of the
+        call, for BLAS (through threadpoolctl, when installed); they take
+        turns, never running at once.  ``None`` uses OpenMP's default for the
+        row kernels and leaves BLAS's own setting alone."""
+
+# The loss options as cross_entropy documents them (num_threads is _CHUNK_DOC's).
+_LINEAR_OPTIONS_DOC = _OPTIONS_DOC.split("    num_threads :")[0].rstrip()
+
+
+@overload
+def linear_cross_entropy(
+    x: ArrayLike,
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None = ...,
+    reduction: Literal["mean", "sum"] = ...,
+    weight: ArrayLike | None = ...,
+    sample_weight: ArrayLike | None = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    z_loss: float = ...,
+    softcap: float | None = ...,
+    chunk_size: int | None = ...,
+    num_threads: int | None = ...,
+) -> FloatScalar: ...
+@overload
+def linear_cross_entropy(
+    x: ArrayLike,
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None = ...,
+    reduction: Literal["none"],
+    weight: ArrayLike | None = ...,
+    sample_weight: ArrayLike | None = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    z_loss: float = ...,
+    softcap: float | None = ...,
+    chunk_size: int | None = ...,
+    num_threads: int | None = ...,
+) -> FloatArray: ...
+def linear_cross_entropy(
+    x: ArrayLike,
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None = None,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+    weight: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    num_threads: int | None = None,
+) -> FloatScalar | FloatArray:
+    """Softmax cross-entropy of the logits ``x @ W.T + b``, without forming them.
+
+    Equal (to rounding) to ``cross_entropy(x @ linear_weight.T + linear_bias,
+    target, **options)``, but the ``n x V`` logits never exist: they are
+    formed ``chunk_size`` rows at a time in one buffer, by BLAS, and reduced
+    to the loss by the fused row kernels.
+
+    Parameters
+    ----------
+    {linear}
+    {options}
+    {chunk}
+
+    Returns
+    -------
+    loss : scalar of x's dtype, or ndarray of shape ``x.shape[:-1]``
+        As :func:`fastxent.cross_entropy` returns it.
+
+    Raises
+    ------
+    TypeError
+        For inputs of different dtypes or not float32/float64, float class
+        indices, a non-integer ``chunk_size``, ``num_threads`` or
+        ``ignore_index``.
+    ValueError
+        For shape mismatches between ``x``, ``linear_weight``,
+        ``linear_bias`` and ``target``, labels outside ``[0, V)``,
+        ``chunk_size < 1`` and options out of range.
+    ImportError
+        Without SciPy, whose BLAS computes the products.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent
+    >>> rng = np.random.default_rng(0)
+    >>> x, W = rng.standard_normal((6, 4)), rng.standard_normal((10, 4))
+    >>> y = np.array([0, 3, 9, 2, 2, 7])
+    >>> loss = fastxent.linear_cross_entropy(x, W, y)
+    >>> bool(np.isclose(loss, fastxent.cross_entropy(x @ W.T, y)))
+    True
+    """
+    loss, *_ = _linear_run(
+        x,
+        linear_weight,
+        target,
+        linear_bias=linear_bias,
+        want_grad=False,
+        reduction=reduction,
+        weight=weight,
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        chunk_size=chunk_size,
+        num_threads=num_threads,
+    )
+    result: FloatScalar | FloatArray = loss
+    return result
+
+
+def linear_cross_entropy_with_grad(
+    x: ArrayLike,
+    linear_weight: ArrayLike,
+    target: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None = None,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+    weight: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    num_threads: int | None = None,
+) -> tuple[FloatScalar | FloatArray, FloatArray, FloatArray, FloatArray | None]:
+    """Loss and all gradients of ``CE(x @ W.T + b, target)`` in one chunked pass.
+
+    With ``G`` the gradient of the loss with respect to the logits (as
+    :func:`fastxent.cross_entropy_grad` returns it; for ``"none"``, of the
+    sum of the per-sample losses) and the rows of ``x`` flattened::
+
+        grad_x = G @ W          grad_W = G.T @ x          grad_b = G.sum(0)
+
+    computed chunk by chunk: no ``n x V`` array is ever held, only a
+    ``chunk_size x V`` buffer.
+
+    Parameters
+    ----------
+    {linear}
+    {options}
+    {chunk}
+
+    Returns
+    -------
+    loss : scalar or ndarray
+        As :func:`linear_cross_entropy`.
+    grad_x : ndarray of x's shape and dtype
+    grad_linear_weight : ndarray of shape (V, d)
+    grad_linear_bias : ndarray of shape (V,), or None without ``linear_bias``
+
+    Raises
+    ------
+    TypeError, ValueError, ImportError
+        As in :func:`linear_cross_entropy`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastxent
+    >>> rng = np.random.default_rng(0)
+    >>> x, W, b = rng.standard_normal((6, 4)), rng.standard_normal((10, 4)), np.zeros(10)
+    >>> y = np.array([0, 3, 9, 2, 2, 7])
+    >>> loss, gx, gW, gb = fastxent.linear_cross_entropy_with_grad(x, W, y, linear_bias=b)
+    >>> G = fastxent.cross_entropy_grad(x @ W.T, y)
+    >>> bool(np.allclose(gx, G @ W) and np.allclose(gW, G.T @ x) and np.allclose(gb, G.sum(0)))
+    True
+    """
+    loss, gx, gW, gb, _, _ = _linear_run(
+        x,
+        linear_weight,
+        target,
+        linear_bias=linear_bias,
+        want_grad=True,
+        reduction=reduction,
+        weight=weight,
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        chunk_size=chunk_size,
+        num_threads=num_threads,
+    )
+    return loss, gx, gW, gb
+
+
+for _f in (linear_cross_entropy, linear_cross_entropy_with_grad):
+    if _f.__doc__:  # None under python -OO
+        for _key, _text in (
+            ("linear", _LINEAR_DOC),
+            ("options", _LINEAR_OPTIONS_DOC),
+            ("chunk", _CHUNK_DOC),
+        ):
+            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
+del _f, _key, _text
