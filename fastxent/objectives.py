@@ -9,12 +9,14 @@ validation; :func:`xgboost_multiclass` and :func:`lightgbm_multiclass` wrap
 it in each library's objective conventions, so that with the default
 options they train the same model as the library's built-in objective.
 
-Importing this module imports neither xgboost nor lightgbm: the objectives
-import them when called (by then the caller's training loop has).
+Neither this module nor its objectives import xgboost or lightgbm: an
+objective recognises the library's training data through the module the
+caller has already imported.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -221,19 +223,15 @@ def xgboost_multiclass(
     ``base_score`` to both, as XGBoost's ``demo/guide-python/custom_softmax.py``
     does; a constant for every class does not change the softmax.
 
-    *Precision.*  XGBoost computes the gradient in float32 and so does this
-    objective (``predt`` is float32).  The two round ``p`` differently by
-    about an ulp, and a leaf value sums many samples' gradients, so after
-    20 rounds the margins agree to a couple of float32 ulps (about 1e-6 at
-    margins near 4) and the probabilities to about 2e-7 (measured in the
-    tests).  Computing in float64 comes no closer: XGBoost itself rounds in
-    float32.
+    *Precision.*  XGBoost computes in float32 and so does this objective.
+    The two round ``p`` differently by about an ulp, so after 20 rounds the
+    margins agree to a couple of float32 ulps (~1e-6 at margins near 4) and
+    the probabilities to ~2e-7 (the tests); float64 here would come no
+    closer, since XGBoost itself rounds in float32.
 
-    Threads: OpenMP's default at call time (``OMP_NUM_THREADS``,
-    ``threadpoolctl``), independently of XGBoost's ``nthread``; the results
-    do not depend on the thread count.  XGBoost's scikit-learn wrapper
-    (``XGBClassifier(objective=...)``) calls ``objective(y_true, y_pred)``
-    instead, which is a ``TypeError`` here.
+    Threads: OpenMP's default (``OMP_NUM_THREADS``, ``threadpoolctl``), not
+    XGBoost's ``nthread``; the results do not depend on it.  The
+    scikit-learn wrapper's ``objective(y_true, y_pred)`` is a ``TypeError``.
 
     Examples
     --------
@@ -253,12 +251,7 @@ def xgboost_multiclass(
     eps = v.float_option(label_smoothing, "label_smoothing", 0.0, 1.0)
 
     def objective(predt: NDArray[Any], dtrain: Any) -> tuple[FloatArray, FloatArray]:
-        _check_data(dtrain, "xgboost", "DMatrix", "xgboost.train(params, dtrain, obj=...)")
-        n = int(dtrain.num_row())
-        k = _check_scores(predt, n, "predt", _XGB_SCORES_HINT)
-        labels = _class_indices(dtrain.get_label(), n, k, "DMatrix")
-        s = dtrain.get_weight()
-        g, h, _ = _grad_hess(predt, labels, w, s if s.size else None, eps, None)
+        g, h, _ = _booster_grad_hess("xgboost", predt, dtrain, w, eps)
         np.multiply(h, 2, out=h)  # XGBoost's factor (exact in binary floating point)
         np.maximum(h, _XGB_HESS_FLOOR, out=h)  # and floor; NaN (from NaN margins) stays NaN
         return g, h
@@ -281,10 +274,9 @@ def lightgbm_multiclass(
         grad_ij = s_i (Q_i P_ij - q_ij)
         hess_ij = k / (k - 1) s_i Q_i P_ij (1 - P_ij)
 
-    computed in float64 and returned as float32 arrays of shape ``(n, k)`` in
-    Fortran order: the type and layout LightGBM converts them to
-    (``score_t`` is float; ``Booster.__boost`` flattens them column by
-    column), so it makes no further copy.
+    computed in float64, as float32 arrays of shape ``(n, k)`` in Fortran
+    order: what LightGBM converts them to (``score_t`` is float;
+    ``Booster.__boost`` flattens them by columns), so it copies neither.
 
     Parameters
     ----------
@@ -318,9 +310,7 @@ def lightgbm_multiclass(
     from 0.  To train the model the built-in objective trains, pass
     ``boost_from_average=False`` to the built-in one.
 
-    Threads as in :func:`xgboost_multiclass`.  LightGBM's scikit-learn
-    wrapper (``LGBMClassifier(objective=...)``) calls
-    ``objective(y_true, y_pred)`` instead, which is a ``TypeError`` here.
+    Threads, and the scikit-learn wrapper, as in :func:`xgboost_multiclass`.
 
     Examples
     --------
@@ -340,13 +330,9 @@ def lightgbm_multiclass(
     eps = v.float_option(label_smoothing, "label_smoothing", 0.0, 1.0)
 
     def objective(preds: NDArray[Any], train_data: Any) -> tuple[FloatArray, FloatArray]:
-        _check_data(train_data, "lightgbm", "Dataset", "lightgbm.train({'objective': obj, ...})")
-        n = int(train_data.num_data())
-        k = _check_scores(preds, n, "preds", _LGB_SCORES_HINT)
-        labels = _class_indices(train_data.get_label(), n, k, "Dataset")
-        g, h, _ = _grad_hess(preds, labels, w, train_data.get_weight(), eps, None)
-        grad = np.empty((n, k), dtype=np.float32, order="F")
-        hess = np.empty((n, k), dtype=np.float32, order="F")
+        g, h, k = _booster_grad_hess("lightgbm", preds, train_data, w, eps)
+        grad = np.empty(g.shape, dtype=np.float32, order="F")
+        hess = np.empty(g.shape, dtype=np.float32, order="F")
         with np.errstate(over="ignore"):  # beyond float32: inf, as LightGBM's own cast
             np.copyto(grad, g, casting="same_kind")
             np.multiply(h, k / (k - 1), out=hess, casting="same_kind")
@@ -355,14 +341,48 @@ def lightgbm_multiclass(
     return objective
 
 
-_XGB_SCORES_HINT = (
-    "XGBoost >= 2 passes margins of shape (n_samples, num_class) to a custom objective; "
-    "set params['num_class'] to the number of classes (>= 2)."
-)
-_LGB_SCORES_HINT = (
-    "LightGBM >= 4 passes raw scores of shape (n_samples, num_class) to a callable "
-    "objective; set params['num_class'] to the number of classes (>= 2)."
-)
+# Per library: its training-data class, the name of the scores argument, and
+# how an objective is passed to it.
+_BOOSTERS = {
+    "xgboost": ("DMatrix", "predt", "xgboost.train(params, dtrain, obj=...)"),
+    "lightgbm": ("Dataset", "preds", "lightgbm.train({'objective': obj, ...}, train_set)"),
+}
+
+
+def _booster_grad_hess(
+    lib: str, scores: NDArray[Any], data: Any, w: FloatArray | None, eps: float
+) -> tuple[FloatArray, FloatArray, int]:
+    """A boosting library's call checked (the data's class, the scores'
+    shape, the labels) and its per-sample gradient and Hessian diagonal,
+    ``(grad, hess, k)``, with the labels and sample weights of ``data``."""
+    cls, name, usage = _BOOSTERS[lib]
+    module = sys.modules.get(lib)
+    if module is None or not isinstance(data, getattr(module, cls)):
+        # The scikit-learn wrappers call objective(y_true, y_pred): labels
+        # where the scores belong, and no sample weights.
+        raise TypeError(
+            f"the objective expects a {lib}.{cls} as its second argument, as {usage} passes "
+            f"it; got {type(data).__name__}. The scikit-learn wrappers' calling convention "
+            f"objective(y_true, y_pred) is not supported: use {usage}."
+        )
+    if lib == "xgboost":
+        n = int(data.num_row())
+        s = data.get_weight()  # empty without weights
+        s = s if s.size else None
+    else:
+        n = int(data.num_data())
+        s = data.get_weight()  # None without weights
+    ok = isinstance(scores, np.ndarray) and scores.ndim == 2
+    if not (ok and scores.shape[0] == n and scores.shape[1] >= 2):
+        raise ValueError(
+            f"{name} must be an array of shape ({n}, k) with k >= 2, the raw scores {lib} "
+            f"passes to a custom objective; got {getattr(scores, 'shape', None)}. Set "
+            "params['num_class'] to the number of classes (>= 2)."
+        )
+    k = int(scores.shape[1])
+    labels = _class_indices(data.get_label(), n, k, cls)
+    g, h, _ = _grad_hess(scores, labels, w, s, eps, None)
+    return g, h, k
 
 
 def _class_weights(weight: ArrayLike | None) -> FloatArray | None:
@@ -375,32 +395,6 @@ def _class_weights(weight: ArrayLike | None) -> FloatArray | None:
     if w.ndim != 1:
         raise ValueError(f"weight must be a 1-d array (one weight per class); got shape {w.shape}.")
     return v.class_weight(w, w.shape[0], np.dtype(np.float64))
-
-
-def _check_data(data: Any, module: str, cls: str, usage: str) -> None:
-    """``data`` must be the library's training-data class: its scikit-learn
-    wrapper calls objectives with ``(y_true, y_pred)``, which would put the
-    labels where the scores belong (and drop sample weights)."""
-    import sys
-
-    lib = sys.modules.get(module)
-    if lib is None or not isinstance(data, getattr(lib, cls)):
-        raise TypeError(
-            f"the objective expects a {module}.{cls} as its second argument, as {usage} "
-            f"passes it; got {type(data).__name__}. The scikit-learn wrappers call objectives "
-            "as objective(y_true, y_pred), which this objective does not support: use "
-            f"{usage}."
-        )
-
-
-def _check_scores(scores: object, n: int, name: str, hint: str) -> int:
-    """The number of classes ``k`` of a score array of shape ``(n, k)``."""
-    shape = getattr(scores, "shape", None)
-    if isinstance(scores, np.ndarray) and scores.ndim == 2:
-        rows, k = scores.shape
-        if rows == n and k >= 2:
-            return int(k)
-    raise ValueError(f"{name} must be an array of shape ({n}, k) with k >= 2; got {shape}. {hint}")
 
 
 def _class_indices(label: Any, n: int, k: int, where: str) -> NDArray[np.int32]:

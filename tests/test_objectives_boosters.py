@@ -50,7 +50,64 @@ def textbook(scores, y, s, k, weight=None, smoothing=0.0):
     return s[:, None] * (Q * P - q), s[:, None] * Q * P * (1 - P)
 
 
-# ---------------------------------------------------------------- XGBoost
+class XGBoost:
+    """Training with XGBoost, its objective and its formula written out."""
+
+    name, factory = "xgboost", staticmethod(xgboost_multiclass)
+
+    def __init__(self, xgb):
+        self.xgb = xgb
+
+    def train(self, X, y, k, s=None, obj=None, **params):
+        d = self.xgb.DMatrix(X, label=y, weight=s)
+        # base_score: XGBoost >= 3.1 would estimate the built-in objective's
+        # intercept (log class priors), which a custom objective cannot set.
+        p = {"num_class": k, "nthread": 1, "base_score": 0.5, "disable_default_eval_metric": True}
+        if obj is None:
+            p["objective"] = "multi:softprob"
+        return self.xgb.train({**p, **params}, d, ROUNDS, obj=obj).predict(d, output_margin=True)
+
+    @staticmethod
+    def textbook(weight=None, smoothing=0.0):
+        def obj(predt, dtrain):
+            y = dtrain.get_label().astype(np.int64)
+            s = dtrain.get_weight()
+            g, h = textbook(predt, y, s if s.size else None, predt.shape[1], weight, smoothing)
+            return g, np.maximum(2 * h, 1e-16)
+
+        return obj
+
+
+class LightGBM:
+    name, factory = "lightgbm", staticmethod(lightgbm_multiclass)
+
+    def __init__(self, lgb):
+        self.lgb = lgb
+
+    def train(self, X, y, k, s=None, obj=None, **params):
+        p = {"num_class": k, "num_threads": 1, "deterministic": True, "verbose": -1}
+        # boost_from_average: the built-in objective would start from the log
+        # class priors, a callable objective starts from 0.
+        p["objective"] = obj if obj is not None else "multiclass"
+        if obj is None:
+            p["boost_from_average"] = False
+        bst = self.lgb.train({**p, **params}, self.lgb.Dataset(X, label=y, weight=s), ROUNDS)
+        return bst.predict(X, raw_score=True)
+
+    @staticmethod
+    def textbook(weight=None, smoothing=0.0):
+        def obj(preds, train_data):
+            k = preds.shape[1]
+            y = train_data.get_label().astype(np.int64)
+            g, h = textbook(preds, y, train_data.get_weight(), k, weight, smoothing)
+            return g, k / (k - 1) * h
+
+        return obj
+
+
+@pytest.fixture(params=[XGBoost, LightGBM], ids=["xgboost", "lightgbm"])
+def booster(request):
+    return request.param(pytest.importorskip(request.param.name))
 
 
 @pytest.fixture(scope="module")
@@ -58,24 +115,56 @@ def xgb():
     return pytest.importorskip("xgboost")
 
 
-def xgb_train(xgb, X, y, k, s=None, obj=None, **params):
-    d = xgb.DMatrix(X, label=y, weight=s)
-    # base_score: XGBoost >= 3.1 would estimate the built-in objective's
-    # intercept (log class priors), which a custom objective cannot set.
-    p = {"num_class": k, "nthread": 1, "base_score": 0.5, "disable_default_eval_metric": True}
-    if obj is None:
-        p["objective"] = "multi:softprob"
-    return xgb.train({**p, **params}, d, ROUNDS, obj=obj).predict(d, output_margin=True)
+@pytest.fixture(scope="module")
+def lgb():
+    return pytest.importorskip("lightgbm")
 
 
-def xgb_textbook_objective(weight=None, smoothing=0.0):
-    def obj(predt, dtrain):
-        y = dtrain.get_label().astype(np.int64)
-        s = dtrain.get_weight()
-        g, h = textbook(predt, y, s if s.size else None, predt.shape[1], weight, smoothing)
-        return g, np.maximum(2 * h, 1e-16)
+def assert_same_probabilities(got, expected):
+    np.testing.assert_allclose(softmax_probs(got), softmax_probs(expected), rtol=0, atol=1e-6)
 
-    return obj
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_trains_the_builtin_model(booster, k, weighted):
+    X, y, s = make_data(k)
+    s = s if weighted else None
+    expected = booster.train(X, y, k, s)
+    got = booster.train(X, y, k, s, obj=booster.factory())
+    assert_same_probabilities(got, expected)
+    if booster.name == "xgboost":
+        # float32 gradients rounded differently by about an ulp: the margins
+        # agree to a couple of float32 ulps, the probabilities to ~2e-7.
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+        # Without the common base_score the two differ (the test is not vacuous):
+        default = booster.train(X, y, k, s, base_score=None)
+        assert np.abs(softmax_probs(default) - softmax_probs(expected)).max() > 1e-4
+    else:  # both in float64, rounded once to float32: the same model
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_class_weights_are_sample_weights_by_class(booster):
+    k = 4
+    X, y, _ = make_data(k, seed=1)
+    w = np.array([0.5, 2.0, 1.0, 3.0])
+    # XGBoost: tree_method="exact", since "hist" also weights the quantile
+    # sketch of its bin edges by the sample weights.
+    params = {"tree_method": "exact"} if booster.name == "xgboost" else {}
+    expected = booster.train(X, y, k, w[y], **params)
+    got = booster.train(X, y, k, obj=booster.factory(weight=w), **params)
+    assert_same_probabilities(got, expected)
+
+
+def test_label_smoothing(booster):
+    k, eps = 4, 0.2
+    X, y, s = make_data(k, seed=2)
+    got = booster.train(X, y, k, s, obj=booster.factory(label_smoothing=eps))
+    expected = booster.train(X, y, k, s, obj=booster.textbook(smoothing=eps))
+    assert_same_probabilities(got, expected)
+    plain = softmax_probs(booster.train(X, y, k, s, obj=booster.factory()))
+    smooth = softmax_probs(got)
+    assert smooth.max(axis=1).mean() < plain.max(axis=1).mean() - 0.02  # less confident
+    assert (smooth.argmax(1) == y).mean() > 0.8
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -91,7 +180,7 @@ def test_xgboost_objective_is_xgboosts_formula(xgb, rng, weighted):
     d = xgb.DMatrix(np.zeros((50, 1)), label=y, weight=s)
     grad, hess = xgboost_multiclass()(predt, d)
     assert grad.dtype == hess.dtype == np.float32 and grad.shape == hess.shape == (50, k)
-    eg, eh = xgb_textbook_objective()(predt, d)
+    eg, eh = XGBoost.textbook()(predt, d)
     np.testing.assert_allclose(grad, eg, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(hess, eh, rtol=1e-5, atol=1e-6)
     assert hess[0, 1] == np.float32(1e-16) and hess.min() >= np.float32(1e-16)
@@ -99,43 +188,18 @@ def test_xgboost_objective_is_xgboosts_formula(xgb, rng, weighted):
         assert np.all(grad[1] == 0) and np.all(hess[1] == np.float32(1e-16))
 
 
-@pytest.mark.parametrize("k", [3, 5])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_xgboost_trains_the_builtin_model(xgb, k, weighted):
-    X, y, s = make_data(k)
-    s = s if weighted else None
-    expected = xgb_train(xgb, X, y, k, s)
-    got = xgb_train(xgb, X, y, k, s, obj=xgboost_multiclass())
-    # float32 gradients rounded differently by about an ulp: the margins
-    # agree to a couple of float32 ulps, the probabilities to ~2e-7.
-    np.testing.assert_allclose(softmax_probs(got), softmax_probs(expected), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
-    # Without the intercept fix-up the two would differ (the test is not vacuous):
-    default = xgb_train(xgb, X, y, k, s, base_score=None)
-    assert np.abs(softmax_probs(default) - softmax_probs(expected)).max() > 1e-4
-
-
-def test_xgboost_class_weights_are_sample_weights_by_class(xgb):
-    k = 4
-    X, y, _ = make_data(k, seed=1)
-    w = np.array([0.5, 2.0, 1.0, 3.0])
-    # tree_method="exact": "hist" would also weight the quantile sketch of
-    # its bin edges by the sample weights.
-    expected = xgb_train(xgb, X, y, k, w[y], tree_method="exact")
-    got = xgb_train(xgb, X, y, k, obj=xgboost_multiclass(weight=w), tree_method="exact")
-    np.testing.assert_allclose(softmax_probs(got), softmax_probs(expected), rtol=0, atol=1e-6)
-
-
-def test_xgboost_label_smoothing(xgb):
-    k, eps = 4, 0.2
-    X, y, s = make_data(k, seed=2)
-    got = xgb_train(xgb, X, y, k, s, obj=xgboost_multiclass(label_smoothing=eps))
-    expected = xgb_train(xgb, X, y, k, s, obj=xgb_textbook_objective(smoothing=eps))
-    np.testing.assert_allclose(softmax_probs(got), softmax_probs(expected), rtol=0, atol=1e-6)
-    plain = softmax_probs(xgb_train(xgb, X, y, k, s, obj=xgboost_multiclass()))
-    smooth = softmax_probs(got)
-    assert smooth.max(axis=1).mean() < plain.max(axis=1).mean() - 0.02  # less confident
-    assert (smooth.argmax(1) == y).mean() > 0.8
+def test_lightgbm_objective_is_lightgbms_formula(lgb, rng):
+    k, n = 5, 60
+    preds = np.asfortranarray(rng.standard_normal((n, k)) * 3)  # as LightGBM passes them
+    y = rng.integers(0, k, n)
+    s = rng.uniform(0.0, 2.0, n)
+    d = lgb.Dataset(np.zeros((n, 1)), label=y, weight=s).construct()
+    grad, hess = lightgbm_multiclass()(preds, d)
+    assert grad.dtype == hess.dtype == np.float32 and grad.shape == hess.shape == (n, k)
+    assert grad.flags.f_contiguous and hess.flags.f_contiguous  # LightGBM copies neither
+    eg, eh = LightGBM.textbook()(preds, d)
+    np.testing.assert_allclose(grad, eg.astype(np.float32), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(hess, eh.astype(np.float32), rtol=1e-6, atol=1e-7)
 
 
 def test_xgboost_quantile_dmatrix_and_other_options(xgb):
@@ -170,83 +234,6 @@ def test_xgboost_errors(xgb):
         xgboost_multiclass(weight=[1.0, np.inf, 3.0])
     with pytest.raises(ValueError, match="label_smoothing"):
         xgboost_multiclass(label_smoothing=2.0)
-
-
-# ---------------------------------------------------------------- LightGBM
-
-
-@pytest.fixture(scope="module")
-def lgb():
-    return pytest.importorskip("lightgbm")
-
-
-def lgb_train(lgb, X, y, k, s=None, obj=None):
-    p = {"num_class": k, "num_threads": 1, "deterministic": True, "verbose": -1}
-    # boost_from_average: the built-in objective would start from the log
-    # class priors, a callable objective starts from 0.
-    p["objective"] = obj if obj is not None else "multiclass"
-    if obj is None:
-        p["boost_from_average"] = False
-    bst = lgb.train(p, lgb.Dataset(X, label=y, weight=s), num_boost_round=ROUNDS)
-    return bst.predict(X, raw_score=True)
-
-
-def lgb_textbook_objective(weight=None, smoothing=0.0):
-    def obj(preds, train_data):
-        w = train_data.get_weight()
-        k = preds.shape[1]
-        y = train_data.get_label().astype(np.int64)
-        g, h = textbook(preds, y, w, k, weight, smoothing)
-        return g, k / (k - 1) * h
-
-    return obj
-
-
-def test_lightgbm_objective_is_lightgbms_formula(lgb, rng):
-    k, n = 5, 60
-    preds = np.asfortranarray(rng.standard_normal((n, k)) * 3)  # as LightGBM passes them
-    y = rng.integers(0, k, n)
-    s = rng.uniform(0.0, 2.0, n)
-    d = lgb.Dataset(np.zeros((n, 1)), label=y, weight=s).construct()
-    grad, hess = lightgbm_multiclass()(preds, d)
-    assert grad.dtype == hess.dtype == np.float32 and grad.shape == hess.shape == (n, k)
-    assert grad.flags.f_contiguous and hess.flags.f_contiguous  # LightGBM copies neither
-    eg, eh = lgb_textbook_objective()(preds, d)
-    np.testing.assert_allclose(grad, eg.astype(np.float32), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(hess, eh.astype(np.float32), rtol=1e-6, atol=1e-7)
-
-
-@pytest.mark.parametrize("k", [3, 5])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_lightgbm_trains_the_builtin_model(lgb, k, weighted):
-    X, y, s = make_data(k)
-    s = s if weighted else None
-    expected = lgb_train(lgb, X, y, k, s)
-    got = lgb_train(lgb, X, y, k, s, obj=lightgbm_multiclass())
-    # Both compute in float64 and round to float32 once: the same model.
-    np.testing.assert_allclose(softmax_probs(got), softmax_probs(expected), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
-
-
-def test_lightgbm_class_weights_are_sample_weights_by_class(lgb):
-    k = 4
-    X, y, _ = make_data(k, seed=1)
-    w = np.array([0.5, 2.0, 1.0, 3.0])
-    expected = lgb_train(lgb, X, y, k, w[y])
-    got = lgb_train(lgb, X, y, k, obj=lightgbm_multiclass(weight=w))
-    np.testing.assert_allclose(softmax_probs(got), softmax_probs(expected), rtol=0, atol=1e-6)
-
-
-def test_lightgbm_label_smoothing(lgb):
-    k, eps = 4, 0.2
-    X, y, s = make_data(k, seed=2)
-    got = lgb_train(lgb, X, y, k, s, obj=lightgbm_multiclass(label_smoothing=eps))
-    expected = lgb_train(lgb, X, y, k, s, obj=lgb_textbook_objective(smoothing=eps))
-    np.testing.assert_allclose(softmax_probs(got), softmax_probs(expected), rtol=0, atol=1e-6)
-    plain = softmax_probs(lgb_train(lgb, X, y, k, s, obj=lightgbm_multiclass()))
-    smooth = softmax_probs(got)
-    assert smooth.max(axis=1).mean() < plain.max(axis=1).mean() - 0.02
-    assert (smooth.argmax(1) == y).mean() > 0.8
 
 
 def test_lightgbm_errors(lgb):
