@@ -78,7 +78,19 @@ class Case:
         return p
 
 
-def measure(benchmark, fn, *, case, impl, threads, group=None, dtype=None, nbytes=None, **extra):
+def measure(
+    benchmark,
+    fn,
+    *,
+    case,
+    impl,
+    threads,
+    group=None,
+    dtype=None,
+    nbytes=None,
+    min_rounds=MIN_SLOW_ROUNDS,
+    **extra,
+):
     """Time ``fn()`` under ``benchmark`` and tag the result for the report.
 
     ``fn`` is called twice first (warm-up: JIT compilation, lazy imports,
@@ -86,7 +98,7 @@ def measure(benchmark, fn, *, case, impl, threads, group=None, dtype=None, nbyte
     warm-up call sets the method: calls that take under
     ``PEDANTIC_ABOVE_S`` use pytest-benchmark's calibrated loop (honours the
     ``--benchmark-*`` options); slower ones run one call per round for
-    ``--benchmark-max-time`` seconds, at least ``MIN_SLOW_ROUNDS`` rounds.
+    ``--benchmark-max-time`` seconds, at least ``min_rounds`` rounds.
     Returns the last result of ``fn``.
     """
     cname = case if isinstance(case, str) else case.name
@@ -107,7 +119,7 @@ def measure(benchmark, fn, *, case, impl, threads, group=None, dtype=None, nbyte
     if est < PEDANTIC_ABOVE_S:
         return benchmark(fn)
     budget = benchmark._max_time  # --benchmark-max-time (default 1 s)
-    rounds = max(MIN_SLOW_ROUNDS, min(100, math.ceil(budget / est)))
+    rounds = max(min_rounds, min(100, math.ceil(budget / est)))
     return benchmark.pedantic(fn, rounds=rounds, iterations=1)
 
 

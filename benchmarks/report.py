@@ -19,6 +19,8 @@ import json
 import sys
 from collections import defaultdict
 
+from report_objectives import objectives_section
+
 # Implementations that read z and write an n x m array (loss+grad or copy):
 # the bandwidth plot charges them 2 x nbytes; the rest (loss-only, read
 # floor) 1 x nbytes.
@@ -419,7 +421,7 @@ def main(argv=None):
     lines = header_lines(data, args.stat, args.json)
     if core:
         lines += floors_section(core) + peers_section(core) + threads_section(core)
-    lines += options_section(groups) + small_section(groups)
+    lines += options_section(groups) + small_section(groups) + objectives_section(groups)
     print("\n".join(lines))
     if args.plot:
         if not core:

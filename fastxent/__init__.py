@@ -26,9 +26,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # fastxent.estimators and fastxent.metrics load on first access, so that
-    # `import fastxent` never imports scikit-learn or SciPy.
-    if name in ("estimators", "metrics"):
+    # fastxent.estimators, fastxent.metrics and fastxent.objectives load on
+    # first access, so that `import fastxent` imports NumPy only (never
+    # scikit-learn, SciPy, xgboost or lightgbm).
+    if name in ("estimators", "metrics", "objectives"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "cross_entropy",
+    "cross_entropy_hessian_diag",
     "finite_difference_grad",
     "log_softmax",
     "logsumexp",
@@ -221,6 +222,47 @@ def cross_entropy(
         with np.errstate(divide="ignore", invalid="ignore"):
             return float(np.float64(np.sum(per_sample)) / np.float64(denom)), grad.reshape(shape)
     raise ValueError(f"reference: unknown reduction {reduction!r}")
+
+
+def cross_entropy_hessian_diag(
+    logits, target, *, weight=None, sample_weight=None, label_smoothing=0.0
+):
+    """Diagonal of each sample's Hessian of its own loss (float64).
+
+    The per-sample loss ``E_i = s_i sum_c q_ic (lse_i - Z_ic)`` (that of
+    ``cross_entropy(..., reduction="none")``, no z-loss or soft-cap) has the
+    Hessian ``d2E_i / dZ_ij dZ_il = s_i Q_i (P_ij [j = l] - P_ij P_il)``
+    with ``Q_i = sum_c q_ic``: the target terms are linear in ``Z`` and
+    ``lse`` is the log-partition function, whose Hessian is the covariance
+    of the one-hot class under ``P``.  The full ``m x m`` matrix is built
+    per sample and its diagonal returned, with the target masses ``q`` made
+    explicit as in ``cross_entropy`` (class indices: ``(1 - eps) w_y`` on the
+    label plus ``eps / m w_c`` everywhere; probabilities:
+    ``w_c ((1 - eps) Y_c + eps / m)``).  A fully masked row with no target
+    mass is no example (0), as in ``cross_entropy``.
+    """
+    z, shape = _rows(logits)
+    n, m = z.shape
+    t = np.asarray(target)
+    eps = float(label_smoothing)
+    w = np.ones(m) if weight is None else np.asarray(weight, dtype=np.float64)
+    s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64).reshape(n)
+    if t.shape == shape[:-1] and t.dtype.kind in "iu":
+        labels = t.reshape(n).astype(np.int64)
+        q = (eps / m) * np.broadcast_to(w, (n, m)).copy()
+        q[np.arange(n), labels] += (1.0 - eps) * w[labels]
+    elif t.shape == shape:
+        q = w[None, :] * ((1.0 - eps) * t.astype(np.float64).reshape(n, m) + eps / m)
+    else:
+        raise ValueError(f"reference: target shape {t.shape} fits neither {shape[:-1]} nor {shape}")
+    P = softmax(z).reshape(n, m)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cov = np.einsum("ij,jl->ijl", P, np.eye(m)) - np.einsum("ij,il->ijl", P, P)
+        H = (s * q.sum(axis=1))[:, None, None] * cov
+    diag = np.einsum("ijj->ij", H)
+    dead = np.all(z == -np.inf, axis=1) & np.all(q == 0, axis=1)
+    diag = np.where(dead[:, None], 0.0, diag)
+    return diag.reshape(shape)
 
 
 def finite_difference_grad(f, x, h=1e-4):

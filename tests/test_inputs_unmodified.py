@@ -1,14 +1,14 @@
 """Inputs are never modified unless passed as ``out=``.
 
-``install_guard`` wraps the two functions every public function goes
-through (``fastxent._loss._run`` and ``fastxent._softmax._rows``, looked up
-at call time, so it catches calls however the public function was
-imported): the bytes of every array argument other than ``out`` (up to
-64 MiB each; arrays that overlap ``out`` excepted) are compared before and
-after the call, whether it returns or raises.  ``conftest.py`` installs it
-for every test of the suite (autouse fixture); tests that measure memory
-opt out with ``@pytest.mark.no_input_guard`` (the snapshots are traced
-allocations).
+``install_guard`` wraps the functions every public function goes through
+(``fastxent._loss._run``, ``fastxent._softmax._rows`` and
+``fastxent.objectives._grad_hess``, looked up at call time, so it catches
+calls however the public function was imported): the bytes of every array
+argument other than ``out`` (up to 64 MiB each; arrays that overlap
+``out`` excepted) are compared before and after the call, whether it
+returns or raises.  ``conftest.py`` installs it for every test of the
+suite (autouse fixture); tests that measure memory opt out with
+``@pytest.mark.no_input_guard`` (the snapshots are traced allocations).
 
 This module checks the guard itself (it fires on a modifying function, it
 is installed) and runs a deterministic matrix of every public function x
@@ -26,7 +26,7 @@ import pytest
 from helpers import make_labels, make_logits, make_probs
 
 import fastxent
-from fastxent import _loss, _softmax
+from fastxent import _loss, _softmax, objectives
 
 MAX_BYTES = 64 << 20  # bigger arrays (bigmem) are not copied
 
@@ -65,11 +65,15 @@ def install_guard(monkeypatch):
     monkeypatch.setattr(
         _softmax, "_rows", _guarded(_softmax._rows, lambda a, kw: a[1] if len(a) > 1 else None)
     )
+    monkeypatch.setattr(
+        objectives, "_grad_hess", _guarded(objectives._grad_hess, lambda a, kw: None)
+    )
 
 
 def _guard_installed():
-    return getattr(_loss._run, "__wrapped_by_input_guard__", False) and getattr(
-        _softmax._rows, "__wrapped_by_input_guard__", False
+    return all(
+        getattr(f, "__wrapped_by_input_guard__", False)
+        for f in (_loss._run, _softmax._rows, objectives._grad_hess)
     )
 
 
