@@ -13,6 +13,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 _Floating = NDArray[np.floating[Any]]
+# Logits and outputs: float32/float64, or the uint16 bits of float16/bfloat16.
+_Values = NDArray[Any]
 _Labels = NDArray[np.signedinteger[Any]]
 _F64 = NDArray[np.float64]
 
@@ -20,33 +22,35 @@ _F64 = NDArray[np.float64]
 __test__: dict[str, str]
 
 def cross_entropy_labels(
-    z: _Floating,
+    z: _Values,
     labels: _Labels,
     class_weight: _Floating | None,
     sample_weight: _F64 | None,
     loss_out: _F64 | None,
-    grad_out: _Floating | None,
-    hess_out: _Floating | None,
+    grad_out: _Values | None,
+    hess_out: _Values | None,
     ignore_index: int,
     smoothing: float,
     zloss: float,
     softcap: float,
     grad_denom: float,
     num_threads: int,
+    half: int = ...,
 ) -> tuple[int, float, float]: ...
 def cross_entropy_probs(
-    z: _Floating,
-    target: _Floating,
+    z: _Values,
+    target: _Values,
     class_weight: _Floating | None,
     sample_weight: _F64 | None,
     loss_out: _F64 | None,
-    grad_out: _Floating | None,
-    hess_out: _Floating | None,
+    grad_out: _Values | None,
+    hess_out: _Values | None,
     smoothing: float,
     zloss: float,
     softcap: float,
     grad_denom: float,
     num_threads: int,
+    half: int = ...,
 ) -> tuple[int, float, float]: ...
 def mean_denominator(
     labels: _Labels,
@@ -61,7 +65,7 @@ def linear_cross_entropy_chunks(
     W: _Floating,
     bias: _Floating | None,
     labels: _Labels | None,
-    target: _Floating | None,
+    target: _Values | None,
     class_weight: _Floating | None,
     sample_weight: _F64 | None,
     buf: _Floating,
@@ -78,15 +82,18 @@ def linear_cross_entropy_chunks(
     num_threads: int,
 ) -> float: ...
 def softmax_rows(
-    z: _Floating,
-    out: _Floating | None,
+    z: _Values,
+    out: _Values | None,
     take_log: bool,
     lse_out: _F64 | None,
     num_threads: int,
+    half: int = ...,
 ) -> None: ...
 def exp_array(x: _Floating, out: _Floating) -> None: ...
 def expneg_array(x: _Floating, out: _Floating) -> None: ...
 def tanh_array(x: _Floating, out: _Floating) -> None: ...
+def half_to_float(src: NDArray[np.uint16], dst: NDArray[np.float32], bf16: bool) -> None: ...
+def float_to_half(src: NDArray[np.float32], dst: NDArray[np.uint16], bf16: bool) -> None: ...
 def openmp_enabled() -> bool: ...
 def max_threads() -> int: ...
 def forked_child() -> bool: ...

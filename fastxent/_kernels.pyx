@@ -48,7 +48,7 @@ from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer, PyCapsul
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, log, log1p
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -91,6 +91,8 @@ cdef extern from "_rowops.h" nogil:
     double fx_softmax_coef_d(double b, Py_ssize_t m, Py_ssize_t label, const double *y,
                              const double *w, double smoothing, double zloss, double lse,
                              double S)
+    void fx_half_to_float(const uint16_t *src, Py_ssize_t n, float *dst, int bf16)
+    void fx_float_to_half(const float *src, Py_ssize_t n, uint16_t *dst, int bf16)
     const char *fx_simd_dispatch()
     double fx_log(double x)
     double fx_pairwise_sum(const double *x, Py_ssize_t n)
@@ -501,23 +503,24 @@ cdef int _rows(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
     const double *sw, const LossOptions *opt, double *loss_out,
-    floating *grad, floating *hess, int num_threads,
+    floating *grad, floating *hess, int num_threads, floating *own_scratch,
 ) noexcept nogil:
     """The general path: cross_entropy_row over the rows, for class indices
-    (``labels``) or probabilities (``target``, ``labels`` NULL).  Returns 1
-    if a thread could not allocate its soft-cap scratch row."""
+    (``labels``) or probabilities (``target``, ``labels`` NULL).  A serial
+    call uses ``own_scratch`` (m elements) for a soft-cap if given.  Returns
+    1 if a thread could not allocate its soft-cap scratch row."""
     cdef Py_ssize_t i
     cdef floating *scratch = NULL
     cdef int failed = 0
     cdef int *failed_p = &failed
     if not _use_threads(n, m, num_threads):
-        if opt.softcap > 0:
+        if opt.softcap > 0 and own_scratch == NULL:
             scratch = <floating *>malloc(m * sizeof(floating))
             if scratch == NULL:
                 return 1
         for i in range(n):
-            loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
-                                   sw, opt, grad, hess, scratch)
+            loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w, sw, opt,
+                                   grad, hess, own_scratch if own_scratch != NULL else scratch)
         free(scratch)
         return 0
     with parallel(num_threads=num_threads):
@@ -540,18 +543,20 @@ cdef int _loss_rows(
     int64_t ignore_index, const floating *target, const floating *w,
     const double *sw, const LossOptions *opt, double *loss_out,
     floating *grad, floating *hess, int num_threads,
+    floating *scratch=NULL,
 ) noexcept nogil:
     """Per-row losses (and gradient, and Hessian diagonal) of any block of
     rows with its own output pointers: the one driver every loss job uses
     (whole arrays, chunks of ``x @ W.T``, Dask blocks, half-precision
     blocks converted to float32).  Labels must be range-checked already.
-    Returns 1 if scratch memory could not be allocated."""
+    ``scratch`` (m elements, optional) serves a serial soft-cap.  Returns 1
+    if scratch memory could not be allocated."""
     if labels != NULL and m <= FX_SMALL_M_MAX and opt.softcap == 0:
         _small_labels(z, n, m, labels, w, sw, opt, loss_out, grad, hess,
                       ignore_index, num_threads)
         return 0
     return _rows(z, n, m, labels, ignore_index, target, w, sw, opt, loss_out,
-                 grad, hess, num_threads)
+                 grad, hess, num_threads, scratch)
 
 
 # ---- entry points (called from Python with validated arrays) ----
@@ -573,13 +578,19 @@ cdef struct Arrays:
     double *loss     # (n,) float64 per-row losses, or NULL
     void *grad       # (n, m) gradient or softmax output, or NULL
     void *hess       # (n, m) Hessian diagonal, or NULL
+    int half         # 0, or the 16-bit format of z, grad, hess: 1 float16, 2 bfloat16
+    bint target_half  # the probabilities are in that format too (else float32)
 
 
-cdef int _float_type(object z) except -1:
+cdef int _float_type(object z, int half=0) except -1:
+    """The type number of the logits: float32, float64, or (``half``, the
+    bits of float16 or bfloat16 values) uint16."""
     if not cnp.PyArray_Check(z):
         raise TypeError("fastxent._kernels: logits must be an ndarray")
     cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>z)
-    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
+    if half not in (0, 1, 2) or (half and t != cnp.NPY_UINT16):
+        raise TypeError("fastxent._kernels: half-precision logits must come as uint16 bits")
+    if not half and t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
         raise TypeError("fastxent._kernels: logits must be float32 or float64")
     return t
 
@@ -609,14 +620,17 @@ cdef int _take(object a, int typenum, Py_ssize_t d0, Py_ssize_t d1,
 
 cdef int _take_common(Arrays *a, object z, object class_weight,
                       object sample_weight, object loss_out,
-                      object grad_out, object hess_out=None) except -1:
+                      object grad_out, object hess_out=None, int half=0) except -1:
     """The logits and the arrays every loss kernel shares; returns the
-    logits' type number."""
-    cdef int ft = _float_type(z)
+    logits' type number (uint16 for half precision, whose class weights are
+    float32)."""
+    cdef int ft = _float_type(z, half)
+    a.half = half
+    a.target_half = False
     a.n = cnp.PyArray_DIM(<cnp.ndarray>z, 0) if cnp.PyArray_NDIM(<cnp.ndarray>z) == 2 else -1
     a.m = cnp.PyArray_DIM(<cnp.ndarray>z, 1) if a.n >= 0 else -1
     _take(z, ft, a.n, a.m, False, &a.z)
-    _take(class_weight, ft, a.m, -1, False, &a.w)
+    _take(class_weight, cnp.NPY_FLOAT if half else ft, a.m, -1, False, &a.w)
     _take(sample_weight, cnp.NPY_DOUBLE, a.n, -1, False, <void **>&a.sw)
     _take(loss_out, cnp.NPY_DOUBLE, a.n, -1, True, <void **>&a.loss)
     _take(grad_out, ft, a.n, a.m, True, &a.grad)
@@ -658,6 +672,13 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
                 rows = <double *>malloc(n * sizeof(double))
             if rows == NULL:
                 failed = 1
+            elif floating is float and a.half:
+                # z, grad, hess hold 16-bit values (and target, if target_half).
+                failed = _half_loss_rows(
+                    <const uint16_t *>z, a.half == 2, n, m, labels, ignore_index,
+                    <const float *>NULL if a.target_half else target,
+                    <const uint16_t *>target if a.target_half else <const uint16_t *>NULL,
+                    w, a.sw, &opt, rows, <uint16_t *>grad, <uint16_t *>hess, num_threads)
             else:
                 failed = _loss_rows(z, n, m, labels, ignore_index, target, w,
                                     a.sw, &opt, rows, grad, hess, num_threads)
@@ -684,6 +705,7 @@ def cross_entropy_labels(
     double softcap,
     double grad_denom,
     int num_threads,
+    int half=0,
 ):
     """Per-row losses into ``loss_out`` (and the gradient into ``grad_out``,
     the Hessian diagonal into ``hess_out``) for class-index targets: ``z``
@@ -703,17 +725,21 @@ def cross_entropy_labels(
     else was computed) or -1; ``total`` is the pairwise sum of the per-row
     losses; ``denominator`` is this call's ``sum_i s_i w[y_i]`` over the kept
     rows.  Ignored rows get loss 0 and a zero gradient.
+
+    ``half`` (1 float16, 2 bfloat16): ``z``, ``grad_out`` and ``hess_out``
+    hold the 16-bit values as uint16, computed in float32 (class weights
+    float32).
     """
     cdef Arrays a
     cdef int ft = _take_common(&a, z, class_weight, sample_weight, loss_out,
-                               grad_out, hess_out)
+                               grad_out, hess_out, half)
     cdef int lt = cnp.NPY_INT64
     if cnp.PyArray_Check(labels) and cnp.PyArray_TYPE(<cnp.ndarray>labels) == cnp.NPY_INT32:
         lt = cnp.NPY_INT32
     _take(labels, lt, a.n, -1, False, &a.labels)
     if a.labels == NULL and a.n != 0:
         raise TypeError("fastxent._kernels: labels must be an int32 or int64 array")
-    if ft == cnp.NPY_FLOAT:
+    if ft == cnp.NPY_FLOAT or half:
         if lt == cnp.NPY_INT32:
             return _run_loss(<float *>a.z, <int32_t *>a.labels, <float *>NULL, &a,
                              ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
@@ -739,18 +765,24 @@ def cross_entropy_probs(
     double softcap,
     double grad_denom,
     int num_threads,
+    int half=0,
 ):
     """As :func:`cross_entropy_labels` for class-probability targets of the
-    shape and dtype of ``z`` (which must not overlap ``grad_out``).  Returns
-    ``(-1, total, denominator)`` with the denominator ``sum_i s_i`` (``n``
-    without sample weights)."""
+    shape and dtype of ``z`` (which must not overlap ``grad_out``; with
+    ``half``, float32 or the logits' 16-bit format).  Returns ``(-1, total,
+    denominator)`` with the denominator ``sum_i s_i`` (``n`` without sample
+    weights)."""
     cdef Arrays a
     cdef int ft = _take_common(&a, z, class_weight, sample_weight, loss_out,
-                               grad_out, hess_out)
-    _take(target, ft, a.n, a.m, False, &a.target)
+                               grad_out, hess_out, half)
+    if half and cnp.PyArray_Check(target) and \
+            cnp.PyArray_TYPE(<cnp.ndarray>target) == cnp.NPY_UINT16:
+        a.target_half = True
+    _take(target, ft if not half or a.target_half else cnp.NPY_FLOAT, a.n, a.m, False,
+          &a.target)
     if a.target == NULL:
         raise TypeError("fastxent._kernels: target must be an array")
-    if ft == cnp.NPY_FLOAT:
+    if ft == cnp.NPY_FLOAT or half:
         return _run_loss(<float *>a.z, <int64_t *>NULL, <float *>a.target, &a,
                          0, smoothing, zloss, softcap, grad_denom, num_threads)
     return _run_loss(<double *>a.z, <int64_t *>NULL, <double *>a.target, &a,
@@ -802,6 +834,137 @@ def pairwise_sum(object x):
     with nogil:
         total = fx_pairwise_sum(<double *>data, n)
     return total
+
+
+# ---- half precision: float16 and bfloat16 logits, computed in float32 ----
+#
+# The rows go through the float32 kernels a block at a time: each thread
+# widens a block of rows into a float32 buffer of its own, runs the row (or
+# tile) kernels there with the gradient written in place, and narrows the
+# outputs back.  Every pass over a row after the first reads the float32
+# buffer from cache, so the arrays in memory are read and written once at
+# 2 bytes an element.  (Converting in the kernels' own vector loads would
+# need every row primitive twice; the buffer costs a cache-resident copy.)
+
+cdef inline Py_ssize_t _half_block_rows(Py_ssize_t m, bint tile) noexcept nogil:
+    """Rows per block: whole tiles for the small-m kernel, else about 32 K
+    elements (128 KiB of float32, at least one row)."""
+    if tile:
+        return FX_TILE_ROWS
+    return max(<Py_ssize_t>1, 32768 // m)
+
+
+cdef int _half_loss_block(
+    Py_ssize_t blk, Py_ssize_t B, float *buf, const uint16_t *z, bint bf16, Py_ssize_t n,
+    Py_ssize_t m, const label_t *labels, int64_t ignore_index, const float *target,
+    const uint16_t *target_half, const float *w, const double *sw, const LossOptions *opt,
+    double *loss_out, uint16_t *grad, uint16_t *hess,
+) noexcept nogil:
+    """Block ``blk`` of B rows: widen, run the float32 kernels in ``buf``
+    (logits/gradient, Hessian, targets and a soft-cap row, in that order),
+    narrow the outputs.  Returns 1 if out of memory."""
+    cdef Py_ssize_t per = B * m, r0 = blk * B, R = min(B, n - r0)
+    cdef float *zf = buf
+    cdef float *hf = buf + per
+    cdef float *tf = buf + per * (1 + (hess != NULL))
+    cdef float *cap = tf + (per if target_half != NULL else 0)
+    cdef int failed
+    fx_half_to_float(z + r0 * m, R * m, zf, bf16)
+    if target_half != NULL:
+        fx_half_to_float(target_half + r0 * m, R * m, tf, bf16)
+    elif target != NULL:
+        tf = <float *>target + r0 * m
+    else:
+        tf = NULL
+    failed = _loss_rows(zf, R, m, labels + r0 if labels != NULL else NULL, ignore_index, tf,
+                        w, sw + r0 if sw != NULL else NULL, opt, loss_out + r0,
+                        zf if grad != NULL else NULL, hf if hess != NULL else NULL, 1, cap)
+    if grad != NULL:
+        fx_float_to_half(zf, R * m, grad + r0 * m, bf16)
+    if hess != NULL:
+        fx_float_to_half(hf, R * m, hess + r0 * m, bf16)
+    return failed
+
+
+cdef int _half_loss_rows(
+    const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
+    int64_t ignore_index, const float *target, const uint16_t *target_half,
+    const float *w, const double *sw, const LossOptions *opt, double *loss_out,
+    uint16_t *grad, uint16_t *hess, int num_threads,
+) noexcept nogil:
+    """_loss_rows for half-precision logits (and outputs; probabilities in
+    float32 ``target`` or in the logits' format ``target_half``).  Returns 1
+    if a thread could not allocate its buffers."""
+    cdef bint tile = labels != NULL and m <= FX_SMALL_M_MAX and opt.softcap == 0
+    cdef Py_ssize_t B = _half_block_rows(m, tile)
+    cdef Py_ssize_t nb = (n + B - 1) // B, blk
+    cdef Py_ssize_t size = B * m * (1 + (hess != NULL) + (target_half != NULL)) + m
+    cdef int failed = 0
+    cdef int *failed_p = &failed
+    cdef float *buf = NULL
+    if not _use_threads(n, m, num_threads):
+        buf = <float *>malloc(size * sizeof(float))
+        if buf == NULL:
+            return 1
+        for blk in range(nb):
+            failed |= _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index, target,
+                                       target_half, w, sw, opt, loss_out, grad, hess)
+        free(buf)
+        return failed
+    with parallel(num_threads=num_threads):
+        buf = <float *>malloc(size * sizeof(float))
+        if buf == NULL:
+            failed_p[0] = 1
+        for blk in prange(nb, schedule='static'):
+            if buf == NULL:
+                continue
+            if _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index, target,
+                                target_half, w, sw, opt, loss_out, grad, hess):
+                failed_p[0] = 1
+        free(buf)
+    return failed
+
+
+cdef void _half_softmax_block(Py_ssize_t blk, Py_ssize_t B, float *buf, const uint16_t *z,
+                              bint bf16, Py_ssize_t n, Py_ssize_t m, uint16_t *out,
+                              bint take_log, double *lse) noexcept nogil:
+    cdef Py_ssize_t r0 = blk * B, R = min(B, n - r0), i
+    cdef double v
+    fx_half_to_float(z + r0 * m, R * m, buf, bf16)
+    for i in range(R):
+        v = softmax_row(buf + i * m, m, buf + i * m if out != NULL else <float *>NULL, take_log)
+        if lse != NULL:
+            lse[r0 + i] = v
+    if out != NULL:
+        fx_float_to_half(buf, R * m, out + r0 * m, bf16)
+
+
+cdef int _half_softmax_rows(const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize_t m,
+                            uint16_t *out, bint take_log, double *lse,
+                            int num_threads) noexcept nogil:
+    """softmax_row over half-precision rows, a block at a time in float32."""
+    cdef Py_ssize_t B = _half_block_rows(m, False)
+    cdef Py_ssize_t nb = (n + B - 1) // B, blk
+    cdef int failed = 0
+    cdef int *failed_p = &failed
+    cdef float *buf = NULL
+    if not _use_threads(n, m, num_threads):
+        buf = <float *>malloc(B * m * sizeof(float))
+        if buf == NULL:
+            return 1
+        for blk in range(nb):
+            _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
+        free(buf)
+        return 0
+    with parallel(num_threads=num_threads):
+        buf = <float *>malloc(B * m * sizeof(float))
+        if buf == NULL:
+            failed_p[0] = 1
+        for blk in prange(nb, schedule='static'):
+            if buf != NULL:
+                _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
+        free(buf)
+    return failed
 
 
 # ---- the fused linear + cross-entropy: x @ W.T consumed in row chunks ----
@@ -1146,19 +1309,26 @@ cdef void _softmax_run(const floating *z, const Arrays *a, bint take_log,
             lse[i] = v
 
 
-def softmax_rows(object z, object out, bint take_log, object lse_out, int num_threads):
+def softmax_rows(object z, object out, bint take_log, object lse_out, int num_threads,
+                 int half=0):
     """Row-wise softmax (or log_softmax) of ``z`` (n, m) into ``out`` (n, m,
     z's dtype) and logsumexp into ``lse_out`` (n,) float64; either may be
-    None."""
+    None.  ``half`` as in :func:`cross_entropy_labels`."""
     cdef Arrays a
-    cdef int ft = _take_common(&a, z, None, None, lse_out, out)
+    cdef int ft = _take_common(&a, z, None, None, lse_out, out, None, half)
+    cdef int failed = 0
     if a.n == 0:
         return
     with nogil:
-        if ft == cnp.NPY_FLOAT:
+        if half:
+            failed = _half_softmax_rows(<uint16_t *>a.z, half == 2, a.n, a.m,
+                                        <uint16_t *>a.grad, take_log, a.loss, num_threads)
+        elif ft == cnp.NPY_FLOAT:
             _softmax_run(<float *>a.z, &a, take_log, num_threads)
         else:
             _softmax_run(<double *>a.z, &a, take_log, num_threads)
+    if failed:
+        raise MemoryError("fastxent: could not allocate scratch memory")
 
 
 def exp_array(const floating[::1] x, floating[::1] out):
@@ -1177,6 +1347,16 @@ def expneg_array(const floating[::1] x, floating[::1] out):
         fx_expneg_array_f(&x[0], x.shape[0], &out[0])
     else:
         fx_expneg_array_d(&x[0], x.shape[0], &out[0])
+
+
+def half_to_float(const uint16_t[::1] src, float[::1] dst, bint bf16):
+    """The kernels' widening of float16 (or bfloat16) bits (for tests)."""
+    fx_half_to_float(&src[0], src.shape[0], &dst[0], bf16)
+
+
+def float_to_half(const float[::1] src, uint16_t[::1] dst, bint bf16):
+    """The kernels' rounding of float32 to float16 (or bfloat16) bits (for tests)."""
+    fx_float_to_half(&src[0], src.shape[0], &dst[0], bf16)
 
 
 def tanh_array(const floating[::1] x, floating[::1] out):

@@ -75,11 +75,14 @@ def _gemm_capsule(dtype_char: str) -> object:
 @functools.cache
 def _blas_controller() -> Any:
     """threadpoolctl's controller of the loaded BLAS libraries (SciPy's among
-    them: made after its import), or None without threadpoolctl."""
+    them: made after its import)."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return None
+        raise ImportError(
+            "the fused linear cross-entropy runs BLAS on one thread per GEMM tile, which "
+            'threadpoolctl sets: pip install threadpoolctl (or "fastxent[linear]")'
+        ) from None
     return ThreadpoolController().select(user_api="blas")
 
 
@@ -89,10 +92,9 @@ def blas_threads(num_threads: int | None) -> Any:
     import contextlib
 
     _gemm_capsule("d")  # SciPy's BLAS loaded before the controller looks
-    controller = _blas_controller() if num_threads is not None else None
-    if controller is None:
+    if num_threads is None:
         return contextlib.nullcontext()
-    return controller.limit(limits=num_threads)
+    return _blas_controller().limit(limits=num_threads)
 
 
 def _rows_for_blas(a: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
@@ -113,8 +115,14 @@ def _rows_for_blas(a: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
 
 def _check_inputs(
     x: ArrayLike, linear_weight: ArrayLike, linear_bias: ArrayLike | None
-) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | None, tuple[int, ...], np.dtype[Any]]:
-    """``(x2d, W, b, x_shape, dtype)`` after the shape and dtype checks."""
+) -> tuple[
+    NDArray[Any], NDArray[Any], NDArray[Any] | None, tuple[int, ...], np.dtype[Any], np.dtype[Any]
+]:
+    """``(x2d, W, b, x_shape, dtype, io)`` after the shape and dtype checks:
+    the inputs in the compute dtype ``dtype`` and the dtype ``io`` of the
+    outputs (the inputs' own; float16/bfloat16 are computed in float32, as
+    BLAS has no 16-bit GEMM: x, W and b are converted, temporaries of their
+    size in float32)."""
     xa = np.asarray(x)
     Wa = np.asarray(linear_weight)
     ba = None if linear_bias is None else np.asarray(linear_bias)
@@ -122,13 +130,16 @@ def _check_inputs(
     if ba is not None:
         given["linear_bias"] = ba
     dtypes = {a.dtype for a in given.values()}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
+    io = xa.dtype
+    half = v.half_kind(io)
+    if len(dtypes) != 1 or (io not in (np.float32, np.float64) and not half):
         got = ", ".join(f"{k}={a.dtype}" for k, a in given.items())
         raise TypeError(
-            "x, linear_weight and linear_bias must all be float32 or all float64 "
-            f"(BLAS computes in one dtype); got {got}. Convert with .astype(...) first."
+            "x, linear_weight and linear_bias must all have one dtype, float32 or float64 "
+            f"(or float16/bfloat16, computed in float32); got {got}. Convert with "
+            ".astype(...) first."
         )
-    dtype = xa.dtype
+    dtype = np.dtype(np.float32) if half else io
     if xa.ndim == 0:
         raise ValueError("x must have shape (..., d) with the features last; got a 0-d array.")
     if Wa.ndim != 2:
@@ -151,8 +162,8 @@ def _check_inputs(
     x2 = xa.reshape(int(np.prod(xa.shape[:-1])), d)
     if x2.shape[0] > _BLAS_INT_MAX:
         raise ValueError(f"x has {x2.shape[0]} rows; at most 2**31 - 1 are supported.")
-    b = None if ba is None else np.ascontiguousarray(ba)
-    return _rows_for_blas(x2, dtype), _rows_for_blas(Wa, dtype), b, xa.shape, dtype
+    b = None if ba is None else np.ascontiguousarray(ba, dtype=dtype)
+    return _rows_for_blas(x2, dtype), _rows_for_blas(Wa, dtype), b, xa.shape, dtype, io
 
 
 def _chunk_size(value: Any, n: int, V: int, d: int, itemsize: int) -> int:
@@ -190,7 +201,7 @@ def _linear_run(
     ``want_grad_x=False`` skips the GEMM of ``grad_x`` (None then: an
     estimator needs only the parameters' gradients)."""
     reduction = v.check_reduction(reduction)
-    x2, W, b, x_shape, dtype = _check_inputs(x, linear_weight, linear_bias)
+    x2, W, b, x_shape, dtype, io = _check_inputs(x, linear_weight, linear_bias)
     n, d = x2.shape
     V = W.shape[0]
     batch = x_shape[:-1]
@@ -241,9 +252,10 @@ def _linear_run(
         loss = reduce_total(total, denom, reduction, dtype)
     if not want_grad:
         return loss, None, None, None, total, denom
-    grad_b = None if gb is None else gb.astype(dtype)
-    grad_x = None if gx is None else gx.reshape(x_shape)
-    return loss, grad_x, gW, grad_b, total, denom
+    grad_b = None if gb is None else gb.astype(io)
+    grad_x = None if gx is None else gx.reshape(x_shape).astype(io, copy=False)
+    assert gW is not None
+    return loss, grad_x, gW.astype(io, copy=False), grad_b, total, denom
 
 
 _LINEAR_DOC = """

@@ -36,11 +36,13 @@ def loss_spec(
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
+    keep: np.dtype[Any] | None = None,
 ) -> LossSpec:
     """Validate the target and every loss option against logits of ``shape``
     computed in ``dtype`` (shared by the loss functions, the fused linear
-    cross-entropy and the Dask blocks)."""
-    kind, t = v.as_labels_or_probs(target, shape, dtype)
+    cross-entropy and the Dask blocks).  Probabilities of dtype ``keep`` (the
+    logits' half-precision dtype) stay in it, as uint16 bits."""
+    kind, t = v.as_labels_or_probs(target, shape, dtype, keep)
     return LossSpec(
         kind,
         t,
@@ -96,8 +98,10 @@ def _run(
     and these rows' "mean" denominator.  ``grad_denom`` (a block of a
     larger batch) divides the gradient instead of the reduction's own."""
     reduction = v.check_reduction(reduction)
-    z, shape, dtype = v.as_logits(logits)
+    z, shape, dtype, half = v.as_logits(logits)
     n, m = z.shape
+    # float16/bfloat16 logits: computed in float32, gradient in their dtype.
+    io = np.asarray(logits).dtype if half else dtype
     kind, t, ignore, eps, zl, cap, w, s = loss_spec(
         target,
         shape,
@@ -108,21 +112,24 @@ def _run(
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
+        keep=io if half else None,
     )
     nt = v.resolve_threads(num_threads, z.size)
 
-    g: FloatArray | None = None
+    g: NDArray[Any] | None = None
     if want_grad:
         if out is None:
-            g = np.empty((n, m), dtype=dtype)
+            g = np.empty((n, m), dtype=io)
         else:
-            g = v.check_out(out, shape, dtype)
+            g = v.check_out(out, shape, io)
             # Only exact aliasing with the logits is an in-place update; any
             # other overlap would have the kernel read what it just wrote.
             z = v.detach_from(z, g)
             t = t.copy() if np.may_share_memory(t, g) else t
             w = w.copy() if w is not None and np.may_share_memory(w, g) else w
             s = s.copy() if s is not None and np.may_share_memory(s, g) else s
+        if half:
+            g = g.view(np.uint16)
 
     # Per-row losses are only returned under "none"; otherwise the kernel
     # keeps them in a buffer of its own and returns their sum.
@@ -132,18 +139,19 @@ def _run(
         grad_denom = np.nan if reduction == "mean" else 1.0
     if kind == "labels":
         bad, total, denom = _kernels.cross_entropy_labels(
-            z, t, w, s, losses, g, None, ignore, eps, zl, cap, grad_denom, nt
+            z, t, w, s, losses, g, None, ignore, eps, zl, cap, grad_denom, nt, half
         )
         if bad >= 0:
             raise bad_label_error(t, bad, m, ignore)
     else:
         _, total, denom = _kernels.cross_entropy_probs(
-            z, t, w, s, losses, g, None, eps, zl, cap, grad_denom, nt
+            z, t, w, s, losses, g, None, eps, zl, cap, grad_denom, nt, half
         )
 
     grad: FloatArray | None = None
     if want_grad:
-        grad = out if out is not None else g.reshape(shape)  # type: ignore[union-attr]
+        assert g is not None
+        grad = out if out is not None else g.view(io).reshape(shape)
     loss: FloatScalar | FloatArray | None = None
     if want_loss:
         if losses is not None:

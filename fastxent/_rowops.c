@@ -358,6 +358,80 @@ FX_SCALAR_TRANSPOSE(transpose_d, double, 4)
 #undef FX_VL
 #undef FX_TRANSPOSE
 
+/* ---- half precision (IEEE float16 and bfloat16) <-> float32 ----
+ *
+ * Branch-free (selects only), so that `omp simd` vectorises them; the
+ * kernels convert blocks of rows to float32, compute there, and convert
+ * the outputs back.  float16 -> float32 is exact: the half's exponent and
+ * mantissa shifted into float position and rescaled by 2^112 (which also
+ * turns half subnormals into the right float normals), infinities and NaNs
+ * given the all-ones exponent.  float32 -> float16 rounds to nearest even
+ * (the method of F. Giesen's float_to_half_fast3_rtne): overflow to
+ * infinity, results below the smallest normal through a magic-number
+ * addition whose rounding is the hardware's, NaN to a quiet NaN.
+ * bfloat16 is the top half of a float32: widening is a shift, narrowing
+ * rounds to nearest even by adding 0x7fff plus the lowest kept bit, and
+ * keeps NaNs quiet. */
+FX_INLINE float f16_to_f(uint16_t h)
+{
+    uint32_t em = (uint32_t)(h & 0x7fffu);
+    uint32_t shifted = em << 13;
+    float scaled = bits_to_f(shifted) * 5.192296858534828e33f; /* 2^112 */
+    uint32_t r = em >= 0x7c00u ? (shifted | 0x7f800000u) : f_to_bits(scaled);
+    return bits_to_f(r | ((uint32_t)(h & 0x8000u) << 16));
+}
+
+FX_INLINE uint16_t f_to_f16(float f)
+{
+    const uint32_t f32_inf = 255u << 23, f16_max = (127u + 16u) << 23;
+    const uint32_t denorm_magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+    uint32_t u = f_to_bits(f);
+    uint32_t sign = u & 0x80000000u;
+    u ^= sign;
+    uint32_t special = u > f32_inf ? 0x7e00u : 0x7c00u; /* NaN, or overflow */
+    uint32_t sub = f_to_bits(bits_to_f(u) + bits_to_f(denorm_magic)) - denorm_magic;
+    uint32_t mant_odd = (u >> 13) & 1u;
+    uint32_t norm = (u + ((uint32_t)(15 - 127) << 23) + 0xfffu + mant_odd) >> 13;
+    uint32_t o = u >= f16_max ? special : (u < (113u << 23) ? sub : norm);
+    return (uint16_t)(o | (sign >> 16));
+}
+
+FX_INLINE float bf16_to_f(uint16_t h) { return bits_to_f((uint32_t)h << 16); }
+
+FX_INLINE uint16_t f_to_bf16(float f)
+{
+    uint32_t u = f_to_bits(f);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t quiet = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
+}
+
+FX_CLONES void fx_half_to_float(const uint16_t *src, ptrdiff_t n, float *dst, int bf16)
+{
+    if (bf16) {
+#pragma omp simd
+        for (ptrdiff_t k = 0; k < n; ++k)
+            dst[k] = bf16_to_f(src[k]);
+    } else {
+#pragma omp simd
+        for (ptrdiff_t k = 0; k < n; ++k)
+            dst[k] = f16_to_f(src[k]);
+    }
+}
+
+FX_CLONES void fx_float_to_half(const float *src, ptrdiff_t n, uint16_t *dst, int bf16)
+{
+    if (bf16) {
+#pragma omp simd
+        for (ptrdiff_t k = 0; k < n; ++k)
+            dst[k] = f_to_bf16(src[k]);
+    } else {
+#pragma omp simd
+        for (ptrdiff_t k = 0; k < n; ++k)
+            dst[k] = f_to_f16(src[k]);
+    }
+}
+
 /* Pairwise summation in a fixed order (blocks of 8 summed in lanes, then
  * halves recursively), as NumPy does: error O(log n * eps) instead of
  * O(n * eps), and the same bits whatever the thread count. */

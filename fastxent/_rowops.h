@@ -15,6 +15,7 @@
 #define FASTXENT_ROWOPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -139,6 +140,13 @@ void fx_small_labels_d(const double *z, ptrdiff_t R, ptrdiff_t m,
                        const double *sw, double smoothing, double zloss,
                        double grad_denom, double *loss_out, double *g,
                        double *h);
+
+/* Half precision: dst[k] = src[k] widened to float32 (exact), or narrowed
+ * from float32 rounding to nearest even (overflow to infinity, NaN stays a
+ * quiet NaN); bf16 selects bfloat16, else IEEE float16.  The 16-bit values
+ * are passed as their bits. */
+void fx_half_to_float(const uint16_t *src, ptrdiff_t n, float *dst, int bf16);
+void fx_float_to_half(const float *src, ptrdiff_t n, uint16_t *dst, int bf16);
 
 /* Sum of n doubles by pairwise summation, in a fixed order. */
 double fx_pairwise_sum(const double *x, ptrdiff_t n);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -17,19 +19,21 @@ def _rows(
     want_out: bool,
     num_threads: int | None,
 ) -> FloatArray:
-    z, shape, dtype = v.as_logits(logits)
+    z, shape, dtype, half = v.as_logits(logits)
+    # float16/bfloat16 logits: computed in float32, outputs in their dtype.
+    io = np.asarray(logits).dtype if half else dtype
     nt = v.resolve_threads(num_threads, z.size)
-    o: FloatArray | None = None
+    o: NDArray[Any] | None = None
     lse: NDArray[np.float64] | None = None
     if want_out:
         if out is None:
-            o = np.empty(z.shape, dtype=dtype)
+            o = np.empty(z.shape, dtype=io)
         else:
-            o = v.check_out(out, shape, dtype)
-            z = v.detach_from(z, o)
+            o = v.check_out(out, shape, io)
+            z = v.detach_from(z, o.view(z.dtype) if half else o)
     else:
         lse = np.empty(z.shape[0], dtype=np.float64)
-    _kernels.softmax_rows(z, o, take_log, lse, nt)
+    _kernels.softmax_rows(z, None if o is None else o.view(z.dtype), take_log, lse, nt, half)
     if o is not None:
         return out if out is not None else o.reshape(shape)
     assert lse is not None

@@ -23,9 +23,20 @@ REDUCTIONS: tuple[Literal["mean", "sum", "none"], ...] = ("mean", "sum", "none")
 DEFAULT_IGNORE_INDEX = -100
 
 _INT64_MAX = np.iinfo(np.int64).max
+_F16 = np.dtype(np.float16)
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _NATIVE_LABELS = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def half_kind(dtype: np.dtype[Any]) -> int:
+    """1 for float16, 2 for bfloat16 (ml_dtypes' type, recognised by name so
+    that ml_dtypes need not be imported), else 0."""
+    if dtype == _F16:
+        return 1
+    if dtype.name == "bfloat16" and dtype.itemsize == 2:
+        return 2
+    return 0
 
 
 def compute_dtype(dtype: np.dtype[Any], what: str = "logits") -> np.dtype[np.floating[Any]]:
@@ -34,9 +45,12 @@ def compute_dtype(dtype: np.dtype[Any], what: str = "logits") -> np.dtype[np.flo
         return np.dtype(np.float64 if dtype.itemsize == 8 else np.float32)
     if dtype.kind in "iu":
         return np.dtype(np.float64)
+    if half_kind(dtype):
+        return _F32
     raise TypeError(
         f"{what} must be a real floating or integer array (float32 and float64 are "
-        f"computed natively, float16 in float32, integers in float64). Got dtype={dtype}."
+        f"computed natively, float16 and bfloat16 in float32, integers in float64). "
+        f"Got dtype={dtype}."
     )
 
 
@@ -46,9 +60,14 @@ def _aligned(a: NDArray[Any]) -> NDArray[Any]:
     return a if a.flags.aligned else a.copy()
 
 
-def as_logits(logits: ArrayLike) -> tuple[FloatArray, tuple[int, ...], np.dtype[np.floating[Any]]]:
-    """Return ``(z2d, shape, dtype)``: the logits as a C-contiguous
-    ``(n, m)`` array of the compute dtype, the original shape and that dtype."""
+def as_logits(
+    logits: ArrayLike,
+) -> tuple[NDArray[Any], tuple[int, ...], np.dtype[np.floating[Any]], int]:
+    """Return ``(z2d, shape, dtype, half)``: the logits as a C-contiguous
+    ``(n, m)`` array of the compute dtype, the original shape, that dtype,
+    and 0, or for float16 (1) and bfloat16 (2) logits, which are computed in
+    float32 a block at a time, that kind, with ``z2d`` the 16-bit values
+    viewed as uint16 (C-contiguous)."""
     z = np.asarray(logits)
     dtype = z.dtype
     if (
@@ -58,7 +77,8 @@ def as_logits(logits: ArrayLike) -> tuple[FloatArray, tuple[int, ...], np.dtype[
         and z.flags.c_contiguous
         and z.flags.aligned
     ):
-        return z, z.shape, dtype  # the common case, without the general checks
+        return z, z.shape, dtype, 0  # the common case, without the general checks
+    half = half_kind(dtype)
     dtype = compute_dtype(dtype)
     if z.ndim == 0:
         raise ValueError(
@@ -68,18 +88,25 @@ def as_logits(logits: ArrayLike) -> tuple[FloatArray, tuple[int, ...], np.dtype[
     m = z.shape[-1]
     if m == 0:
         raise ValueError(f"logits must have at least one class (m >= 1); got shape {z.shape}.")
+    if half:
+        zh = _aligned(np.ascontiguousarray(z)).view(np.uint16)
+        return zh.reshape(-1, m), z.shape, dtype, half
     z2 = _aligned(np.ascontiguousarray(z, dtype=dtype))
-    return z2.reshape(-1, m), z.shape, dtype
+    return z2.reshape(-1, m), z.shape, dtype, 0
 
 
 def as_labels_or_probs(
-    target: ArrayLike, shape: tuple[int, ...], dtype: np.dtype[np.floating[Any]]
+    target: ArrayLike,
+    shape: tuple[int, ...],
+    dtype: np.dtype[np.floating[Any]],
+    keep: np.dtype[Any] | None = None,
 ) -> tuple[Literal["labels", "probs"], NDArray[Any]]:
     """Classify and normalise the target.
 
     Returns ``("labels", int32/int64 1-d array)`` for class indices of shape
     ``shape[:-1]``, or ``("probs", (n, m) array of dtype)`` for class
-    probabilities of shape ``shape``.
+    probabilities of shape ``shape`` (probabilities of dtype ``keep``, the
+    logits' half-precision dtype, stay in it, viewed as uint16).
     """
     t = np.asarray(target)
     if t.shape == shape[:-1]:
@@ -99,7 +126,9 @@ def as_labels_or_probs(
     if t.shape == shape:
         if t.dtype.kind in "iu":
             raise ValueError(_integer_target_message(t.dtype, shape))
-        if t.dtype.kind != "f":
+        if keep is not None and t.dtype == keep:
+            return "probs", _aligned(np.ascontiguousarray(t)).view(np.uint16).reshape(-1, shape[-1])
+        if t.dtype.kind != "f" and not half_kind(t.dtype):
             raise TypeError(
                 f"class-probability targets must be floating-point numbers; got dtype={t.dtype}."
             )
@@ -287,7 +316,7 @@ def ignore_index(value: Any, kind: str) -> int:
 
 def check_out(
     out: object, shape: tuple[int, ...], dtype: np.dtype[Any], name: str = "out"
-) -> FloatArray:
+) -> NDArray[Any]:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}.")
     if out.shape != tuple(shape):

@@ -136,8 +136,10 @@ def _grad_hess(
     """Validate (with the loss functions' own checks), run the loss kernel
     for its gradient and Hessian outputs, and return ``(grad, hess, shape)``
     with ``grad`` and ``hess`` of shape ``(n, m)``."""
-    z, shape, dtype = v.as_logits(raw_scores)
+    z, shape, dtype, half = v.as_logits(raw_scores)
     n, m = z.shape
+    # float16/bfloat16 scores: computed in float32, outputs in their dtype.
+    io = np.asarray(raw_scores).dtype if half else dtype
     spec = loss_spec(
         target,
         shape,
@@ -149,10 +151,12 @@ def _grad_hess(
         label_smoothing=label_smoothing,
         z_loss=0.0,
         softcap=None,
+        keep=io if half else None,
     )
     nt = v.resolve_threads(num_threads, z.size)
-    g = np.empty((n, m), dtype=dtype)
-    h = np.empty((n, m), dtype=dtype)
+    g = np.empty((n, m), dtype=io)
+    h = np.empty((n, m), dtype=io)
+    gk, hk = (g.view(np.uint16), h.view(np.uint16)) if half else (g, h)
     # grad_denom=1: each row is its sample's own derivative (no "mean").
     if spec.kind == "labels":
         t = spec.t
@@ -160,7 +164,7 @@ def _grad_hess(
             bad = int(np.argmax(t == _NO_IGNORE))
         else:
             bad, _, _ = _kernels.cross_entropy_labels(
-                z, t, spec.w, spec.s, None, g, h, _NO_IGNORE, spec.eps, 0.0, 0.0, 1.0, nt
+                z, t, spec.w, spec.s, None, gk, hk, _NO_IGNORE, spec.eps, 0.0, 0.0, 1.0, nt, half
             )
         if bad >= 0:
             raise ValueError(
@@ -168,7 +172,7 @@ def _grad_hess(
             )
     else:
         _kernels.cross_entropy_probs(
-            z, spec.t, spec.w, spec.s, None, g, h, spec.eps, 0.0, 0.0, 1.0, nt
+            z, spec.t, spec.w, spec.s, None, gk, hk, spec.eps, 0.0, 0.0, 1.0, nt, half
         )
     return g, h, shape
 

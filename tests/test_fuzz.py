@@ -137,6 +137,13 @@ def compute_dtype(dtype):
     return None
 
 
+def output_dtype(dtype):
+    """The dtype of the array outputs (gradient, softmax, log-softmax): the
+    logits' own for float16 (computed in float32), else the compute dtype.
+    Losses and logsumexp are always in the compute dtype."""
+    return np.dtype(np.float16) if dtype == np.float16 else compute_dtype(dtype)
+
+
 def _as_array(obj):
     try:
         with warnings.catch_warnings():
@@ -286,7 +293,7 @@ def problems(case):
             why.append("out: not an ndarray")
         elif (
             out.shape != shape
-            or out.dtype != cd
+            or out.dtype != output_dtype(z.dtype)
             or not out.flags.c_contiguous
             or not out.flags.writeable
             or not out.dtype.isnative
@@ -639,7 +646,7 @@ def _out(draw, case):
         ],
         one_in=6,
     )
-    fresh = np.full(shape, np.nan, dtype=cd)
+    fresh = np.full(shape, np.nan, dtype=output_dtype(z.dtype))
     if how == "fresh":
         out = fresh
     elif how == "logits":
@@ -852,6 +859,19 @@ def _check_array(got, shape, cd, out):
         assert got is out, "the result is not `out`"
 
 
+def _half_rounding(got, expected, cd):
+    """For float16 outputs (computed in float32, then rounded once): the
+    float32 result rounded to float16 is within half an ulp of it, so
+    ``got`` may be compared as a float32 result when the expected values
+    are first rounded to float16 and half an ulp of slack is allowed.
+    Returns ``(got, expected)`` to compare, and the float16 ulps of the
+    expected values (the extra absolute error allowed)."""
+    with np.errstate(all="ignore"):
+        e16 = np.asarray(expected, np.float64).astype(np.float16)
+        ulp = np.abs(np.spacing(e16).astype(np.float64))
+    return np.asarray(got, np.float64), e16.astype(np.float64), ulp
+
+
 def check_result(case, result, out):
     """``result`` of the call ``case`` (whose arrays are copies taken before
     the call) against the oracle."""
@@ -868,8 +888,11 @@ def check_result(case, result, out):
             assert isinstance(result, tuple) and len(result) == 2
             _check_loss_value(result[0], exp_loss, cd, reduction, shape[:-1])
             result = result[1]
-        _check_array(result, shape, cd, out)
+        _check_array(result, shape, output_dtype(z0.dtype), out)
         g = result.reshape(-1, shape[-1])
+        if z0.dtype == np.float16:
+            g, grad, ulp = _half_rounding(g, grad.reshape(g.shape), cd)
+            grad_tol = grad_tol + ulp / TOL[np.dtype(cd)][1]  # in the floor's units
         _assert_matches(g, grad.reshape(g.shape), cd, grad_tol, grad_lenient, "grad")
         return
     z = _rounded(z0, cd)
@@ -885,10 +908,14 @@ def check_result(case, result, out):
             expected = ref.logsumexp(z).astype(cd)
             assert_close(result, expected, cd, big.reshape(shape[:-1]), what="logsumexp")
             return
-        _check_array(result, shape, cd, out)
+        _check_array(result, shape, output_dtype(z0.dtype), out)
         fn = ref.softmax if case.fn == "softmax" else ref.log_softmax
         scale = 1.0 if case.fn == "softmax" else big
-        assert_close(result.reshape(z2.shape), fn(z2).astype(cd), cd, scale, what=case.fn)
+        got, want = result.reshape(z2.shape), fn(z2).astype(cd)
+        if z0.dtype == np.float16:
+            got, want, ulp = _half_rounding(got, want, cd)
+            scale = scale + ulp / TOL[np.dtype(cd)][1]
+        assert_close(got, want, cd, scale, what=case.fn)
 
 
 # ---------------------------------------------------------------------------

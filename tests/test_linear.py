@@ -292,9 +292,9 @@ FUNCS = [fastxent.linear_cross_entropy, fastxent.linear_cross_entropy_with_grad]
 @pytest.mark.parametrize(
     "args, kwargs, exc, match",
     [
-        (("x32", "W", "y"), {}, TypeError, r"all be float32 or all float64.*x=float32"),
+        (("x32", "W", "y"), {}, TypeError, r"must all have one dtype.*x=float32"),
         (("x", "W", "y"), {"linear_bias": "b32"}, TypeError, r"linear_bias=float32"),
-        (("xi", "Wi", "y"), {}, TypeError, r"all be float32 or all float64"),
+        (("xi", "Wi", "y"), {}, TypeError, r"must all have one dtype, float32 or float64"),
         (("x", "W3", "y"), {}, ValueError, r"x has 4 features .* must be \(V, 4\)"),
         (("x", "W1d", "y"), {}, ValueError, r"linear_weight must have shape \(V, d\)"),
         (

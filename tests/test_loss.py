@@ -118,7 +118,6 @@ def test_defaults_and_known_value():
 @pytest.mark.parametrize(
     "in_dtype, out_dtype",
     [
-        (np.float16, np.float32),
         (np.int8, np.float64),
         (np.int16, np.float64),
         (np.int32, np.float64),

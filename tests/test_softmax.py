@@ -84,7 +84,6 @@ def test_dtypes_and_layouts(name, dtype, layout, rng):
 @pytest.mark.parametrize(
     "in_dtype, out_dtype",
     [
-        (np.float16, np.float32),
         (np.int8, np.float64),
         (np.int32, np.float64),
         (np.int64, np.float64),

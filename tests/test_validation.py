@@ -331,16 +331,25 @@ def test_bad_out(name, out, exc, match):
 
 
 @pytest.mark.parametrize("name", list(OUT_FUNCS))
-def test_out_dtype_follows_compute_dtype(name):
-    """float16 logits are computed in float32: out must be float32 (so
-    out=logits cannot work for them)."""
+def test_out_dtype_follows_the_output_dtype(name):
+    """float16 logits are computed in float32 and give float16 outputs: out
+    must be float16 (and out=logits works in place); integer logits give
+    float64 outputs."""
     z = _z().astype(np.float16)
     raises_unchanged(
-        ValueError, r"out must have dtype float32; got dtype=float16", OUT_FUNCS[name], z, out=z
+        ValueError,
+        r"out must have dtype float16; got dtype=float32",
+        OUT_FUNCS[name],
+        z,
+        out=np.empty((N, M), np.float32),
     )
-    out = np.empty((N, M), np.float32)
+    out = np.empty((N, M), np.float16)
     res = _call(OUT_FUNCS[name], z, out=out)
     assert (res[1] if name == "cross_entropy_with_grad" else res) is out
+    zi = np.arange(N * M).reshape(N, M)
+    raises_unchanged(
+        ValueError, r"out must have dtype float64; got dtype=int64", OUT_FUNCS[name], zi, out=zi
+    )
 
 
 @pytest.mark.parametrize("name", ["cross_entropy_grad", "cross_entropy_with_grad"])
