@@ -116,7 +116,7 @@ double fx_softmax_coef_d(double b, ptrdiff_t m, ptrdiff_t label, const double *y
 
 /* Rows per block of the small-m kernel, and the largest m it takes. */
 #define FX_TILE_ROWS 64
-#define FX_SMALL_M_MAX 64
+#define FX_SMALL_M_MAX 128
 
 /* Fused loss (+ gradient) for R <= FX_TILE_ROWS rows of m <= FX_SMALL_M_MAX
  * classes with class-index targets.  The block is transposed into a tile
@@ -147,6 +147,17 @@ void fx_small_labels_d(const double *z, ptrdiff_t R, ptrdiff_t m,
  * are passed as their bits. */
 void fx_half_to_float(const uint16_t *src, ptrdiff_t n, float *dst, int bf16);
 void fx_float_to_half(const float *src, ptrdiff_t n, uint16_t *dst, int bf16);
+
+/* fx_small_labels for m = 2, one exp and one log1p a row, on the
+ * interleaved logits (same arguments without m). */
+void fx_binary_labels_f(const float *z, ptrdiff_t R, const void *labels, int labels_64bit,
+                        long long ignore_index, const float *w, const double *sw,
+                        double smoothing, double zloss, double grad_denom,
+                        double *loss_out, float *g, float *h);
+void fx_binary_labels_d(const double *z, ptrdiff_t R, const void *labels, int labels_64bit,
+                        long long ignore_index, const double *w, const double *sw,
+                        double smoothing, double zloss, double grad_denom,
+                        double *loss_out, double *g, double *h);
 
 /* Sum of n doubles by pairwise summation, in a fixed order. */
 double fx_pairwise_sum(const double *x, ptrdiff_t n);

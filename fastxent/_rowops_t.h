@@ -665,3 +665,105 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
     }
     FX_NAME(tile_out)(tile, R, m, g);
 }
+
+/* Two classes: the per-row work of the tile kernel reduced to one exp and
+ * one log1p, vectorised across rows straight on the interleaved (R, 2)
+ * logits.  With d = z1 - z0 and t = exp(-|d|), the row's sum of exps is
+ * 1 + t, lse = max + log1p(t), the smaller logit's probability t / (1 + t)
+ * and the larger's 1 / (1 + t); the rest is the general per-row form
+ * (fx_small_labels' comments).  Rows this form would get wrong are left to
+ * fx_small_labels, a whole block at a time: a non-finite gradient scale b
+ * (a zero "mean" denominator: PyTorch's inf/NaN pattern), fully masked
+ * rows (max -inf) and +inf logits (NaN there, as everywhere).  Same
+ * arguments as fx_small_labels with m = 2. */
+FX_CLONES void FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void *labels,
+                                         int labels_64bit, long long ignore_index,
+                                         const FX_T *w, const double *sw, double smoothing,
+                                         double zloss, double grad_denom, double *loss_out,
+                                         FX_T *g, FX_T *h)
+{
+    enum { TR = FX_TILE_ROWS };
+    int32_t y[TR], ign[TR];
+    double s[TR];
+    const double beta = smoothing / 2.0;
+    const double w0 = w ? (double)w[0] : 1.0, w1 = w ? (double)w[1] : 1.0;
+    /* One division per call: a reciprocal that overflows (a subnormal or
+     * zero denominator) sends the block to the general kernel below. */
+    const double inv_denom = 1.0 / grad_denom;
+    int unusual = !(inv_denom - inv_denom == 0.0) || grad_denom == 0.0;
+    for (ptrdiff_t r = 0; r < R; ++r) {
+        int64_t lab = labels_64bit ? ((const int64_t *)labels)[r]
+                                   : (int64_t)((const int32_t *)labels)[r];
+        ign[r] = lab == (int64_t)ignore_index;
+        y[r] = ign[r] ? 0 : (int32_t)lab;
+        s[r] = ign[r] ? 0.0 : (sw ? sw[r] : 1.0);
+    }
+#pragma omp simd reduction(| : unusual)
+    for (ptrdiff_t r = 0; r < R; ++r) {
+        FX_T z0 = z[2 * r], z1 = z[2 * r + 1];
+        double b = s[r] * inv_denom;
+        unusual |= (z0 == -(FX_T)INFINITY && z1 == -(FX_T)INFINITY) | (z0 == (FX_T)INFINITY) |
+                   (z1 == (FX_T)INFINITY) | !(b - b == 0.0);
+    }
+    if (unusual) {
+        FX_NAME(fx_small_labels)(z, R, 2, labels, labels_64bit, ignore_index, w, sw, smoothing,
+                                 zloss, grad_denom, loss_out, g, h);
+        return;
+    }
+    /* Three vectorised sweeps, as in the tile kernel: the logits (element
+     * type), the per-row arithmetic (double), the outputs (element type). */
+    FX_T tr[TR], d0r[TR], d1r[TR], mxr[TR], hi1[TR], g0r[TR], g1r[TR], hr[TR];
+#pragma omp simd
+    for (ptrdiff_t r = 0; r < R; ++r) {
+        FX_T z0 = z[2 * r], z1 = z[2 * r + 1];
+        FX_T d = z1 - z0;
+        FX_T mx = d >= (FX_T)0 ? z1 : z0;
+        FX_T ad = d >= (FX_T)0 ? d : -d;
+        tr[r] = FX_EXPNEG(-ad);
+        mxr[r] = mx;
+        d0r[r] = z0 - mx; /* exact: 0 or -|d| */
+        d1r[r] = z1 - mx;
+        hi1[r] = d >= (FX_T)0 ? (FX_T)1 : (FX_T)0; /* class 1 holds the max */
+    }
+#pragma omp simd
+    for (ptrdiff_t r = 0; r < R; ++r) {
+        double t = (double)tr[r];
+        double u = 1.0 + t, inv_u = 1.0 / u;
+        /* log1p(t): log(u) corrected for the rounding of u = 1 + t */
+        double log_s = log_inl(u) - ((u - 1.0) - t) * inv_u;
+        double lse = (double)mxr[r] + log_s;
+        double p_hi = inv_u, p_lo = t * inv_u;
+        double p1 = hi1[r] != (FX_T)0 ? p_hi : p_lo, p0 = hi1[r] != (FX_T)0 ? p_lo : p_hi;
+        double c = (1.0 - smoothing) * (y[r] ? w1 : w0);
+        double q0 = beta * w0 + (y[r] ? 0.0 : c), q1 = beta * w1 + (y[r] ? c : 0.0);
+        double Q = q0 + q1;
+        /* target terms relative to the max; zero-mass terms skipped */
+        double dot = (q0 != 0.0 ? q0 * (double)d0r[r] : 0.0) +
+                     (q1 != 0.0 ? q1 * (double)d1r[r] : 0.0);
+        double loss = Q * log_s - dot;
+        loss = zloss != 0.0 ? loss + zloss * lse * lse : loss;
+        loss_out[r] = ign[r] ? 0.0 : s[r] * loss;
+        double b = s[r] * inv_denom;
+        double a = b * (Q + 2.0 * zloss * lse);
+        /* without smoothing the other class has no q term at all (no b * 0) */
+        double g0 = a * p0 - (q0 != 0.0 ? b * q0 : 0.0);
+        double g1 = a * p1 - (q1 != 0.0 ? b * q1 : 0.0);
+        g0r[r] = ign[r] ? (FX_T)0 : (FX_T)g0;
+        g1r[r] = ign[r] ? (FX_T)0 : (FX_T)g1;
+        hr[r] = ign[r] ? (FX_T)0 : (FX_T)(b * Q * p0 * p1);
+    }
+    if (g) {
+#pragma omp simd
+        for (ptrdiff_t r = 0; r < R; ++r) {
+            g[2 * r] = g0r[r];
+            g[2 * r + 1] = g1r[r];
+        }
+    }
+    if (h) {
+#pragma omp simd
+        for (ptrdiff_t r = 0; r < R; ++r) {
+            h[2 * r] = hr[r];
+            h[2 * r + 1] = hr[r];
+        }
+    }
+}

@@ -593,3 +593,54 @@ def test_fully_masked_row_without_target_mass_is_no_example(m, dtype, in_place, 
         s_all = fastxent.cross_entropy(z[keep], target[keep], reduction="sum", **kw)
         s_two = fastxent.cross_entropy(z[[0, 3]], target[[0, 3]], reduction="sum", **kw)
         assert s_all == s_two
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        dict(weight=[0.3, 2.0]),
+        dict(weight=[0.0, 1.5], label_smoothing=0.2),
+        dict(sample_weight="s", z_loss=0.01),
+        dict(ignore_index=1),
+        dict(label_smoothing=1.0),
+    ],
+)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_two_classes(dtype, options, reduction, rng):
+    """m = 2 has a kernel of its own (one exp and one log1p a row, on the
+    interleaved logits): every option against the reference, over several
+    blocks of rows, with extreme and masked logits among them."""
+    n = 300
+    z = make_logits(rng, (n, 2), dtype, scale=8.0)
+    z[0] = [-np.inf, 1.0]
+    z[1] = [50.0, -50.0]
+    z[2] = [3.0, 3.0]
+    z[3] = [np.nan, 0.0]
+    y = make_labels(rng, (n,), 2)
+    y[0] = 1
+    opts = dict(options)
+    if opts.get("sample_weight") == "s":
+        opts["sample_weight"] = rng.uniform(0.0, 3.0, n)
+    loss, grad = check_cross_entropy(z, y, reduction=reduction, **opts)
+    # in place, and the Hessian of the objectives (one exp's worth)
+    zz = z.copy()
+    fastxent.cross_entropy_with_grad(zz, y, reduction=reduction, out=zz, **opts)
+    assert zz.tobytes() == grad.tobytes()
+
+
+def test_two_classes_unusual_blocks_take_the_general_kernel(rng):
+    """Blocks with a fully masked row, a +inf logit or a zero 'mean'
+    denominator go to the tile kernel: same results as with m = 2 logits
+    padded to m = 3 by a class that can never win (-inf, zero weight)."""
+    z = make_logits(rng, (200, 2))
+    z[70] = -np.inf
+    z[150, 0] = np.inf
+    y = make_labels(rng, (200,), 2)
+    w = np.array([1.0, 0.0])
+    y[70] = 1  # a fully masked row whose class weighs 0: no example
+    loss, grad = check_cross_entropy(z, y, weight=w, reduction="sum")
+    assert np.all(grad[70] == 0) and np.isnan(grad[150]).all()
+    loss0, grad0 = fastxent.cross_entropy_with_grad(z, y, weight=[1.0, -1.0])  # D may be ~0
+    assert grad0.shape == z.shape
