@@ -623,8 +623,8 @@ def test_two_classes(dtype, options, reduction, rng):
     opts = dict(options)
     if opts.get("sample_weight") == "s":
         opts["sample_weight"] = rng.uniform(0.0, 3.0, n)
-    loss, grad = check_cross_entropy(z, y, reduction=reduction, **opts)
-    # in place, and the Hessian of the objectives (one exp's worth)
+    _, grad = check_cross_entropy(z, y, reduction=reduction, **opts)
+    # in place
     zz = z.copy()
     fastxent.cross_entropy_with_grad(zz, y, reduction=reduction, out=zz, **opts)
     assert zz.tobytes() == grad.tobytes()
@@ -640,7 +640,10 @@ def test_two_classes_unusual_blocks_take_the_general_kernel(rng):
     y = make_labels(rng, (200,), 2)
     w = np.array([1.0, 0.0])
     y[70] = 1  # a fully masked row whose class weighs 0: no example
-    loss, grad = check_cross_entropy(z, y, weight=w, reduction="sum")
+    _, grad = check_cross_entropy(z, y, weight=w, reduction="sum")
     assert np.all(grad[70] == 0) and np.isnan(grad[150]).all()
-    loss0, grad0 = fastxent.cross_entropy_with_grad(z, y, weight=[1.0, -1.0])  # D may be ~0
-    assert grad0.shape == z.shape
+    # weights that cancel: a zero denominator, the general kernel's inf/NaN pattern
+    y0 = np.zeros(200, dtype=np.int64)
+    y0[:100] = 1
+    _, grad0 = fastxent.cross_entropy_with_grad(z[:, ::-1].copy(), y0, weight=[1.0, -1.0])
+    assert not np.isfinite(grad0[:100]).any()
