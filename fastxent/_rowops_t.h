@@ -598,26 +598,40 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         }
     }
 
-#pragma omp simd
-    for (ptrdiff_t r = 0; r < R; ++r) {
-        double q = Q[r] + qs_total;
-        double sum = (double)S[r];
-        double log_s = log_inl(sum);
-        double lse = (double)mx[r] + log_s;
-        double loss = q * log_s - dot[r];
-        loss = zloss != 0.0 ? loss + zloss * lse * lse : loss;
-        loss_out[r] = ignd[r] != 0.0 ? 0.0 : sr[r] * loss;
-        double br = sr[r] / grad_denom;
-        b[r] = (FX_T)br;
-        a[r] = (FX_T)(br * (q + 2.0 * zloss * lse) / sum);
-        c[r] = (FX_T)coef[r];
-        lse_r[r] = lse;
-        hs[r] = (FX_T)(1.0 / sum);
-        hc[r] = (FX_T)(br * q);
+    /* The per-row log, loss and gradient coefficients.  Divisions cost most
+     * here: one reciprocal of the row sum serves a and the Hessian, and the
+     * gradient scale b = s / D multiplies by a reciprocal of D taken once,
+     * unless that overflows (a subnormal or zero D), where it divides. */
+    const double inv_denom = 1.0 / grad_denom;
+    int odd = 0; /* a row whose b is not finite */
+#define FX_TILE_COEFS(BR)                                                   \
+    _Pragma("omp simd reduction(| : odd)")                                  \
+    for (ptrdiff_t r = 0; r < R; ++r) {                                      \
+        double q = Q[r] + qs_total;                                          \
+        double sum = (double)S[r], inv_sum = 1.0 / sum;                      \
+        double log_s = log_inl(sum);                                         \
+        double lse = (double)mx[r] + log_s;                                  \
+        double loss = q * log_s - dot[r];                                    \
+        loss = zloss != 0.0 ? loss + zloss * lse * lse : loss;               \
+        loss_out[r] = ignd[r] != 0.0 ? 0.0 : sr[r] * loss;                   \
+        double br = (BR);                                                    \
+        b[r] = (FX_T)br;                                                     \
+        a[r] = (FX_T)(br * (q + 2.0 * zloss * lse) * inv_sum);               \
+        c[r] = (FX_T)coef[r];                                                \
+        lse_r[r] = lse;                                                      \
+        hs[r] = (FX_T)inv_sum;                                               \
+        hc[r] = (FX_T)(br * q);                                              \
+        odd |= ignd[r] == 0.0 && !(br - br == 0.0);                          \
     }
+    if (inv_denom - inv_denom == 0.0) {
+        FX_TILE_COEFS(sr[r] * inv_denom)
+    } else {
+        FX_TILE_COEFS(sr[r] / grad_denom)
+    }
+#undef FX_TILE_COEFS
     if (!g)
         return;
-    for (ptrdiff_t r = 0; r < R; ++r) {
+    for (ptrdiff_t r = 0; odd && r < R; ++r) {
         double br = (double)b[r];
         if (!ign[r] && !(br - br == 0.0)) /* b inf or NaN: see fx_softmax_coef */
             a[r] = (FX_T)FX_NAME(fx_softmax_coef)(br, m, y[r], NULL, w, smoothing, zloss,
