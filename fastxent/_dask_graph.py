@@ -212,22 +212,38 @@ _blas_users = 0
 _blas_limit: Any = None
 
 
+def _clear_blas_controller() -> None:
+    """Let the calling thread set OpenBLAS's thread count.  threadpoolctl
+    (>= 3.6) lets only one thread, the first to set it, change a
+    process-wide OpenBLAS pool; the others' limits silently do nothing."""
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
     """BLAS limited to one thread while any block task of this process runs.
 
-    ``_linear_run`` limits BLAS itself (threadpoolctl sets the limit and
-    restores the value it found), which is not safe when tasks of several
-    threads (Dask's threaded scheduler, a worker with several threads)
-    overlap: one may restore another's limit.  This process-wide limit,
-    entered by the first running task and left by the last, makes every
-    inner limit find and restore 1.
+    ``_linear_run`` limits BLAS itself (threadpoolctl records the count it
+    finds, sets 1, and restores what it recorded), which is not safe when
+    tasks of several threads overlap (Dask's threaded scheduler, a worker
+    with several threads): a limit can record another's 1 and restore it
+    after that one restored the original, leaving BLAS on one thread for the
+    rest of the process.  This process-wide limit, set by the first running
+    task and restored by the last (in whichever thread), makes every inner
+    limit record and restore 1.
     """
     global _blas_users, _blas_limit
     from ._linear import blas_threads
 
     with _blas_lock:
         if _blas_users == 0:
+            _clear_blas_controller()
             _blas_limit = blas_threads(1)
             _blas_limit.__enter__()
         _blas_users += 1
@@ -237,8 +253,10 @@ def one_blas_thread() -> Iterator[None]:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
+                _clear_blas_controller()  # the last task may run in another thread
                 _blas_limit.__exit__(None, None, None)
                 _blas_limit = None
+                _clear_blas_controller()
 
 
 def _identity(block: Any) -> Any:
