@@ -156,7 +156,12 @@ random_state, solver, max_iter, verbose, warm_start, n_jobs
         """
         penalty_inv_c = self._check_params()
         X, y, sw = self._dask_data(X, y, sample_weight)
-        X, y, sw = dask.persist(X, y, sw)  # X persisted once, for every pass
+        # X persisted once, for every pass.  Blocks that distributed received
+        # over the network can be misaligned views of a frame, which every
+        # evaluation would copy again: they are copied once, here (aligned
+        # blocks are kept as they are).
+        X = X.map_blocks(g.aligned, dtype=X.dtype, meta=np.empty((0, 0), dtype=X.dtype))
+        X, y, sw = dask.persist(X, y, sw)
         classes, counts = self._label_stats(X, y, sw)
         y_idx = y.map_blocks(_label_index, classes, dtype=np.intp).persist()
         del y
