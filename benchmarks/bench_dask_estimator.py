@@ -30,27 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 import warnings
 
 import numpy as np
-from bench_estimator import make_problem
-from sklearn.exceptions import ConvergenceWarning
+from bench_estimator import fit_time, make_problem
 
 from fastxent.estimators import SoftmaxRegression
-
-
-def timed_fits(make, fit, repeats):
-    times, est = [], None
-    for _ in range(repeats):
-        est = make()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            t0 = time.perf_counter()
-            fit(est)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, est
 
 
 def main():
@@ -69,9 +54,7 @@ def main():
     params = dict(C=1.0, tol=args.tol, max_iter=args.max_iter)
     rows = []
 
-    t_mem, _, mem = timed_fits(
-        lambda: SoftmaxRegression(**params), lambda e: e.fit(X, y), args.repeats
-    )
+    t_mem, _, mem = fit_time(lambda: SoftmaxRegression(**params), X, y, args.repeats)
     rows.append(("fastxent.estimators.SoftmaxRegression (in memory, 2 threads)", t_mem, mem))
 
     import dask
@@ -92,9 +75,7 @@ def main():
         yd = da.from_array(y, chunks=Xd.chunks[0])
         Xd, yd = dask.persist(Xd, yd)  # on the workers before the clock starts
         client.wait_for_workers(2)
-        t_dask, _, dest = timed_fits(
-            lambda: fd.SoftmaxRegression(**params), lambda e: e.fit(Xd, yd), args.repeats
-        )
+        t_dask, _, dest = fit_time(lambda: fd.SoftmaxRegression(**params), Xd, yd, args.repeats)
         rows.append(("fastxent.dask.SoftmaxRegression (LocalCluster 2 x 1 thread)", t_dask, dest))
         dml = None
         try:
@@ -103,11 +84,12 @@ def main():
             print("dask_ml not installed: its row is left out")
         else:
             yb = (yd == 0).astype(np.int64).persist()
-            t_dml, _, dml = timed_fits(
+            t_dml, _, dml = fit_time(
                 lambda: DaskMLLogisticRegression(
                     C=params["C"], tol=args.tol, max_iter=args.max_iter, solver="lbfgs"
                 ),
-                lambda e: e.fit(Xd, yb),
+                Xd,
+                yb,
                 args.repeats,
             )
         dec = dest.decision_function(Xd).compute()
