@@ -21,6 +21,7 @@ import json
 import sys
 from collections import defaultdict
 
+from report_dask import dask_section
 from report_objectives import objectives_section
 
 # Implementations that read z and write an n x m array (loss+grad or copy):
@@ -440,6 +441,7 @@ def main(argv=None):
     if core:
         lines += floors_section(core) + peers_section(core) + threads_section(core)
     lines += options_section(groups) + small_section(groups) + objectives_section(groups)
+    lines += dask_section(groups)
     print("\n".join(lines))
     if args.plot:
         if not core:

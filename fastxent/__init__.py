@@ -26,10 +26,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # fastxent.estimators, fastxent.metrics and fastxent.objectives load on
-    # first access, so that `import fastxent` imports NumPy only (never
-    # scikit-learn, SciPy, xgboost or lightgbm).
-    if name in ("estimators", "metrics", "objectives"):
+    # fastxent.estimators, fastxent.metrics, fastxent.objectives and
+    # fastxent.dask load on first access, so that `import fastxent` imports
+    # NumPy only (never scikit-learn, SciPy, xgboost, lightgbm or Dask).
+    if name in ("estimators", "metrics", "objectives", "dask"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

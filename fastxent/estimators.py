@@ -150,6 +150,14 @@ def data_term(
     return float(loss), grad
 
 
+def check_two_classes(classes: NDArray[Any]) -> None:
+    if classes.shape[0] < 2:
+        raise ValueError(
+            "SoftmaxRegression needs samples of at least 2 classes in the data, "
+            f"but the data contains only one class: {classes[0]!r}"
+        )
+
+
 class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression fitted with fastxent's fused loss+gradient.
 
@@ -381,13 +389,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         X, y = _validate_data(self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES, order="C")
         check_classification_targets(y)
         classes, y_idx = np.unique(y, return_inverse=True)
-        n_classes = classes.shape[0]
-        if n_classes < 2:
-            raise ValueError(
-                "SoftmaxRegression needs samples of at least 2 classes in the data, "
-                f"but the data contains only one class: {classes[0]!r}"
-            )
-        n, d = X.shape
+        check_two_classes(classes)
+        n = X.shape[0]
         sw: NDArray[Any] | None = None
         if sample_weight is not None:
             # (ensure_non_negative= needs scikit-learn >= 1.6: check it here)
@@ -401,10 +404,28 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         per_sample = np.ones(n) if sw is None else sw.astype(np.float64)
         if cw is not None:
             per_sample = per_sample * cw.astype(np.float64)[y_idx]
-        sw_sum = float(per_sample.sum())
+        return self._fit_lbfgs(X, y_idx, sw, cw, classes, float(per_sample.sum()), penalty_inv_c)
+
+    def _fit_lbfgs(
+        self,
+        X: Any,
+        y_idx: Any,
+        sw: Any,
+        cw: NDArray[Any] | None,
+        classes: NDArray[Any],
+        sw_sum: float,
+        penalty_inv_c: float,
+    ) -> SoftmaxRegression:
+        """The rest of ``fit`` once the data are checked (shared with
+        :class:`fastxent.dask.SoftmaxRegression`, whose ``X`` is a Dask
+        array): the penalty scale, the start point, L-BFGS on
+        :meth:`_objective`, the convergence warning and the fitted attributes.
+        ``sw_sum`` is ``sum_i s_i cw[y_i]``."""
         if not sw_sum > 0:
             raise ValueError("Sample weights must contain at least one non-zero number.")
         l2 = penalty_inv_c / sw_sum
+        n, d = X.shape
+        n_classes = classes.shape[0]
 
         k = 1 if n_classes == 2 else n_classes  # rows of coef_
         w0 = np.zeros(k * (d + int(self.fit_intercept)), dtype=np.float64)
@@ -441,7 +462,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 f"{res.status}): {res.message}. Increase max_iter, or scale the data "
                 "(e.g. with sklearn.preprocessing.StandardScaler).",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of fit
             )
         self.classes_ = classes
         # In X's dtype, as LogisticRegression (float32 X: float32 coef_).
@@ -485,7 +506,23 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         class_weight: NDArray[Any] | None = None,
     ) -> tuple[float, NDArray[np.float64]]:
         """LogisticRegression's objective and its gradient at the flat parameters w."""
-        loss, grad = data_term(
+        loss, grad = self._data_term(w, X, y_idx, sample_weight, k, class_weight)
+        W = w[: k * X.shape[1]]
+        grad[: W.size] += l2 * W
+        return loss + 0.5 * l2 * float(W @ W), grad
+
+    def _data_term(
+        self,
+        w: NDArray[np.float64],
+        X: Any,
+        y_idx: Any,
+        sample_weight: Any,
+        k: int,
+        class_weight: NDArray[Any] | None,
+    ) -> tuple[float, NDArray[np.float64]]:
+        """The weighted mean cross-entropy and its gradient (a distributed
+        pass in :class:`fastxent.dask.SoftmaxRegression`)."""
+        return data_term(
             w,
             X,
             y_idx,
@@ -496,9 +533,6 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             "mean",
             self._fit_threads,
         )
-        W = w[: k * X.shape[1]]
-        grad[: W.size] += l2 * W
-        return loss + 0.5 * l2 * float(W @ W), grad
 
     def decision_function(self, X: Any) -> NDArray[np.floating[Any]]:
         """The logits ``X @ coef_.T + intercept_``.

@@ -9,6 +9,11 @@
   ``FASTXENT_HYPOTHESIS_PROFILE=thorough python -m pytest tests``.
 * Fixtures: ``rng``, a NumPy generator seeded per test from its node id, so
   every test sees the same data on every run and in any order.
+* ``dask_client``: a ``distributed.LocalCluster`` of two single-threaded
+  worker processes on the loopback interface and a Client to it, started
+  by the first test of a module that asks for it and closed after the
+  module (skips without ``distributed``).  It is not the default scheduler: a test
+  opts in with ``dask.config.set(scheduler=dask_client)``.
 * Every fastxent call of every test is checked not to modify its inputs
   (other than ``out``): an autouse fixture installs the guard of
   ``test_inputs_unmodified.py``; ``@pytest.mark.no_input_guard`` opts out
@@ -50,6 +55,43 @@ if settings is not None:
 def rng(request):
     """A generator seeded from the test's node id (stable across runs)."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A Client of a LocalCluster(n_workers=2, threads_per_worker=1,
+    processes=True) on 127.0.0.1, without a dashboard, for one test module.
+
+    distributed's nannies set OMP_NUM_THREADS=1 (and the other variables of
+    ``distributed.nanny.pre-spawn-environ``) in this process's own
+    environment, for good, before they start their workers; the variables
+    are put back as they were once the workers run, so that no later test
+    (nor the subprocesses it starts) inherits them."""
+    distributed = pytest.importorskip("distributed")
+    import logging
+
+    saved = dict(os.environ)
+
+    def restore():
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
+
+    try:
+        with distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit="1GiB",
+            silence_logs=logging.CRITICAL,
+        ) as cluster:
+            restore()
+            with distributed.Client(cluster, set_as_default=False) as client:
+                yield client
+    finally:
+        restore()
 
 
 def pytest_configure(config):
