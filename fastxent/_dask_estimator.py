@@ -47,7 +47,7 @@ def _term_block(
 ) -> NDArray[np.float64]:
     """``[value, gradient...]`` of one block's share of the data term (its sum)."""
     with g.one_blas_thread():
-        value, grad = data_term(w, g.aligned(X), y, s, cw, k, fit_intercept, "sum", num_threads)
+        value, grad = data_term(w, X, y, s, cw, k, fit_intercept, "sum", num_threads)
     return np.concatenate([[value], grad])
 
 

@@ -36,18 +36,17 @@ Design
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
-import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import dask.array as da
 import numpy as np
 from dask.base import is_dask_collection
 
+from . import _linear
 from . import _validation as v
 from ._loss import LossSpec, loss_spec, reduce_total
 
@@ -193,10 +192,8 @@ def check_options(
 
 def aligned(a: Any) -> Any:
     """``a`` copied if its data are misaligned for its dtype, as blocks that
-    ``distributed`` deserialised may be (a view into a received frame):
-    ``_linear_run`` copies misaligned rows only when they are not
-    C-contiguous, and its kernel rejects them."""
-    return a if a is None or a.flags.aligned else a.copy()
+    ``distributed`` deserialised may be (a view into a received frame)."""
+    return None if a is None else v.aligned(a)
 
 
 def one(block: Any) -> Any:
@@ -207,56 +204,10 @@ def one(block: Any) -> Any:
     return block
 
 
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limit: Any = None
-
-
-def _clear_blas_controller() -> None:
-    """Let the calling thread set OpenBLAS's thread count.  threadpoolctl
-    (>= 3.6) lets only one thread, the first to set it, change a
-    process-wide OpenBLAS pool; the others' limits silently do nothing."""
-    try:
-        from threadpoolctl import OpenBLASController
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return
-    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
-    if clear is not None:
-        clear(force=True)
-
-
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """BLAS limited to one thread while any block task of this process runs.
-
-    ``_linear_run`` limits BLAS itself (threadpoolctl records the count it
-    finds, sets 1, and restores what it recorded), which is not safe when
-    tasks of several threads overlap (Dask's threaded scheduler, a worker
-    with several threads): a limit can record another's 1 and restore it
-    after that one restored the original, leaving BLAS on one thread for the
-    rest of the process.  This process-wide limit, set by the first running
-    task and restored by the last (in whichever thread), makes every inner
-    limit record and restore 1.
-    """
-    global _blas_users, _blas_limit
-    from ._linear import blas_threads
-
-    with _blas_lock:
-        if _blas_users == 0:
-            _clear_blas_controller()
-            _blas_limit = blas_threads(1)
-            _blas_limit.__enter__()
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _clear_blas_controller()  # the last task may run in another thread
-                _blas_limit.__exit__(None, None, None)
-                _blas_limit = None
-                _clear_blas_controller()
+# BLAS on one thread while any block task of the process runs: the fused
+# linear cross-entropy's process-wide, counted limit (safe when the tasks of
+# several threads overlap).
+one_blas_thread = _linear.one_blas_thread
 
 
 def _identity(block: Any) -> Any:

@@ -294,10 +294,10 @@ def linear_block(
     del checked  # a dependency only: the labels were checked first
     with g.one_blas_thread():
         loss, gx, gW, gb, total, dsum = _linear_run(
-            g.aligned(x),
-            g.aligned(W),
+            x,
+            W,
             g.one(t),
-            linear_bias=g.aligned(b),
+            linear_bias=b,
             want_grad=want_grad,
             reduction="none" if reduction == "none" else "sum",
             sample_weight=s,

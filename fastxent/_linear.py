@@ -13,7 +13,10 @@ function pointers SciPy exports); SciPy is imported on the first call, so
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
+from collections.abc import Iterator
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -89,12 +92,56 @@ def _blas_controller() -> Any:
 def blas_threads(num_threads: int | None) -> Any:
     """A context that limits BLAS to ``num_threads`` threads (None: no
     change), through threadpoolctl."""
-    import contextlib
-
     _gemm_capsule("d")  # SciPy's BLAS loaded before the controller looks
     if num_threads is None:
         return contextlib.nullcontext()
     return _blas_controller().limit(limits=num_threads)
+
+
+_one_thread_lock = threading.Lock()
+_one_thread_users = 0
+_one_thread_limit: Any = None
+
+
+def _clear_controlling_thread() -> None:
+    """Let the calling thread set OpenBLAS's thread count: threadpoolctl
+    (>= 3.6) lets only the first thread that set it change a process-wide
+    OpenBLAS pool, and the other threads' limits silently do nothing."""
+    from threadpoolctl import OpenBLASController
+
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread while any fused call of this process runs.
+
+    A plain limit per call is not safe when calls overlap in several Python
+    threads (a thread pool, Dask's threaded scheduler): threadpoolctl records
+    the count it finds, sets 1 and restores what it recorded, so a call can
+    record another's 1 and restore it after that one restored the original,
+    leaving BLAS on one thread for the rest of the process.  This limit is
+    process-wide and counted: set by the first call, restored by the last
+    (in whichever thread)."""
+    global _one_thread_users, _one_thread_limit
+    with _one_thread_lock:
+        if _one_thread_users == 0:
+            _clear_controlling_thread()
+            _one_thread_limit = blas_threads(1)
+            _one_thread_limit.__enter__()
+        _one_thread_users += 1
+    try:
+        yield
+    finally:
+        with _one_thread_lock:
+            _one_thread_users -= 1
+            if _one_thread_users == 0:
+                _clear_controlling_thread()  # the last call may run in another thread
+                _one_thread_limit.__exit__(None, None, None)
+                _one_thread_limit = None
+                _clear_controlling_thread()
 
 
 def _rows_for_blas(a: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
@@ -110,7 +157,8 @@ def _rows_for_blas(a: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
         and a.flags.aligned
         and a.dtype.isnative
     )
-    return a if ok else np.ascontiguousarray(a)
+    # (a misaligned view, e.g. of a received network frame, is copied too)
+    return a if ok else v.aligned(np.ascontiguousarray(a))
 
 
 def _check_inputs(
@@ -162,7 +210,7 @@ def _check_inputs(
     x2 = xa.reshape(int(np.prod(xa.shape[:-1])), d)
     if x2.shape[0] > _BLAS_INT_MAX:
         raise ValueError(f"x has {x2.shape[0]} rows; at most 2**31 - 1 are supported.")
-    b = None if ba is None else np.ascontiguousarray(ba, dtype=dtype)
+    b = None if ba is None else v.aligned(np.ascontiguousarray(ba, dtype=dtype))
     return _rows_for_blas(x2, dtype), _rows_for_blas(Wa, dtype), b, xa.shape, dtype, io
 
 
@@ -237,7 +285,7 @@ def _linear_run(
         probs = spec.t if spec.kind == "probs" else None
         # The kernels split every GEMM over fastxent's threads themselves,
         # each calling BLAS on one thread.
-        with blas_threads(1):
+        with one_blas_thread():
             total = _kernels.linear_cross_entropy_chunks(
                 x2, W, b, labels, probs, spec.w, spec.s, buf, losses, gx, gW, gb,
                 _gemm_capsule(dtype.char), spec.ignore, spec.eps, spec.zl, spec.cap,

@@ -54,7 +54,7 @@ def compute_dtype(dtype: np.dtype[Any], what: str = "logits") -> np.dtype[np.flo
     )
 
 
-def _aligned(a: NDArray[Any]) -> NDArray[Any]:
+def aligned(a: NDArray[Any]) -> NDArray[Any]:
     """``a``, copied if its data is misaligned for its dtype (e.g. a view
     at an odd byte offset of a buffer): the kernels load whole elements."""
     return a if a.flags.aligned else a.copy()
@@ -89,9 +89,9 @@ def as_logits(
     if m == 0:
         raise ValueError(f"logits must have at least one class (m >= 1); got shape {z.shape}.")
     if half:
-        zh = _aligned(np.ascontiguousarray(z)).view(np.uint16)
+        zh = aligned(np.ascontiguousarray(z)).view(np.uint16)
         return zh.reshape(-1, m), z.shape, dtype, half
-    z2 = _aligned(np.ascontiguousarray(z, dtype=dtype))
+    z2 = aligned(np.ascontiguousarray(z, dtype=dtype))
     return z2.reshape(-1, m), z.shape, dtype, 0
 
 
@@ -122,17 +122,17 @@ def as_labels_or_probs(
             )
         if t.dtype not in _NATIVE_LABELS:
             t = t.astype(np.int64)
-        return "labels", _aligned(np.ascontiguousarray(t)).reshape(-1)
+        return "labels", aligned(np.ascontiguousarray(t)).reshape(-1)
     if t.shape == shape:
         if t.dtype.kind in "iu":
             raise ValueError(_integer_target_message(t.dtype, shape))
         if keep is not None and t.dtype == keep:
-            return "probs", _aligned(np.ascontiguousarray(t)).view(np.uint16).reshape(-1, shape[-1])
+            return "probs", aligned(np.ascontiguousarray(t)).view(np.uint16).reshape(-1, shape[-1])
         if t.dtype.kind != "f" and not half_kind(t.dtype):
             raise TypeError(
                 f"class-probability targets must be floating-point numbers; got dtype={t.dtype}."
             )
-        t2 = _aligned(np.ascontiguousarray(t, dtype=dtype))
+        t2 = aligned(np.ascontiguousarray(t, dtype=dtype))
         return "probs", t2.reshape(-1, shape[-1])
     raise ValueError(
         f"target must have shape {shape[:-1]} (class indices) or {shape} "

@@ -430,3 +430,50 @@ def test_more_than_2_31_logits_in_little_memory(rng):
         G = fastxent.cross_entropy_grad(xc @ W.T, y[i : i + 4000], reduction="sum")
         gW_ref += G.T.astype(np.float64) @ xc.astype(np.float64)
     assert_matches(gW, gW_ref, np.float32, "grad_W", float(np.abs(x).max()))
+
+
+def test_misaligned_inputs_are_copied(rng):
+    """A C-contiguous view at an odd address (as a block received over the
+    network can be) is copied, not handed to the kernel."""
+    x, W, b, t = make_problem(rng, (20,), 6, 9, np.float64)
+    want = fastxent.linear_cross_entropy_with_grad(x, W, t, linear_bias=b)
+
+    def misaligned(a):
+        buf = np.zeros(a.nbytes + 1, np.uint8)
+        view = np.frombuffer(buf.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+        view[...] = a
+        assert not view.flags.aligned and view.flags.c_contiguous
+        return view
+
+    got = fastxent.linear_cross_entropy_with_grad(
+        misaligned(x), misaligned(W), t, linear_bias=misaligned(b)
+    )
+    for a, c in zip(got, want, strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(c).tobytes()
+
+
+def test_concurrent_calls_leave_blas_threads_as_they_were(rng):
+    """Calls from several Python threads at once give the same results as
+    one at a time, and BLAS's own thread count is what it was afterwards
+    (a per-call limit could record another call's 1 and restore it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg.cython_blas  # noqa: F401 - loaded before the first look
+
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    x, W, b, t = make_problem(rng, (600,), 40, 700, np.float64)
+    want = fastxent.linear_cross_entropy_with_grad(x, W, t, linear_bias=b, num_threads=1)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [
+            pool.submit(
+                fastxent.linear_cross_entropy_with_grad, x, W, t, linear_bias=b, num_threads=1
+            )
+            for _ in range(16)
+        ]
+        results = [f.result() for f in futures]
+    for got in results:
+        for a, c in zip(got, want, strict=True):
+            assert np.asarray(a).tobytes() == np.asarray(c).tobytes()
+    after = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    assert after == before
