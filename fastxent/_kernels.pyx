@@ -1005,9 +1005,11 @@ cdef int _half_softmax_rows(const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize
 # is SciPy's (scipy.linalg.cython_blas, what scikit-learn uses from Cython),
 # reached through the function pointers its module exports, so this module
 # needs SciPy neither to build nor to import.  BLAS runs its own threads
-# inside each GEMM; the row kernels run ours between GEMMs, never both at
-# once.  All arrays are row-major; the GEMMs are written for column-major
-# BLAS as the transposed products.
+# inside each GEMM (sharing the packed operands among them, which GEMMs
+# split into tiles on our threads could not: measured 1.3-1.4x slower); the
+# row kernels run ours between GEMMs, never both at once.  All arrays are
+# row-major; the GEMMs are written for column-major BLAS as the transposed
+# products.
 
 ctypedef void (*sgemm_t)(char *transa, char *transb, int *m, int *n, int *k,
                          float *alpha, float *a, int *lda, float *b, int *ldb,
@@ -1028,107 +1030,6 @@ cdef inline void _gemm(void *fn, char ta, char tb, int M, int N, int K,
     else:
         (<dgemm_t>fn)(&ta, &tb, &M, &N, &K, &alpha, <double *>A, &lda,
                       <double *>B, &ldb, &beta, C, &ldc)
-
-
-# The GEMMs run on fastxent's threads: each splits its output into tiles of
-# fixed sizes (they depend on the shapes, never on the thread count), and
-# the tiles go to the OpenMP threads, each calling single-threaded BLAS (the
-# caller limits BLAS to one thread).  One thread pool instead of two taking
-# turns (neither spins while the other works), and the same BLAS calls at
-# any thread count, so the same bits: OpenBLAS's own threading picks
-# different kernels for different thread counts.
-cdef enum:
-    TILE_ROWS = 256         # rows of x (and of the logits) per tile
-    TILE_V = 2048           # rows of W (columns of the logits) per tile
-    TILE_D = 128            # features (columns of grad_x, grad_W) per tile
-    TILE_K = 1024           # rows summed per partial product of grad_W
-    # grad_W of at most this many elements is summed from partial products
-    # over row tiles (its own tiles would be too few to share out), when
-    # the partial products take at most PARTIALS_BYTES
-    SMALL_GRAD_W = 1 << 20
-    PARTIALS_BYTES = 64 << 20
-
-
-cdef inline Py_ssize_t _tiles(Py_ssize_t size, Py_ssize_t tile) noexcept nogil:
-    return (size + tile - 1) // tile
-
-
-cdef inline bint _tile_threads(Py_ssize_t ntiles, int num_threads) noexcept nogil:
-    return ntiles > 1 and num_threads > 1 and not fx_forked
-
-
-cdef void _gemm_logits(void *fn, const floating *W, Py_ssize_t ldw,
-                       const floating *xc, Py_ssize_t ldx, Py_ssize_t rr,
-                       Py_ssize_t d, Py_ssize_t V, floating beta, floating *buf,
-                       int num_threads) noexcept nogil:
-    """buf (rr x V, row-major) = beta buf + x_c W^T, tile by tile."""
-    cdef Py_ssize_t nr = _tiles(rr, TILE_ROWS), nv = _tiles(V, TILE_V), t, r0, v0
-    for t in prange(nr * nv, schedule='static', num_threads=num_threads,
-                    use_threads_if=_tile_threads(nr * nv, num_threads)):
-        r0 = (t // nv) * TILE_ROWS
-        v0 = (t % nv) * TILE_V
-        # buf^T (col-major V x rr): W (col-major d x V)^T times x_c^T
-        _gemm(fn, c'T', c'N', <int>min(<Py_ssize_t>TILE_V, V - v0),
-              <int>min(<Py_ssize_t>TILE_ROWS, rr - r0), <int>d, W + v0 * ldw, <int>ldw,
-              xc + r0 * ldx, <int>ldx, beta, buf + r0 * V + v0, <int>V)
-
-
-cdef void _gemm_grad_x(void *fn, const floating *W, Py_ssize_t ldw,
-                       const floating *buf, Py_ssize_t rr, Py_ssize_t d,
-                       Py_ssize_t V, floating *gx, int num_threads) noexcept nogil:
-    """gx (rr x d, row-major) = G W, tile by tile."""
-    cdef Py_ssize_t nr = _tiles(rr, TILE_ROWS), nd = _tiles(d, TILE_D), t, r0, j0
-    for t in prange(nr * nd, schedule='static', num_threads=num_threads,
-                    use_threads_if=_tile_threads(nr * nd, num_threads)):
-        r0 = (t // nd) * TILE_ROWS
-        j0 = (t % nd) * TILE_D
-        # gx^T (col-major d x rr): W^T (col-major d x V) times G^T
-        _gemm(fn, c'N', c'N', <int>min(<Py_ssize_t>TILE_D, d - j0),
-              <int>min(<Py_ssize_t>TILE_ROWS, rr - r0), <int>V, W + j0, <int>ldw,
-              buf + r0 * V, <int>V, 0, gx + r0 * d + j0, <int>d)
-
-
-cdef int _gemm_grad_W(void *fn, const floating *xc, Py_ssize_t ldx,
-                      const floating *buf, Py_ssize_t rr, Py_ssize_t d,
-                      Py_ssize_t V, floating beta, floating *gW,
-                      int num_threads) noexcept nogil:
-    """gW (V x d, row-major) = beta gW + G^T x_c.  Returns 1 if out of memory.
-
-    A large gW is split into tiles of its own.  A small one (an estimator's
-    few classes and features) has too few tiles to share out, so the sum
-    over the rows is split instead: partial products of TILE_K rows each,
-    added in row order."""
-    cdef Py_ssize_t nv = _tiles(V, TILE_V), nd = _tiles(d, TILE_D)
-    cdef Py_ssize_t nk = _tiles(rr, TILE_K), t, v0, j0, k0, e
-    cdef floating *part
-    cdef floating acc
-    if V * d > SMALL_GRAD_W or nk == 1 or nk * V * d * sizeof(floating) > PARTIALS_BYTES:
-        for t in prange(nv * nd, schedule='static', num_threads=num_threads,
-                        use_threads_if=_tile_threads(nv * nd, num_threads)):
-            v0 = (t // nd) * TILE_V
-            j0 = (t % nd) * TILE_D
-            # gW^T (col-major d x V): x_c^T (d x rr) times G (rr x V)
-            _gemm(fn, c'N', c'T', <int>min(<Py_ssize_t>TILE_D, d - j0),
-                  <int>min(<Py_ssize_t>TILE_V, V - v0), <int>rr, xc + j0, <int>ldx,
-                  buf + v0, <int>V, beta, gW + v0 * d + j0, <int>d)
-        return 0
-    part = <floating *>malloc(nk * V * d * sizeof(floating))
-    if part == NULL:
-        return 1
-    for t in prange(nk, schedule='static', num_threads=num_threads,
-                    use_threads_if=_tile_threads(nk, num_threads)):
-        k0 = t * TILE_K
-        _gemm(fn, c'N', c'T', <int>d, <int>V, <int>min(<Py_ssize_t>TILE_K, rr - k0),
-              xc + k0 * ldx, <int>ldx, buf + k0 * V, <int>V, 0, part + t * V * d, <int>d)
-    # Each element summed in row-tile order, whichever thread does it.
-    for e in prange(V * d, schedule='static', num_threads=num_threads,
-                    use_threads_if=_tile_threads(V * d // 4096, num_threads)):
-        acc = part[e] if beta == 0 else gW[e] + part[e]
-        for t in range(1, nk):
-            acc = acc + part[t * V * d + e]
-        gW[e] = acc
-    free(part)
-    return 0
 
 
 cdef void _fill_rows(floating *buf, Py_ssize_t r, Py_ssize_t V,
@@ -1177,8 +1078,10 @@ cdef int _linear_chunks(
         rr = min(r, n - c0)
         if bias != NULL:
             _fill_rows(buf, rr, V, bias, num_threads)
-        _gemm_logits(gemm, W, ldw, x + c0 * ldx, ldx, rr, d, V,
-                     1 if bias != NULL else 0, buf, num_threads)
+        # logits^T (V x rr) = W (V x d) x_c^T: W is col-major d x V (lda
+        # ldw), x_c col-major d x rr (ldb ldx), the buffer col-major V x rr.
+        _gemm(gemm, c'T', c'N', <int>V, <int>rr, <int>d, W, <int>ldw,
+              x + c0 * ldx, <int>ldx, 1 if bias != NULL else 0, buf, <int>V)
         failed |= _loss_rows(
             buf, rr, V, labels + c0 if labels != NULL else NULL, ignore_index,
             target + c0 * V if target != NULL else NULL, w,
@@ -1188,9 +1091,12 @@ cdef int _linear_chunks(
             c0 += rr
             continue
         if grad_x != NULL:
-            _gemm_grad_x(gemm, W, ldw, buf, rr, d, V, grad_x + c0 * d, num_threads)
-        failed |= _gemm_grad_W(gemm, x + c0 * ldx, ldx, buf, rr, d, V,
-                               0 if c0 == 0 else 1, grad_W, num_threads)
+            # grad_x[c]^T (d x rr) = W^T (d x V) G^T (V x rr)
+            _gemm(gemm, c'N', c'N', <int>d, <int>rr, <int>V, W, <int>ldw, buf,
+                  <int>V, 0, grad_x + c0 * d, <int>d)
+        # grad_W^T (d x V) += x_c^T (d x rr) G (rr x V)
+        _gemm(gemm, c'N', c'T', <int>d, <int>V, <int>rr, x + c0 * ldx, <int>ldx,
+              buf, <int>V, 0 if c0 == 0 else 1, grad_W, <int>d)
         if grad_b != NULL:
             _add_column_sums(buf, rr, V, grad_b, num_threads)
         c0 += rr

@@ -116,14 +116,16 @@ def _clear_controlling_thread() -> None:
 
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
-    """BLAS on one thread while any fused call of this process runs.
+    """BLAS on one thread while any user of this limit runs in the process:
+    for tasks that run in parallel themselves, one per core (Dask's blocks),
+    whose GEMMs must not each start BLAS's threads.
 
-    A plain limit per call is not safe when calls overlap in several Python
-    threads (a thread pool, Dask's threaded scheduler): threadpoolctl records
-    the count it finds, sets 1 and restores what it recorded, so a call can
-    record another's 1 and restore it after that one restored the original,
-    leaving BLAS on one thread for the rest of the process.  This limit is
-    process-wide and counted: set by the first call, restored by the last
+    A plain limit per task is not safe when tasks overlap in several Python
+    threads (Dask's threaded scheduler): threadpoolctl records the count it
+    finds, sets 1 and restores what it recorded, so a task can record
+    another's 1 and restore it after that one restored the original, leaving
+    BLAS on one thread for the rest of the process.  This limit is
+    process-wide and counted: set by the first user, restored by the last
     (in whichever thread)."""
     global _one_thread_users, _one_thread_limit
     with _one_thread_lock:
@@ -265,7 +267,11 @@ def _linear_run(
         softcap=softcap,
     )
     r = _chunk_size(chunk_size, n, V, d, dtype.itemsize)
-    nt = v.resolve_threads(num_threads, n * V)
+    # The row kernels run on the calling thread unless asked: BLAS's threads
+    # and an OpenMP team taking turns on the same cores each spin-wait while
+    # the other works (measured up to 3.4x slower on 2 cores), and next to the
+    # GEMMs the row kernels are a few per cent of the time.
+    nt = v.resolve_threads(num_threads, n * V) if num_threads is not None else 1
     # Every label is checked (and the "mean" denominator summed) before any
     # GEMM runs, so bad input costs nothing and leaves nothing half done.
     denom = mean_denominator(spec, V)
@@ -283,14 +289,13 @@ def _linear_run(
         buf = np.empty((r, V), dtype=dtype)
         labels = spec.t if spec.kind == "labels" else None
         probs = spec.t if spec.kind == "probs" else None
-        # The kernels split every GEMM over fastxent's threads themselves,
-        # each calling BLAS on one thread.
-        with one_blas_thread():
-            total = _kernels.linear_cross_entropy_chunks(
-                x2, W, b, labels, probs, spec.w, spec.s, buf, losses, gx, gW, gb,
-                _gemm_capsule(dtype.char), spec.ignore, spec.eps, spec.zl, spec.cap,
-                grad_denom, nt,
-            )  # fmt: skip
+        # BLAS threads its GEMMs as it is set to (threadpoolctl); num_threads
+        # is the row kernels' (the two take turns, never run at once).
+        total = _kernels.linear_cross_entropy_chunks(
+            x2, W, b, labels, probs, spec.w, spec.s, buf, losses, gx, gW, gb,
+            _gemm_capsule(dtype.char), spec.ignore, spec.eps, spec.zl, spec.cap,
+            grad_denom, nt,
+        )  # fmt: skip
         del buf
 
     loss: Any
@@ -330,10 +335,14 @@ _CHUNK_DOC = """
         larger chunks are faster and cost memory.  Results do not depend on
         the thread count for a fixed ``chunk_size``.
     num_threads : int >= 1, optional
-        Threads for fastxent's row kernels and, for the duration of the
-        call, for BLAS (through threadpoolctl, when installed); they take
-        turns, never running at once.  ``None`` uses OpenMP's default for the
-        row kernels and leaves BLAS's own setting alone."""
+        Threads for fastxent's row kernels between the GEMMs; ``None`` runs
+        them on the calling thread.  The GEMMs, nearly all of the work, run
+        on BLAS's own threads, as BLAS is set (its default, or
+        ``threadpoolctl.threadpool_limits``).  A second thread pool taking
+        turns with BLAS's on the same cores makes both spin-wait (up to 3.4x
+        slower, measured), so give the row kernels threads only when BLAS
+        runs on one.  Results are the same bits at every ``num_threads``;
+        OpenBLAS's own can change in the last bits with its thread count."""
 
 # The loss options as cross_entropy documents them (num_threads is _CHUNK_DOC's).
 _LINEAR_OPTIONS_DOC = _OPTIONS_DOC.split("    num_threads :")[0].rstrip()

@@ -55,7 +55,7 @@ from sklearn.utils.extmath import safe_sparse_dot
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from ._linear import _linear_run, blas_threads
+from ._linear import _linear_run
 from ._loss import cross_entropy_with_grad
 from ._softmax import log_softmax, softmax
 
@@ -70,20 +70,6 @@ except ImportError:  # pragma: no cover - scikit-learn < 1.6
 __all__ = ["SoftmaxRegression"]
 
 _FLOAT_DTYPES: tuple[type[np.floating[Any]], ...] = (np.float64, np.float32)
-
-
-#: Below this many multiply-adds per product (n * d * k), a fit runs BLAS
-#: and fastxent's kernels on one thread: thread start-up and hand-over cost
-#: more than they save (measured: benchmarks/bench_estimator.py, README).
-SMALL_FIT_WORK = 2**23
-
-
-def fit_threads(num_threads: int | None, n: int, d: int, k: int) -> int | None:
-    """The thread count of a fit: ``num_threads`` when given, else one thread
-    for a small problem and the libraries' defaults (None) otherwise."""
-    if num_threads is not None:
-        return num_threads
-    return 1 if n * d * max(k, 2) < SMALL_FIT_WORK else None
 
 
 def data_term(
@@ -228,9 +214,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         lbfgs fit it has no effect.  Use ``num_threads`` for fastxent's
         kernels.
     num_threads : int >= 1, default=None
-        Threads for fastxent's kernels; ``None`` uses OpenMP's default
-        (``OMP_NUM_THREADS``, threadpoolctl limits).  The matrix products go
-        through NumPy's BLAS, which has its own thread pool.
+        Threads for fastxent's row kernels between the matrix products
+        (``None``: the calling thread, as in
+        :func:`fastxent.linear_cross_entropy`).  The products run on the
+        threads of SciPy's BLAS, as it is set (threadpoolctl), the BLAS that
+        L-BFGS uses too: one BLAS thread pool in the fit.
 
     Attributes
     ----------
@@ -424,7 +412,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         if not sw_sum > 0:
             raise ValueError("Sample weights must contain at least one non-zero number.")
         l2 = penalty_inv_c / sw_sum
-        n, d = X.shape
+        d = X.shape[1]
         n_classes = classes.shape[0]
 
         k = 1 if n_classes == 2 else n_classes  # rows of coef_
@@ -439,23 +427,24 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if self.fit_intercept:
                 w0[k * d :] = self.intercept_
 
-        # One knob for BLAS (the products and L-BFGS's own) and the kernels.
-        self._fit_threads = fit_threads(self.num_threads, n, d, k)
-        with blas_threads(self._fit_threads):
-            res = optimize.minimize(
-                self._objective,
-                w0,
-                method="L-BFGS-B",
-                jac=True,
-                args=(X, y_idx, sw, l2, k, cw),
-                options={
-                    "maxiter": self.max_iter,
-                    "maxls": 50,
-                    "gtol": self.tol,
-                    "ftol": 64 * np.finfo(float).eps,
-                },
-                callback=self._progress_printer() if self.verbose else None,
-            )
+        # Threads: the products run on BLAS's (SciPy's, as L-BFGS's own: one
+        # BLAS thread pool, so no second one spins against it; README), the
+        # row kernels on the calling thread unless num_threads says otherwise.
+        self._fit_threads = self.num_threads
+        res = optimize.minimize(
+            self._objective,
+            w0,
+            method="L-BFGS-B",
+            jac=True,
+            args=(X, y_idx, sw, l2, k, cw),
+            options={
+                "maxiter": self.max_iter,
+                "maxls": 50,
+                "gtol": self.tol,
+                "ftol": 64 * np.finfo(float).eps,
+            },
+            callback=self._progress_printer() if self.verbose else None,
+        )
         if res.status != 0:
             warnings.warn(
                 f"L-BFGS failed to converge after {res.nit} iteration(s) (status="
