@@ -18,10 +18,18 @@ Design
   written straight into the gradient row while summing it and the target
   terms; final scaling of the gradient row, which is still in cache) and
   computes one exp per element.
-* Few classes (m <= 64, class indices, no soft-cap) take a tile kernel
-  instead (``fx_small_labels``): 64 rows at a time, transposed (in 8 x 8 or
-  4 x 4 register blocks) so that every step vectorises across rows rather
-  than along a short row.
+* Few classes (class indices, no soft-cap; m <= 100 for float32, m <= 40
+  for float64, where it beats the row kernel) take a tile kernel instead
+  (``fx_small_labels``): 64 rows at a time, transposed (in 8 x 8 or 4 x 4
+  register blocks) so that every step vectorises across rows rather than
+  along a short row.  Two classes have their own (``fx_binary_labels``: one
+  exp and one log1p a row on the interleaved logits).
+* ``_loss_rows`` runs the right one of those on any block of rows with its
+  own output pointers; every loss job goes through it: whole arrays, the
+  chunks of ``x @ W.T`` of the fused linear cross-entropy (whose GEMMs are
+  SciPy's BLAS through function pointers), Dask blocks (with the batch's
+  own "mean" denominator), and float16/bfloat16 rows widened a block at a
+  time into a per-thread float32 buffer.
 * Small calls are cheap: the entry points check their ndarrays with NumPy's
   C API instead of acquiring typed memoryviews, do everything in one
   ``nogil`` block, and below ``PARALLEL_MIN_ELEMENTS`` logits run a plain
