@@ -429,7 +429,8 @@ cdef inline Py_ssize_t _tile_max_m(floating kind) noexcept nogil:
     0.94x the row kernel, float64 only below m ~ 40, 1.06x slower at 48)."""
     if floating is float:
         return TILE_MAX_M_FLOAT
-    return TILE_MAX_M_DOUBLE
+    else:
+        return TILE_MAX_M_DOUBLE
 
 
 cdef inline bint _use_threads(Py_ssize_t n, Py_ssize_t m, int num_threads) noexcept nogil:
