@@ -76,12 +76,14 @@ for p in problems:
 sys.exit(1 if problems else 0)
 EOF
 
-echo "::: install the sdist (with its test extras) into a fresh virtualenv"
+echo "::: install the sdist (with its test and dask extras) into a fresh virtualenv"
 "$PY" -m venv "$WORK/venv"
 VPY="$WORK/venv/bin/python"
 "$VPY" -m pip install -q --upgrade pip
 LOG="$WORK/install.log"
-if ! "$VPY" -m pip install -v "${SDIST}[test]" >"$LOG" 2>&1; then
+# The "dask" extra too: the doctests of fastxent.dask import dask, and the
+# extra must resolve from the sdist's own metadata.
+if ! "$VPY" -m pip install -v "${SDIST}[test,dask]" >"$LOG" 2>&1; then
     tail -n 80 "$LOG"
     exit 1
 fi
@@ -105,6 +107,7 @@ venv, version = sys.argv[1:]
 assert os.path.realpath(fastxent.__file__).startswith(os.path.realpath(venv)), fastxent.__file__
 assert fastxent.__version__ == version, (fastxent.__version__, version)
 assert "sklearn" not in sys.modules, "import fastxent must not import scikit-learn"
+assert "dask" not in sys.modules, "import fastxent must not import dask"
 fastxent.show_config()
 
 z = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
