@@ -47,7 +47,10 @@ Design
   ``cap'`` the derivative of the optional soft-cap.
 * Per-row losses are written to a float64 array and summed pairwise in a
   fixed order after the parallel loop, so results do not depend on the
-  number of threads.
+  number of threads (the leaves of the sum's top levels run on the
+  threads, with the serial sum's split points).  The label check before it
+  (and an unweighted "mean" denominator, an integer count) splits over the
+  threads too: at m = 2 these serial passes had been a third of the call.
 * Errors (a failed scratch allocation) are flagged through a pointer, never
   raised inside the parallel region.
 """
@@ -104,6 +107,9 @@ cdef extern from "_rowops.h" nogil:
     const char *fx_simd_dispatch()
     double fx_log(double x)
     double fx_pairwise_sum(const double *x, Py_ssize_t n)
+    Py_ssize_t fx_count_labels(const void *labels, int labels_64bit, Py_ssize_t n,
+                               Py_ssize_t m, long long ignore_index,
+                               Py_ssize_t *out_of_range)
     enum:
         FX_TILE_ROWS
         FX_SMALL_M_MAX
@@ -438,16 +444,54 @@ cdef inline bint _use_threads(Py_ssize_t n, Py_ssize_t m, int num_threads) noexc
     return num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS and not fx_forked
 
 
+cdef enum:
+    # Labels per task of the parallel label count (a fixed split: the count
+    # is an integer, the same for any split, but the tasks stay coarse).
+    LABEL_CHUNK = 65536
+    # The parallel pairwise sum splits the top PAIRWISE_LEVELS levels of the
+    # recursion, 2**PAIRWISE_LEVELS leaves; below PAIRWISE_PARALLEL_MIN
+    # values one thread is faster than starting a team.
+    PAIRWISE_LEVELS = 3
+    PAIRWISE_LEAVES = 8
+    PAIRWISE_PARALLEL_MIN = 65536
+
+
+cdef inline Py_ssize_t _count_label_chunk(const label_t *labels, Py_ssize_t c, Py_ssize_t n,
+                                          Py_ssize_t m, int64_t ignore_index,
+                                          Py_ssize_t *bad) noexcept nogil:
+    """fx_count_labels over chunk c."""
+    cdef Py_ssize_t i0 = c * LABEL_CHUNK
+    return fx_count_labels(labels + i0, label_t is int64_t, min(n - i0, <Py_ssize_t>LABEL_CHUNK),
+                           m, ignore_index, bad)
+
+
 cdef Py_ssize_t _label_pass(const label_t *labels, Py_ssize_t n, Py_ssize_t m,
                             int64_t ignore_index, const floating *w,
-                            const double *sw, double *denom) noexcept nogil:
+                            const double *sw, double *denom,
+                            int num_threads) noexcept nogil:
     """Position of the first label outside [0, m) that is not ignore_index
     (-1 if none), and in *denom the "mean" denominator sum_i s_i w[y_i] over
     the kept rows, summed in row order (so it is the same for any thread
-    count)."""
-    cdef Py_ssize_t i
+    count).  Unweighted, the denominator is the count of kept rows, an exact
+    integer: that pass is branch-free and splits over the threads (at m = 2
+    the serial, branchy pass took 12 % of a call)."""
+    cdef Py_ssize_t i, c, nchunks = (n + LABEL_CHUNK - 1) // LABEL_CHUNK
+    cdef Py_ssize_t ignored = 0, bad = 0, chunk_bad = 0
     cdef int64_t lab
     cdef double total = 0, term
+    if w == NULL and sw == NULL:
+        if _use_threads(n, 1, num_threads):
+            for c in prange(nchunks, schedule='static', num_threads=num_threads):
+                chunk_bad = 0  # assigned in the loop: private to each thread
+                ignored += _count_label_chunk(labels, c, n, m, ignore_index, &chunk_bad)
+                bad += chunk_bad
+        else:
+            for c in range(nchunks):
+                ignored += _count_label_chunk(labels, c, n, m, ignore_index, &chunk_bad)
+                bad += chunk_bad
+        if bad == 0:
+            denom[0] = <double>(n - ignored)
+            return -1
     for i in range(n):
         lab = labels[i]
         if lab == ignore_index:
@@ -461,6 +505,38 @@ cdef Py_ssize_t _label_pass(const label_t *labels, Py_ssize_t n, Py_ssize_t m,
         total += term
     denom[0] = total
     return -1
+
+
+cdef double _pairwise_sum(const double *x, Py_ssize_t n, int num_threads) noexcept nogil:
+    """fx_pairwise_sum with the leaves of its top levels summed on the threads:
+    the same split points and the same tree of additions, so the same bits at
+    every thread count."""
+    cdef Py_ssize_t start[PAIRWISE_LEAVES + 1]
+    cdef double part[PAIRWISE_LEAVES]
+    cdef Py_ssize_t k, width, half, nleaves = 1
+    cdef int _level
+    if not _use_threads(n, 1, num_threads) or n < PAIRWISE_PARALLEL_MIN:
+        return fx_pairwise_sum(x, n)
+    # Split every segment where fx_pairwise_sum splits it; with n at least
+    # PAIRWISE_PARALLEL_MIN every segment above the leaves exceeds its
+    # 128-value base case, so the recursion splits them all too.
+    start[0] = 0
+    start[1] = n
+    for _level in range(PAIRWISE_LEVELS):
+        for k in range(nleaves, 0, -1):
+            start[2 * k] = start[k]
+        for k in range(nleaves):
+            width = start[2 * k + 2] - start[2 * k]
+            half = (width // 2) & ~(<Py_ssize_t>7)
+            start[2 * k + 1] = start[2 * k] + half
+        nleaves *= 2
+    for k in prange(nleaves, schedule='static', num_threads=num_threads):
+        part[k] = fx_pairwise_sum(x + start[k], start[k + 1] - start[k])
+    while nleaves > 1:
+        nleaves //= 2
+        for k in range(nleaves):
+            part[k] = part[2 * k] + part[2 * k + 1]
+    return part[0]
 
 
 cdef inline void _small_block(
@@ -695,9 +771,9 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
         return -1, 0.0, 0.0
     with nogil:
         if labels != NULL:
-            bad = _label_pass(labels, n, m, ignore_index, w, a.sw, &denom)
+            bad = _label_pass(labels, n, m, ignore_index, w, a.sw, &denom, num_threads)
         elif a.sw != NULL:
-            denom = fx_pairwise_sum(a.sw, n)
+            denom = _pairwise_sum(a.sw, n, num_threads)
         else:
             denom = <double>n
         if bad < 0:
@@ -720,7 +796,7 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
                 failed = _loss_rows(z, n, m, labels, ignore_index, target, w,
                                     a.sw, &opt, rows, grad, hess, num_threads)
             if rows != NULL:
-                total = fx_pairwise_sum(rows, n)
+                total = _pairwise_sum(rows, n, num_threads)
                 if a.loss == NULL:
                     free(rows)
     if failed:
@@ -850,18 +926,19 @@ def mean_denominator(object labels, object class_weight, object sample_weight,
     _take(sample_weight, cnp.NPY_DOUBLE, n, -1, False, <void **>&sw)
     with nogil:
         if wt == cnp.NPY_FLOAT and lt == cnp.NPY_INT32:
-            bad = _label_pass(<int32_t *>lab, n, m, ignore_index, <float *>w, sw, &denom)
+            bad = _label_pass(<int32_t *>lab, n, m, ignore_index, <float *>w, sw, &denom, 1)
         elif wt == cnp.NPY_FLOAT:
-            bad = _label_pass(<int64_t *>lab, n, m, ignore_index, <float *>w, sw, &denom)
+            bad = _label_pass(<int64_t *>lab, n, m, ignore_index, <float *>w, sw, &denom, 1)
         elif lt == cnp.NPY_INT32:
-            bad = _label_pass(<int32_t *>lab, n, m, ignore_index, <double *>w, sw, &denom)
+            bad = _label_pass(<int32_t *>lab, n, m, ignore_index, <double *>w, sw, &denom, 1)
         else:
-            bad = _label_pass(<int64_t *>lab, n, m, ignore_index, <double *>w, sw, &denom)
+            bad = _label_pass(<int64_t *>lab, n, m, ignore_index, <double *>w, sw, &denom, 1)
     return bad, denom
 
 
-def pairwise_sum(object x):
-    """The kernels' fixed-order pairwise sum of a 1-d float64 array."""
+def pairwise_sum(object x, int num_threads=1):
+    """The kernels' fixed-order pairwise sum of a 1-d float64 array (the same
+    bits for every ``num_threads``)."""
     cdef void *data
     cdef double total
     if not cnp.PyArray_Check(x) or cnp.PyArray_NDIM(<cnp.ndarray>x) != 1:
@@ -869,7 +946,7 @@ def pairwise_sum(object x):
     cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
     _take(x, cnp.NPY_DOUBLE, n, -1, False, &data)
     with nogil:
-        total = fx_pairwise_sum(<double *>data, n)
+        total = _pairwise_sum(<double *>data, n, num_threads)
     return total
 
 
@@ -1228,7 +1305,7 @@ def linear_cross_entropy_chunks(
                 <int64_t *>lab, ignore_index, <double *>tp, <double *>wp, sw, &opt,
                 rows, <double *>bufp, r, <double *>gx, <double *>gW, gb, num_threads)
         if not failed:
-            total = fx_pairwise_sum(rows, n)
+            total = _pairwise_sum(rows, n, num_threads)
     if failed:
         raise MemoryError("fastxent: could not allocate scratch memory")
     return total

@@ -432,6 +432,34 @@ FX_CLONES void fx_float_to_half(const float *src, ptrdiff_t n, uint16_t *dst, in
     }
 }
 
+/* Labels r in [0, n) equal to ignore_index, and in *out_of_range those
+ * that are neither ignore_index nor in [0, m): one branch-free pass that
+ * vectorises (the label check of an unweighted "mean" at few classes). */
+FX_CLONES ptrdiff_t fx_count_labels(const void *labels, int labels_64bit, ptrdiff_t n,
+                                    ptrdiff_t m, long long ignore_index,
+                                    ptrdiff_t *out_of_range)
+{
+    ptrdiff_t ignored = 0, bad = 0;
+    if (labels_64bit) {
+        const int64_t *y = (const int64_t *)labels;
+#pragma omp simd reduction(+ : ignored, bad)
+        for (ptrdiff_t r = 0; r < n; ++r) {
+            ignored += y[r] == (int64_t)ignore_index;
+            bad += (y[r] != (int64_t)ignore_index) & ((uint64_t)y[r] >= (uint64_t)m);
+        }
+    } else {
+        const int32_t *y = (const int32_t *)labels;
+#pragma omp simd reduction(+ : ignored, bad)
+        for (ptrdiff_t r = 0; r < n; ++r) {
+            ignored += (int64_t)y[r] == (int64_t)ignore_index;
+            bad += ((int64_t)y[r] != (int64_t)ignore_index) &
+                   ((uint64_t)(int64_t)y[r] >= (uint64_t)m);
+        }
+    }
+    *out_of_range = bad;
+    return ignored;
+}
+
 /* Pairwise summation in a fixed order (blocks of 8 summed in lanes, then
  * halves recursively), as NumPy does: error O(log n * eps) instead of
  * O(n * eps), and the same bits whatever the thread count. */

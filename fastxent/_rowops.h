@@ -159,6 +159,11 @@ void fx_binary_labels_d(const double *z, ptrdiff_t R, const void *labels, int la
                         double smoothing, double zloss, double grad_denom,
                         double *loss_out, double *g, double *h);
 
+/* How many of the n labels (int64 if labels_64bit, else int32) equal
+ * ignore_index; *out_of_range: how many others lie outside [0, m). */
+ptrdiff_t fx_count_labels(const void *labels, int labels_64bit, ptrdiff_t n, ptrdiff_t m,
+                          long long ignore_index, ptrdiff_t *out_of_range);
+
 /* Sum of n doubles by pairwise summation, in a fixed order. */
 double fx_pairwise_sum(const double *x, ptrdiff_t n);
 

@@ -3,6 +3,7 @@ order), num_threads=None following OpenMP's default (threadpoolctl), and a
 small check that concurrent calls from Python threads agree with serial
 ones.  The heavier stress tests are in test_concurrency.py."""
 
+import math
 import threading
 
 import numpy as np
@@ -175,3 +176,50 @@ def test_huge_thread_count_is_capped():
     many = fastxent.cross_entropy_with_grad(z, y, num_threads=100_000)
     assert_bitwise(one[0], many[0])
     assert_bitwise(one[1], many[1])
+
+
+# Many rows: the label check and the reductions over rows split over the
+# threads too (in chunks of 65 536 labels and the pairwise sum's top levels).
+MANY = 200_003
+
+
+@pytest.mark.parametrize("n", [65_535, 65_536, 65_537, MANY, 1_048_583])
+def test_pairwise_sum_bitwise_for_any_thread_count(n, rng):
+    x = rng.standard_normal(n) * np.exp(rng.uniform(-30, 30, n))
+    first = _kernels.pairwise_sum(x, 1)
+    for nt in (2, 3, 4, 8):
+        assert_bitwise(_kernels.pairwise_sum(x, nt), first, f"num_threads={nt}")
+    assert abs(first - math.fsum(x)) <= 1e-13 * np.abs(x).sum()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("m", [2, 3, 40])
+def test_many_rows_bitwise_and_exact_mean(dtype, label_dtype, m, rng):
+    z = make_logits(rng, (MANY, m), dtype)
+    y = make_labels(rng, (MANY,), m, label_dtype)
+    y[::9] = 1  # ignored rows in every chunk: the denominator counts the rest
+    first = fastxent.cross_entropy_with_grad(z, y, ignore_index=1, num_threads=1)
+    for nt in (2, 3):
+        loss, grad = fastxent.cross_entropy_with_grad(z, y, ignore_index=1, num_threads=nt)
+        assert_bitwise(loss, first[0], f"num_threads={nt}")
+        assert_bitwise(grad, first[1], f"num_threads={nt}")
+    kept = y != 1
+    assert first[1][~kept].max() == 0 and first[1][~kept].min() == 0
+    per_row = fastxent.cross_entropy(z, y, ignore_index=1, reduction="none")
+    total = math.fsum(per_row[kept].astype(np.float64))
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.isclose(float(first[0]), total / kept.sum(), rtol=rtol)
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("nt", [1, 2, 3])
+@pytest.mark.parametrize("where", [0, 65_535, 65_536, 150_001, MANY - 1])
+def test_many_rows_first_bad_label_reported(label_dtype, nt, where, rng):
+    z = make_logits(rng, (MANY, 2), np.float32)
+    y = make_labels(rng, (MANY,), 2, label_dtype)
+    y[::7] = -100
+    y[where] = 2
+    y[where + 1 :: 50_000] = -1  # later bad labels: the first one is named
+    with pytest.raises(ValueError, match=rf"2 at flat position {where}\b"):
+        fastxent.cross_entropy_with_grad(z, y, num_threads=nt)
