@@ -198,11 +198,14 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="time loss+gradient against NumPy, the copy floor and peers",
         description="Time the mean cross-entropy loss and its gradient (fastxent with a "
-        "preallocated out=) against the plain NumPy way, the np.copyto floor "
-        "(a copy of the logits: the least any loss+gradient costs) and, with "
-        "--compare, other libraries. Each time is the median of --repeats "
-        "timings after a warm-up. 'of floor' is copy time / fastxent time, with the "
-        "copy on 1 thread or split over the same number of threads, whichever is faster.",
+        "preallocated out=, and allocating its gradient) against the plain NumPy way, "
+        "the np.copyto floor (a copy of the logits: the least any loss+gradient costs) "
+        "and, with --compare, other libraries, like for like: NumPy, torch and JAX "
+        "allocate their gradient and are compared with fastxent allocating, "
+        "scikit-learn writes into gradient_out= and is compared with out=. Each time is "
+        "the median of --repeats timings after a warm-up. 'of floor' is copy time / "
+        "fastxent out= time, with the copy on 1 thread or split over the same number "
+        "of threads, whichever is faster.",
         epilog="Example: python -m fastxent bench --compare torch,sklearn --plot bench.png",
     )
     b.add_argument(
@@ -291,10 +294,13 @@ def _bench(args: argparse.Namespace) -> int:
     print()
     print(
         "mean cross-entropy loss + gradient w.r.t. the logits; median of "
-        f"{repeats} timings; speed-up = NumPy / fastxent; GB/s = (logits + gradient + "
-        "labels) / time; of floor = copy floor / fastxent time, where the floor is the "
-        "faster of np.copyto on 1 thread and split over the row's thread count; peer "
-        "(x) = peer / fastxent."
+        f"{repeats} timings; fastxent ms: into a preallocated out=; alloc ms: allocating "
+        "the gradient; speed-up = NumPy / fastxent allocating (like for like); GB/s = "
+        "(logits + gradient + labels) / out= time; of floor = copy floor / out= time, "
+        "where the floor is the faster of np.copyto on 1 thread and split over the row's "
+        "thread count; peer (x) = peer / fastxent, like for like: torch and jax allocate "
+        "(against alloc ms), sklearn writes into gradient_out= (against out=). A "
+        "training loop should pass out=."
     )
     print(cb.format_table(records, peers))
     if args.json:

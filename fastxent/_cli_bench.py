@@ -4,7 +4,8 @@ For every case (shape, dtype, thread count) it times the mean cross-entropy
 loss and its gradient with respect to the logits:
 
 * ``fastxent``: :func:`fastxent.cross_entropy_with_grad` into a preallocated
-  ``out=`` gradient;
+  ``out=`` gradient, and (``fastxent_alloc``) the same call allocating its
+  gradient, as NumPy, torch and JAX allocate theirs;
 * ``numpy``: :func:`numpy_loss_grad`, the straightforward NumPy way in the
   logits' dtype (NumPy's ufuncs use one thread whatever the thread count, so
   it is timed once per shape and dtype);
@@ -20,6 +21,11 @@ loss and its gradient with respect to the logits:
   (``jit(value_and_grad(...))``, timed once per shape and dtype: XLA sizes its
   thread pool at start-up).  A peer that is not installed is skipped with a
   note.
+
+Speed-ups are like for like: NumPy, torch and JAX against fastxent
+allocating its gradient, scikit-learn (which writes into a preallocated
+``gradient_out=``) against fastxent's ``out=``.  A training loop should pass
+``out=``; the ``alloc ms`` column shows what a fresh gradient costs.
 
 Each time is the median of ``repeats`` timings after one warm-up call; calls
 shorter than 20 ms are looped within a timing so that the clock's resolution
@@ -150,6 +156,9 @@ _PEER_MAKERS: dict[str, Callable[[NDArray[Any], NDArray[np.intp], int], LossGrad
 }
 #: Peers whose thread count cannot be set per call: timed once per shape and dtype.
 _THREADLESS = {"numpy", "jax"}
+#: Peers that write into preallocated outputs: compared with fastxent's out=;
+#: the others allocate their gradient and are compared with fastxent_alloc.
+_PREALLOCATED = {"sklearn"}
 
 
 def peer_version(name: str) -> str | None:
@@ -231,7 +240,7 @@ def make_case(n: int, m: int, dtype: str, seed: int = 0) -> tuple[NDArray[Any], 
 def _jobs(threads: Sequence[int], peers: Sequence[str]) -> list[tuple[str, int]]:
     """The timings to take for one case: (impl, threads)."""
     jobs = [("copy", t) for t in sorted({1, *threads})] + [("numpy", 1)]
-    for impl in ("fastxent", *peers):
+    for impl in ("fastxent", "fastxent_alloc", *peers):
         jobs += [(impl, t) for t in ([max(threads)] if impl in _THREADLESS else threads)]
     return jobs
 
@@ -309,6 +318,8 @@ def _callable(
 ) -> LossGrad:
     if impl == "fastxent":
         return lambda: cross_entropy_with_grad(z, y, out=out, num_threads=threads)
+    if impl == "fastxent_alloc":
+        return lambda: cross_entropy_with_grad(z, y, num_threads=threads)
     if impl == "numpy":
         return lambda: numpy_loss_grad(z, y)
     if impl == "copy":
@@ -358,6 +369,7 @@ def format_table(records: Iterable[Timing], peers: Sequence[str]) -> str:
         "dtype",
         "threads",
         "fastxent ms",
+        "alloc ms",
         "NumPy ms",
         "speed-up",
         "GB/s",
@@ -368,17 +380,22 @@ def format_table(records: Iterable[Timing], peers: Sequence[str]) -> str:
     for row in _rows(records):
         tm = row["times"]
         fx = tm["fastxent"]
+        fx_alloc = tm.get("fastxent_alloc", fx)  # records of older versions: out= only
         cells = [
             f"{row['n']}x{row['m']}",
             row["dtype"],
             str(row["threads"]),
             f"{fx * 1e3:.3f}",
+            f"{fx_alloc * 1e3:.3f}",
             f"{tm['numpy'] * 1e3:.3f}",
-            f"{tm['numpy'] / fx:.1f}x",
+            f"{tm['numpy'] / fx_alloc:.1f}x",
             f"{row['bytes'] / fx / 1e9:.1f}",
             f"{tm['copy'] / fx:.0%}",
         ]
-        cells += [f"{tm[p] * 1e3:.3f} ({tm[p] / fx:.1f}x)" for p in peers]
+        cells += [
+            f"{tm[p] * 1e3:.3f} ({tm[p] / (fx if p in _PREALLOCATED else fx_alloc):.1f}x)"
+            for p in peers
+        ]
         body.append(cells)
     widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *body]]
@@ -422,7 +439,10 @@ def plot(path: str, records: list[Timing], peers: Sequence[str]) -> None:
     import matplotlib.pyplot as plt
 
     rows = _rows(records)
-    impls = ["fastxent", "numpy", *peers]
+    # fastxent both ways: out= (against the floor and scikit-learn's
+    # gradient_out=) and allocating (against the peers that allocate).
+    wanted = ["fastxent", "fastxent_alloc", "numpy", *peers]
+    impls = [i for i in wanted if all(i in r["times"] for r in rows)]
     dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
     per_panel = max(sum(r["dtype"] == dt for r in rows) for dt in dtypes)
     width = 0.8 / len(impls)
@@ -438,7 +458,8 @@ def plot(path: str, records: list[Timing], peers: Sequence[str]) -> None:
         x = np.arange(len(sub))
         for i, impl in enumerate(impls):
             gbs = [r["bytes"] / r["times"][impl] / 1e9 for r in sub]
-            ax.bar(x - 0.4 + width * (i + 0.5), gbs, width, label=impl)
+            label = {"fastxent": "fastxent out=", "fastxent_alloc": "fastxent allocating"}
+            ax.bar(x - 0.4 + width * (i + 0.5), gbs, width, label=label.get(impl, impl))
         floor = [r["bytes"] / r["times"]["copy"] / 1e9 for r in sub]
         ax.scatter(
             x,

@@ -122,6 +122,8 @@ def test_bench_quick_prints_a_table_and_writes_json_and_plot(tmp_path, capsys):
         "threads",
         "fastxent",
         "ms",
+        "alloc",
+        "ms",
         "NumPy",
         "ms",
         "speed-up",
@@ -137,7 +139,15 @@ def test_bench_quick_prints_a_table_and_writes_json_and_plot(tmp_path, capsys):
     assert doc["fastxent"]["version"] == fastxent.__version__
     assert doc["options"]["threads"] == [1, 2]
     impls = {(r["impl"], r["threads"]) for r in doc["results"]}
-    assert impls == {("copy", 1), ("copy", 2), ("numpy", 1), ("fastxent", 1), ("fastxent", 2)}
+    assert impls == {
+        ("copy", 1),
+        ("copy", 2),
+        ("numpy", 1),
+        ("fastxent", 1),
+        ("fastxent", 2),
+        ("fastxent_alloc", 1),
+        ("fastxent_alloc", 2),
+    }
     r0 = doc["results"][0]
     assert r0["bytes"] == 2 * 64 * 10 * 4 + 64 * np.dtype(np.intp).itemsize
     assert all(len(r["all_seconds"]) == 1 and r["seconds"] > 0 for r in doc["results"])
@@ -211,13 +221,15 @@ def test_progress_falls_back_to_plain_lines_without_tqdm(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm raises ImportError
     cb.run_bench([(16, 4)], ["float64"], [1], repeats=1, progress=True, file=sys.stdout)
     out = capsys.readouterr().out.splitlines()
-    assert out == [
-        f"[{i}/3] 16x4 float64 {impl} 1T" for i, impl in enumerate(["copy", "numpy", "fastxent"], 1)
-    ]
+    impls = ["copy", "numpy", "fastxent", "fastxent_alloc"]
+    assert out == [f"[{i}/4] 16x4 float64 {impl} 1T" for i, impl in enumerate(impls, 1)]
     assert "\r" not in "".join(out)
 
 
 def test_table_arithmetic():
+    """Speed-ups are like for like: NumPy and torch (which allocate their
+    gradient) against fastxent allocating, scikit-learn (gradient_out=)
+    against fastxent's out=; GB/s and the floor against out=."""
     recs = [
         {
             "n": 10,
@@ -234,36 +246,56 @@ def test_table_arithmetic():
             ("numpy", 1, 4.0),
             ("fastxent", 1, 1.0),
             ("fastxent", 2, 0.5),
+            ("fastxent_alloc", 1, 2.0),
+            ("fastxent_alloc", 2, 1.0),
             ("torch", 1, 3.0),
             ("torch", 2, 2.0),
+            ("sklearn", 1, 5.0),
+            ("sklearn", 2, 4.0),
         ]
     ]
-    lines = cb.format_table(recs, ["torch"]).splitlines()
+    lines = cb.format_table(recs, ["torch", "sklearn"]).splitlines()
     assert lines[2].split() == [
         "10x5",
         "float32",
         "1",
         "1000.000",
+        "2000.000",
         "4000.000",
-        "4.0x",
+        "2.0x",
         "2.0",
         "50%",
         "3000.000",
-        "(3.0x)",
+        "(1.5x)",
+        "5000.000",
+        "(5.0x)",
     ]
     assert lines[3].split() == [
         "10x5",
         "float32",
         "2",
         "500.000",
+        "1000.000",
         "4000.000",
-        "8.0x",
+        "4.0x",
         "4.0",
         "80%",
         "2000.000",
-        "(4.0x)",
+        "(2.0x)",
+        "4000.000",
+        "(8.0x)",
     ]
     # 1 thread: the 1-thread copy (0.5 s); 2 threads: the faster 2-thread copy (0.4 s)
+
+
+def test_table_of_out_only_records():
+    """Records without fastxent_alloc (an older JSON): speed-ups against out=."""
+    recs = [
+        {"n": 4, "m": 3, "dtype": "float64", "impl": impl, "threads": 1, "seconds": s, "bytes": 1}
+        for impl, s in [("copy", 0.5), ("numpy", 4.0), ("fastxent", 1.0), ("torch", 3.0)]
+    ]
+    row = cb.format_table(recs, ["torch"]).splitlines()[2].split()
+    assert row[3:5] == ["1000.000", "1000.000"] and row[6] == "4.0x" and row[-1] == "(3.0x)"
 
 
 def test_time_call_loops_fast_calls_and_takes_the_median(monkeypatch):
