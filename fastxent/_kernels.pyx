@@ -543,33 +543,39 @@ cdef inline void _small_block(
     Py_ssize_t blk, const floating *z, Py_ssize_t n, Py_ssize_t m,
     const label_t *labels, const floating *w, const double *sw,
     const LossOptions *opt, double *loss_out, floating *grad, floating *hess,
-    int64_t ignore_index,
+    int64_t ignore_index, double *block_sums,
 ) noexcept nogil:
     cdef Py_ssize_t r0 = blk * FX_TILE_ROWS
     cdef Py_ssize_t R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
+    cdef double block_loss[FX_TILE_ROWS]
+    cdef double *rows_out = &block_loss[0] if block_sums != NULL else loss_out + r0
     small_labels_block(
         z + r0 * m, R, m, labels + r0, label_t is int64_t, ignore_index, w,
-        sw + r0 if sw != NULL else NULL, opt, loss_out + r0,
+        sw + r0 if sw != NULL else NULL, opt, rows_out,
         grad + r0 * m if grad != NULL else NULL,
         hess + r0 * m if hess != NULL else NULL)
+    if block_sums != NULL:
+        block_sums[blk] = fx_pairwise_sum(block_loss, R)
 
 
 cdef void _small_labels(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     const floating *w, const double *sw, const LossOptions *opt,
     double *loss_out, floating *grad, floating *hess, int64_t ignore_index,
-    int num_threads,
+    int num_threads, double *block_sums=NULL,
 ) noexcept nogil:
-    """Few classes: blocks of FX_TILE_ROWS rows, vectorised across rows."""
+    """Few classes: blocks of FX_TILE_ROWS rows, vectorised across rows.
+    With ``block_sums``, the sum of each block's losses goes there (blocks
+    in row order) instead of per-row losses to ``loss_out``."""
     cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS, blk
     if not _use_threads(n, m, num_threads):
         for blk in range(nblocks):
             _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                         ignore_index)
+                         ignore_index, block_sums)
         return
     for blk in prange(nblocks, schedule='static', num_threads=num_threads):
         _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                     ignore_index)
+                     ignore_index, block_sums)
 
 
 cdef LossOptions _options(double smoothing, double zloss, double softcap,
@@ -656,20 +662,42 @@ cdef int _loss_rows(
     int64_t ignore_index, const floating *target, const floating *w,
     const double *sw, const LossOptions *opt, double *loss_out,
     floating *grad, floating *hess, int num_threads,
-    floating *scratch=NULL,
+    floating *scratch=NULL, double *total=NULL,
 ) noexcept nogil:
     """Per-row losses (and gradient, and Hessian diagonal) of any block of
     rows with its own output pointers: the one driver every loss job uses
     (whole arrays, chunks of ``x @ W.T``, Dask blocks, half-precision
     blocks converted to float32).  Labels must be range-checked already.
-    ``scratch`` (m elements, optional) serves a serial soft-cap.  Returns 1
-    if scratch memory could not be allocated."""
-    if labels != NULL and m <= _tile_max_m(<floating>0) and opt.softcap == 0:
+    ``scratch`` (m elements, optional) serves a serial soft-cap.
+
+    ``total`` (optional) gets the fixed-order pairwise sum of the losses.
+    With ``loss_out`` NULL only that sum is wanted (``total`` is then
+    required): the few-class kernels sum each block of FX_TILE_ROWS rows as
+    they go, so a row costs no float64 written and read back (at m = 2 that
+    buffer was a quarter of the bytes a call moved); the row kernels use a
+    buffer of their own.  Returns 1 if memory could not be allocated."""
+    cdef Py_ssize_t nsums = n
+    cdef double *sums = loss_out
+    cdef bint small = labels != NULL and m <= _tile_max_m(<floating>0) and opt.softcap == 0
+    if loss_out == NULL:
+        if small:
+            nsums = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS
+        sums = <double *>malloc(max(nsums, 1) * sizeof(double))
+        if sums == NULL:
+            return 1
+    if small:
         _small_labels(z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                      ignore_index, num_threads)
-        return 0
-    return _rows(z, n, m, labels, ignore_index, target, w, sw, opt, loss_out,
-                 grad, hess, num_threads, scratch)
+                      ignore_index, num_threads, sums if loss_out == NULL else NULL)
+    elif _rows(z, n, m, labels, ignore_index, target, w, sw, opt, sums,
+               grad, hess, num_threads, scratch):
+        if loss_out == NULL:
+            free(sums)
+        return 1
+    if total != NULL:
+        total[0] = _pairwise_sum(sums, nsums, num_threads)
+    if loss_out == NULL:
+        free(sums)
+    return 0
 
 
 # ---- entry points (called from Python with validated arrays) ----
@@ -780,25 +808,26 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
             # NaN: divide the gradient by this call's own "mean" denominator.
             opt = _options(smoothing, zloss, softcap,
                            denom if grad_denom != grad_denom else grad_denom, m)
-            # Reduced losses: the per-row values go to a buffer of our own.
-            if rows == NULL:
-                rows = <double *>malloc(n * sizeof(double))
-            if rows == NULL:
-                failed = 1
-            elif floating is float and a.half:
-                # z, grad, hess hold 16-bit values (and target, if target_half).
-                failed = _half_loss_rows(
-                    <const uint16_t *>z, a.half == 2, n, m, labels, ignore_index,
-                    <const float *>NULL if a.target_half else target,
-                    <const uint16_t *>target if a.target_half else <const uint16_t *>NULL,
-                    w, a.sw, &opt, rows, <uint16_t *>grad, <uint16_t *>hess, num_threads)
+            if floating is float and a.half:
+                # Reduced losses: the per-row values go to a buffer of our own.
+                if rows == NULL:
+                    rows = <double *>malloc(n * sizeof(double))
+                if rows == NULL:
+                    failed = 1
+                else:
+                    # z, grad, hess hold 16-bit values (and target, if target_half).
+                    failed = _half_loss_rows(
+                        <const uint16_t *>z, a.half == 2, n, m, labels, ignore_index,
+                        <const float *>NULL if a.target_half else target,
+                        <const uint16_t *>target if a.target_half else <const uint16_t *>NULL,
+                        w, a.sw, &opt, rows, <uint16_t *>grad, <uint16_t *>hess, num_threads)
+                    total = _pairwise_sum(rows, n, num_threads)
+                    if a.loss == NULL:
+                        free(rows)
             else:
                 failed = _loss_rows(z, n, m, labels, ignore_index, target, w,
-                                    a.sw, &opt, rows, grad, hess, num_threads)
-            if rows != NULL:
-                total = _pairwise_sum(rows, n, num_threads)
-                if a.loss == NULL:
-                    free(rows)
+                                    a.sw, &opt, rows, grad, hess, num_threads,
+                                    <floating *>NULL, &total)
     if failed:
         raise MemoryError("fastxent: could not allocate scratch memory")
     return bad, total, denom
