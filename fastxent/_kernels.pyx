@@ -106,6 +106,8 @@ cdef extern from "_rowops.h" nogil:
     void fx_float_to_half(const float *src, Py_ssize_t n, uint16_t *dst, int bf16)
     const char *fx_simd_dispatch()
     double fx_log(double x)
+    void fx_log1p_recip_unit_array(const double *t, Py_ssize_t n, double *log1p_out,
+                                   double *recip_out)
     double fx_pairwise_sum(const double *x, Py_ssize_t n)
     Py_ssize_t fx_count_labels(const void *labels, int labels_64bit, Py_ssize_t n,
                                Py_ssize_t m, long long ignore_index,
@@ -1396,6 +1398,14 @@ def expneg_array(const floating[::1] x, floating[::1] out):
         fx_expneg_array_f(&x[0], x.shape[0], &out[0])
     else:
         fx_expneg_array_d(&x[0], x.shape[0], &out[0])
+
+
+def log1p_recip_unit_array(const double[::1] t, double[::1] log1p_out, double[::1] recip_out):
+    """The two-class kernel's log1p(t) and 1 / (1 + t), t in [0, 1] (for tests)."""
+    if t.shape[0] != log1p_out.shape[0] or t.shape[0] != recip_out.shape[0]:
+        raise ValueError("fastxent._kernels: arrays of different lengths")
+    if t.shape[0]:
+        fx_log1p_recip_unit_array(&t[0], t.shape[0], &log1p_out[0], &recip_out[0])
 
 
 def half_to_float(const uint16_t[::1] src, float[::1] dst, bint bf16):

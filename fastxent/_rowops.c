@@ -187,24 +187,10 @@ FX_INLINE double tanh_inl(double x)
     return ax < 0.625 ? small : big;
 }
 
-/* log(x) for the row sums (x >= 1 in practice; any positive normal x
- * works): x = 2^e * u with u in [sqrt(1/2), sqrt(2)), log u = 2 atanh(s),
- * s = (u - 1) / (u + 1), |s| <= 0.1716, whose odd series to s^23 is below
- * 1e-17.  Vectorisable, unlike libm's log without -ffast-math; the small-m
- * kernel needs one log per row, which at m = 10 would otherwise cost more
- * than the row itself.  NaN, 0 and negative inputs give NaN / -inf. */
-FX_INLINE double log_inl(double x)
+/* 2 atanh(s) = log((1 + s) / (1 - s)) for |s| <= 0.1716: the odd series to
+ * s^23, below 1e-17 there. */
+FX_INLINE double two_atanh_small(double s)
 {
-    uint64_t b = d_to_bits(x);
-    /* The biased exponent as a double through the 2^52 magic number:
-     * AVX2 has no int64 -> double conversion, and a conversion would keep
-     * the tile kernel's per-row loop from vectorising. */
-    double e = bits_to_d((b >> 52) | 0x4330000000000000ULL) - (4503599627370496.0 + 1023.0);
-    double u = bits_to_d((b & 0x000FFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL);
-    int big = u > 1.4142135623730951;
-    u = big ? u * 0.5 : u;
-    e = big ? e + 1.0 : e;
-    double s = (u - 1.0) / (u + 1.0);
     double s2 = s * s;
     double p = 1.0 / 23.0;
     p = p * s2 + 1.0 / 21.0;
@@ -217,11 +203,62 @@ FX_INLINE double log_inl(double x)
     p = p * s2 + 1.0 / 7.0;
     p = p * s2 + 1.0 / 5.0;
     p = p * s2 + 1.0 / 3.0;
-    double res = e * 6.93147180369123816490e-01 +
-                 (2.0 * s + 2.0 * s * s2 * p + e * 1.90821492927058770002e-10);
+    return 2.0 * s + 2.0 * s * s2 * p;
+}
+
+#define FX_LN2_HI 6.93147180369123816490e-01
+#define FX_LN2_LO 1.90821492927058770002e-10
+
+/* log(x) for the row sums (x >= 1 in practice; any positive normal x
+ * works): x = 2^e * u with u in [sqrt(1/2), sqrt(2)), log u = 2 atanh(s),
+ * s = (u - 1) / (u + 1), |s| <= 0.1716.  Vectorisable, unlike libm's log
+ * without -ffast-math; the small-m kernel needs one log per row, which at
+ * m = 10 would otherwise cost more than the row itself.  NaN, 0 and
+ * negative inputs give NaN / -inf. */
+FX_INLINE double log_inl(double x)
+{
+    uint64_t b = d_to_bits(x);
+    /* The biased exponent as a double through the 2^52 magic number:
+     * AVX2 has no int64 -> double conversion, and a conversion would keep
+     * the tile kernel's per-row loop from vectorising. */
+    double e = bits_to_d((b >> 52) | 0x4330000000000000ULL) - (4503599627370496.0 + 1023.0);
+    double u = bits_to_d((b & 0x000FFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL);
+    int big = u > 1.4142135623730951;
+    u = big ? u * 0.5 : u;
+    e = big ? e + 1.0 : e;
+    double s = (u - 1.0) / (u + 1.0);
+    double res = e * FX_LN2_HI + (two_atanh_small(s) + e * FX_LN2_LO);
     res = x == 0.0 ? -HUGE_VAL : res;
     res = x == HUGE_VAL ? x : res;
     return (x < 0.0 || x != x) ? NAN : res;
+}
+
+/* log1p(t) and, in *inv_1pt, 1 / (1 + t), for t in [0, 1] (the two-class
+ * kernel's t = exp(-|z1 - z0|)), from one division: u = 1 + t is halved
+ * at most once into v in [sqrt(1/2), sqrt(2)), and r = 1 / ((v + 1) u)
+ * gives both 1 / (v + 1) = u r, for log_inl's s, and 1 / u = (v + 1) r.
+ * Each is within 2 ulp; log(u) is then corrected for the rounding of
+ * u = 1 + t (exact log1p for tiny t).  The division is the costliest
+ * instruction of the two-class kernel's per-row arithmetic. */
+FX_INLINE double log1p_recip_unit(double t, double *inv_1pt)
+{
+    double u = 1.0 + t;
+    int big = u > 1.4142135623730951;
+    double v = big ? 0.5 * u : u;
+    double e = big ? 1.0 : 0.0;
+    double r = 1.0 / ((v + 1.0) * u);
+    double inv_u = (v + 1.0) * r;
+    double s = (v - 1.0) * (u * r);
+    *inv_1pt = inv_u;
+    double log_u = e * FX_LN2_HI + (two_atanh_small(s) + e * FX_LN2_LO);
+    return log_u - ((u - 1.0) - t) * inv_u;
+}
+
+void fx_log1p_recip_unit_array(const double *t, ptrdiff_t n, double *log1p_out,
+                                double *recip_out)
+{
+    for (ptrdiff_t k = 0; k < n; ++k)
+        log1p_out[k] = log1p_recip_unit(t[k], &recip_out[k]);
 }
 
 float fx_expf(float x) { return expf_inl(x); }

@@ -28,6 +28,9 @@ float fx_expf(float x);
 double fx_exp(double x);
 float fx_tanhf(float x);
 double fx_log(double x);
+/* The two-class kernel's log1p(t) and 1 / (1 + t) for t in [0, 1] (tests). */
+void fx_log1p_recip_unit_array(const double *t, ptrdiff_t n, double *log1p_out,
+                               double *recip_out);
 double fx_tanh(double x);
 
 /* Array versions of the above (out may alias x); used by tests. */

@@ -741,10 +741,8 @@ FX_CLONES void FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void 
     }
 #pragma omp simd
     for (ptrdiff_t r = 0; r < R; ++r) {
-        double t = (double)tr[r];
-        double u = 1.0 + t, inv_u = 1.0 / u;
-        /* log1p(t): log(u) corrected for the rounding of u = 1 + t */
-        double log_s = log_inl(u) - ((u - 1.0) - t) * inv_u;
+        double t = (double)tr[r], inv_u;
+        double log_s = log1p_recip_unit(t, &inv_u);
         double lse = (double)mxr[r] + log_s;
         double p_hi = inv_u, p_lo = t * inv_u;
         double p1 = hi1[r] != (FX_T)0 ? p_hi : p_lo, p0 = hi1[r] != (FX_T)0 ? p_lo : p_hi;
@@ -764,7 +762,8 @@ FX_CLONES void FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void 
         double g1 = a * p1 - (q1 != 0.0 ? b * q1 : 0.0);
         g0r[r] = ign[r] ? (FX_T)0 : (FX_T)g0;
         g1r[r] = ign[r] ? (FX_T)0 : (FX_T)g1;
-        hr[r] = ign[r] ? (FX_T)0 : (FX_T)(b * Q * p0 * p1);
+        if (h) /* loop-invariant: GCC unswitches the loop */
+            hr[r] = ign[r] ? (FX_T)0 : (FX_T)(b * Q * p0 * p1);
     }
     if (g) {
 #pragma omp simd

@@ -239,3 +239,26 @@ def test_row_exp_near_zero_via_softmax(dtype, rng):
     x64 = x.astype(np.float64)
     expected = (np.exp(x64) / (1.0 + np.exp(x64))).astype(dtype)
     assert ulp_distance(p, expected).max() <= 4
+
+
+def test_two_class_log1p_and_reciprocal(rng):
+    """The two-class kernel's per-row log1p(t) and 1 / (1 + t), t = exp(-|d|)
+    in [0, 1], share one division: within 4 and 2 ulp of libm's log1p and of
+    the correctly rounded reciprocal, exact for t below the rounding of 1 + t,
+    and on both sides of the sqrt(2) - 1 reduction boundary."""
+    edge = math.sqrt(2) - 1
+    t = np.concatenate(
+        [
+            rng.random(200_000),
+            np.logspace(-320, 0, 4001),
+            np.linspace(edge - 1e-9, edge + 1e-9, 2001),
+            [0.0, 1.0, edge, 5e-324, 1e-300, 2.0**-54, 2.0**-53, 2.0**-52],
+        ]
+    )
+    lg, rc = np.full_like(t, np.nan), np.full_like(t, np.nan)
+    _kernels.log1p_recip_unit_array(t, lg, rc)
+    assert ulp_distance(lg, np.log1p(t)).max() <= 4
+    assert ulp_distance(rc, 1.0 / (1.0 + t)).max() <= 2
+    tiny = t < 2.0**-54
+    assert np.array_equal(lg[tiny], t[tiny]) and np.all(rc[tiny] == 1.0)
+    assert lg[t == 0.0][0] == 0.0 and rc[t == 1.0][0] == 0.5
