@@ -18,7 +18,7 @@ Design
   written straight into the gradient row while summing it and the target
   terms; final scaling of the gradient row, which is still in cache) and
   computes one exp per element.
-* Few classes (class indices, no soft-cap; m <= 100 for float32, m <= 40
+* Few classes (class indices, no soft-cap; m <= 100 for float32, m <= 47
   for float64, where it beats the row kernel) take a tile kernel instead
   (``fx_small_labels``): 64 rows at a time, transposed (in 8 x 8 or 4 x 4
   register blocks) so that every step vectorises across rows rather than
@@ -191,7 +191,7 @@ cdef enum:
     # the tile kernel (class indices, no soft-cap) up to these m; FX_SMALL_M_MAX
     # (its tile's size) must be at least the larger
     TILE_MAX_M_FLOAT = 100
-    TILE_MAX_M_DOUBLE = 40
+    TILE_MAX_M_DOUBLE = 47
 
 
 # Below this many logits (n * m) the kernels run on the calling thread.
@@ -433,8 +433,10 @@ cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
 
 cdef inline Py_ssize_t _tile_max_m(floating kind) noexcept nogil:
     """The largest m the tile kernel takes for this dtype: where it beats the
-    row kernel (measured, 1 thread, AVX-512 Xeon: float32 up to m = 100 at
-    0.94x the row kernel, float64 only below m ~ 40, 1.06x slower at 48)."""
+    row kernel (measured, 1 thread: float32 up to m = 100 at 0.94x the row
+    kernel on an AVX-512 Xeon; float64 at m = 41-44 0.78x on that Xeon and
+    0.83-0.97x on AVX2, but 1.04x at m = 48, where the row kernel has no
+    tail, and 1.07-1.12x beyond m ~ 52 on AVX2)."""
     if floating is float:
         return TILE_MAX_M_FLOAT
     else:

@@ -50,13 +50,16 @@ def test_matrix(dtype, reduction, target_kind, layout, m, rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("n", [1, 7, 9, 63, 64, 65, 130])
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 10, 12, 16, 17, 63, 64, 65])
+@pytest.mark.parametrize(
+    "m", [1, 2, 3, 4, 5, 7, 8, 9, 10, 12, 16, 17, 40, 47, 48, 63, 64, 65, 99, 100, 101]
+)
 def test_row_tiles(dtype, label_dtype, n, m, rng):
-    """Class indices with m <= 64 are computed in tiles of 64 rows, moved in
-    and out of the tile in 8 x 8 (float32) or 4 x 4 (float64) register
-    blocks: every row count (partial tiles, partial row groups), m on both
-    sides of every block width and of the m limit, with masked entries,
-    ties and a NaN row that must not leak into its tile; in place too."""
+    """Class indices with few classes (float64 m <= 47, float32 m <= 100)
+    are computed in tiles of 64 rows, moved in and out of the tile in 8 x 8
+    (float32) or 4 x 4 (float64) register blocks: every row count (partial
+    tiles, partial row groups), m on both sides of every block width and of
+    each dtype's m limit, with masked entries, ties and a NaN row that must
+    not leak into its tile; in place too."""
     z = make_logits(rng, (n, m), dtype)
     y = make_labels(rng, (n,), m, label_dtype)
     z[1::5] = 2.0  # all tied
