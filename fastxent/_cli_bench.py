@@ -443,6 +443,7 @@ def plot(path: str, records: list[Timing], peers: Sequence[str]) -> None:
     # gradient_out=) and allocating (against the peers that allocate).
     wanted = ["fastxent", "fastxent_alloc", "numpy", *peers]
     impls = [i for i in wanted if all(i in r["times"] for r in rows)]
+    labels = {"fastxent": "fastxent out=", "fastxent_alloc": "fastxent allocating"}
     dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
     per_panel = max(sum(r["dtype"] == dt for r in rows) for dt in dtypes)
     width = 0.8 / len(impls)
@@ -458,8 +459,7 @@ def plot(path: str, records: list[Timing], peers: Sequence[str]) -> None:
         x = np.arange(len(sub))
         for i, impl in enumerate(impls):
             gbs = [r["bytes"] / r["times"][impl] / 1e9 for r in sub]
-            label = {"fastxent": "fastxent out=", "fastxent_alloc": "fastxent allocating"}
-            ax.bar(x - 0.4 + width * (i + 0.5), gbs, width, label=label.get(impl, impl))
+            ax.bar(x - 0.4 + width * (i + 0.5), gbs, width, label=labels.get(impl, impl))
         floor = [r["bytes"] / r["times"]["copy"] / 1e9 for r in sub]
         ax.scatter(
             x,

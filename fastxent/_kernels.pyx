@@ -45,12 +45,14 @@ Design
   where ``s_i`` is the sample weight, ``D`` the denominator under ``"mean"``
   (1 otherwise; +inf when it is 0, which makes that gradient 0), and
   ``cap'`` the derivative of the optional soft-cap.
-* Per-row losses are written to a float64 array and summed pairwise in a
-  fixed order after the parallel loop, so results do not depend on the
-  number of threads (the leaves of the sum's top levels run on the
-  threads, with the serial sum's split points).  The label check before it
-  (and an unweighted "mean" denominator, an integer count) splits over the
-  threads too: at m = 2 these serial passes had been a third of the call.
+* Per-row losses are written to a float64 array (or, for a reduced loss
+  in the few-class kernels, summed per block of FX_TILE_ROWS rows as each
+  block is finished) and summed pairwise in a fixed order after the
+  parallel loop, so results do not depend on the number of threads (the
+  leaves of the sum's top levels run on the threads, with the serial sum's
+  split points).  The label check before it (and an unweighted "mean"
+  denominator, an integer count) splits over the threads too: at m = 2
+  these serial passes had been a third of the call.
 * Errors (a failed scratch allocation) are flagged through a pointer, never
   raised inside the parallel region.
 """
