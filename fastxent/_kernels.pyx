@@ -60,7 +60,7 @@ cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer, PyCapsule_IsValid
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport INFINITY, log, log1p
+from libc.math cimport INFINITY, NAN, log, log1p
 from libc.stdint cimport int32_t, int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -117,21 +117,21 @@ cdef extern from "_rowops.h" nogil:
     enum:
         FX_TILE_ROWS
         FX_SMALL_M_MAX
-    void fx_small_labels_f(const float *z, Py_ssize_t R, Py_ssize_t m,
+    int fx_small_labels_f(const float *z, Py_ssize_t R, Py_ssize_t m,
                            const void *labels, int labels_64bit,
                            long long ignore_index, const float *w,
                            const double *sw, double smoothing, double zloss,
                            double grad_denom, double *loss_out, float *g,
                            float *h)
-    void fx_binary_labels_f(const float *z, Py_ssize_t R, const void *labels,
+    int fx_binary_labels_f(const float *z, Py_ssize_t R, const void *labels,
                             int labels_64bit, long long ignore_index, const float *w,
                             const double *sw, double smoothing, double zloss,
                             double grad_denom, double *loss_out, float *g, float *h)
-    void fx_binary_labels_d(const double *z, Py_ssize_t R, const void *labels,
+    int fx_binary_labels_d(const double *z, Py_ssize_t R, const void *labels,
                             int labels_64bit, long long ignore_index, const double *w,
                             const double *sw, double smoothing, double zloss,
                             double grad_denom, double *loss_out, double *g, double *h)
-    void fx_small_labels_d(const double *z, Py_ssize_t R, Py_ssize_t m,
+    int fx_small_labels_d(const double *z, Py_ssize_t R, Py_ssize_t m,
                            const void *labels, int labels_64bit,
                            long long ignore_index, const double *w,
                            const double *sw, double smoothing, double zloss,
@@ -198,6 +198,24 @@ cdef enum:
 
 # Below this many logits (n * m) the kernels run on the calling thread.
 SERIAL_BELOW = PARALLEL_MIN_ELEMENTS
+
+# What the drivers report (bits, combined with |): a scratch allocation
+# failed; a label was outside [0, m) when the kernel read it although the
+# check before had passed (another thread wrote to the labels meanwhile).
+cdef enum:
+    OUT_OF_MEMORY = 1
+    LABEL_RACED = 2
+
+
+cdef int _raise_failed(int failed) except -1:
+    if failed & OUT_OF_MEMORY:
+        raise MemoryError("fastxent: could not allocate scratch memory")
+    if failed & LABEL_RACED:
+        raise RuntimeError(
+            "fastxent: a label changed while the kernel read it (another thread wrote to "
+            "the target array during the call); the rows concerned were set to NaN. "
+            "Do not modify the target while a fastxent call uses it.")
+    return 0
 
 
 cdef struct LossOptions:
@@ -288,25 +306,27 @@ cdef inline void row_hess_pass(const floating *e, Py_ssize_t m, floating inv_s,
         fx_hess_pass_d(e, m, inv_s, c, h)
 
 
-cdef inline void small_labels_block(
+cdef inline int small_labels_block(
     const floating *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
     bint labels_64bit, int64_t ignore_index, const floating *w,
     const double *sw, const LossOptions *opt, double *loss_out, floating *g,
     floating *h,
 ) noexcept nogil:
+    """The few-class kernels on one block; returns how many of its labels
+    were out of range when read (a data race; see fx_small_labels)."""
     if m == 2:  # one exp and one log1p a row
         if floating is float:
-            fx_binary_labels_f(z, R, labels, labels_64bit, ignore_index, w, sw,
-                               opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+            return fx_binary_labels_f(z, R, labels, labels_64bit, ignore_index, w, sw,
+                                      opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
         else:
-            fx_binary_labels_d(z, R, labels, labels_64bit, ignore_index, w, sw,
-                               opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+            return fx_binary_labels_d(z, R, labels, labels_64bit, ignore_index, w, sw,
+                                      opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
     elif floating is float:
-        fx_small_labels_f(z, R, m, labels, labels_64bit, ignore_index, w, sw,
-                          opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+        return fx_small_labels_f(z, R, m, labels, labels_64bit, ignore_index, w, sw,
+                                 opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
     else:
-        fx_small_labels_d(z, R, m, labels, labels_64bit, ignore_index, w, sw,
-                          opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+        return fx_small_labels_d(z, R, m, labels, labels_64bit, ignore_index, w, sw,
+                                 opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
 
 
 # ---- the row kernels ----
@@ -545,7 +565,7 @@ cdef double _pairwise_sum(const double *x, Py_ssize_t n, int num_threads) noexce
     return part[0]
 
 
-cdef inline void _small_block(
+cdef inline int _small_block(
     Py_ssize_t blk, const floating *z, Py_ssize_t n, Py_ssize_t m,
     const label_t *labels, const floating *w, const double *sw,
     const LossOptions *opt, double *loss_out, floating *grad, floating *hess,
@@ -555,16 +575,17 @@ cdef inline void _small_block(
     cdef Py_ssize_t R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
     cdef double block_loss[FX_TILE_ROWS]
     cdef double *rows_out = &block_loss[0] if block_sums != NULL else loss_out + r0
-    small_labels_block(
+    cdef int raced = small_labels_block(
         z + r0 * m, R, m, labels + r0, label_t is int64_t, ignore_index, w,
         sw + r0 if sw != NULL else NULL, opt, rows_out,
         grad + r0 * m if grad != NULL else NULL,
         hess + r0 * m if hess != NULL else NULL)
     if block_sums != NULL:
         block_sums[blk] = fx_pairwise_sum(block_loss, R)
+    return raced
 
 
-cdef void _small_labels(
+cdef int _small_labels(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     const floating *w, const double *sw, const LossOptions *opt,
     double *loss_out, floating *grad, floating *hess, int64_t ignore_index,
@@ -572,16 +593,19 @@ cdef void _small_labels(
 ) noexcept nogil:
     """Few classes: blocks of FX_TILE_ROWS rows, vectorised across rows.
     With ``block_sums``, the sum of each block's losses goes there (blocks
-    in row order) instead of per-row losses to ``loss_out``."""
+    in row order) instead of per-row losses to ``loss_out``.  Returns
+    LABEL_RACED if a label was out of range when read."""
     cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS, blk
+    cdef Py_ssize_t raced = 0
     if not _use_threads(n, m, num_threads):
         for blk in range(nblocks):
-            _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                         ignore_index, block_sums)
-        return
-    for blk in prange(nblocks, schedule='static', num_threads=num_threads):
-        _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                     ignore_index, block_sums)
+            raced += _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
+                                  ignore_index, block_sums)
+    else:
+        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
+            raced += _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
+                                  ignore_index, block_sums)
+    return LABEL_RACED if raced else 0
 
 
 cdef LossOptions _options(double smoothing, double zloss, double softcap,
@@ -599,25 +623,42 @@ cdef LossOptions _options(double smoothing, double zloss, double softcap,
     return opt
 
 
+cdef inline void _nan_row(floating *row, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t k
+    if row != NULL:
+        for k in range(m):
+            row[k] = NAN
+
+
 cdef inline double _one_row(
     Py_ssize_t i, const floating *z, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
     const double *sw, const LossOptions *opt, floating *grad, floating *hess,
-    floating *scratch,
+    floating *scratch, int *raced,
 ) noexcept nogil:
     """Row ``i`` of the general path: its loss, and its gradient row."""
     cdef floating *g = grad + i * m if grad != NULL else NULL
     cdef floating *h = hess + i * m if hess != NULL else NULL
     cdef Py_ssize_t label = -1
+    cdef int64_t lab
     cdef const floating *y = NULL
     if labels != NULL:
-        if labels[i] == ignore_index:
+        # Read once: checked before, but another thread may have written
+        # it since (a data race), and an index out of [0, m) must never
+        # reach the row kernel.
+        lab = labels[i]
+        if lab == ignore_index:
             if g != NULL:
                 memset(g, 0, m * sizeof(floating))
             if h != NULL:
                 memset(h, 0, m * sizeof(floating))
             return 0.0
-        label = <Py_ssize_t>labels[i]
+        if lab < 0 or lab >= m:
+            _nan_row(g, m)
+            _nan_row(h, m)
+            raced[0] = 1
+            return NAN
+        label = <Py_ssize_t>lab
     else:
         y = target + i * m
     return cross_entropy_row(z + i * m, m, label, y, w,
@@ -633,34 +674,38 @@ cdef int _rows(
     """The general path: cross_entropy_row over the rows, for class indices
     (``labels``) or probabilities (``target``, ``labels`` NULL).  A serial
     call uses ``own_scratch`` (m elements) for a soft-cap if given.  Returns
-    1 if a thread could not allocate its soft-cap scratch row."""
+    OUT_OF_MEMORY if a thread could not allocate its soft-cap scratch row,
+    LABEL_RACED if a label was out of range when read (or both)."""
     cdef Py_ssize_t i
     cdef floating *scratch = NULL
     cdef int failed = 0
     cdef int *failed_p = &failed
+    cdef int raced = 0
+    cdef int *raced_p = &raced
     if not _use_threads(n, m, num_threads):
         if opt.softcap > 0 and own_scratch == NULL:
             scratch = <floating *>malloc(m * sizeof(floating))
             if scratch == NULL:
-                return 1
+                return OUT_OF_MEMORY
         for i in range(n):
             loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w, sw, opt,
-                                   grad, hess, own_scratch if own_scratch != NULL else scratch)
+                                   grad, hess, own_scratch if own_scratch != NULL else scratch,
+                                   raced_p)
         free(scratch)
-        return 0
+        return LABEL_RACED if raced else 0
     with parallel(num_threads=num_threads):
         scratch = NULL
         if opt.softcap > 0:
             scratch = <floating *>malloc(m * sizeof(floating))
             if scratch == NULL:
-                failed_p[0] = 1
+                failed_p[0] = OUT_OF_MEMORY
         for i in prange(n, schedule='static'):
             if opt.softcap > 0 and scratch == NULL:
                 continue
             loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
-                                   sw, opt, grad, hess, scratch)
+                                   sw, opt, grad, hess, scratch, raced_p)
         free(scratch)
-    return failed
+    return failed | (LABEL_RACED if raced else 0)
 
 
 cdef int _loss_rows(
@@ -681,29 +726,29 @@ cdef int _loss_rows(
     required): the few-class kernels sum each block of FX_TILE_ROWS rows as
     they go, so a row costs no float64 written and read back (at m = 2 that
     buffer was a quarter of the bytes a call moved); the row kernels use a
-    buffer of their own.  Returns 1 if memory could not be allocated."""
+    buffer of their own.  Returns a combination of OUT_OF_MEMORY (then the
+    total is not computed) and LABEL_RACED, or 0."""
     cdef Py_ssize_t nsums = n
     cdef double *sums = loss_out
     cdef bint small = labels != NULL and m <= _tile_max_m(<floating>0) and opt.softcap == 0
+    cdef int failed
     if loss_out == NULL:
         if small:
             nsums = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS
         sums = <double *>malloc(max(nsums, 1) * sizeof(double))
         if sums == NULL:
-            return 1
+            return OUT_OF_MEMORY
     if small:
-        _small_labels(z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                      ignore_index, num_threads, sums if loss_out == NULL else NULL)
-    elif _rows(z, n, m, labels, ignore_index, target, w, sw, opt, sums,
-               grad, hess, num_threads, scratch):
-        if loss_out == NULL:
-            free(sums)
-        return 1
-    if total != NULL:
+        failed = _small_labels(z, n, m, labels, w, sw, opt, loss_out, grad, hess,
+                               ignore_index, num_threads, sums if loss_out == NULL else NULL)
+    else:
+        failed = _rows(z, n, m, labels, ignore_index, target, w, sw, opt, sums,
+                       grad, hess, num_threads, scratch)
+    if total != NULL and not (failed & OUT_OF_MEMORY):
         total[0] = _pairwise_sum(sums, nsums, num_threads)
     if loss_out == NULL:
         free(sums)
-    return 0
+    return failed
 
 
 # ---- entry points (called from Python with validated arrays) ----
@@ -819,7 +864,7 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
                 if rows == NULL:
                     rows = <double *>malloc(n * sizeof(double))
                 if rows == NULL:
-                    failed = 1
+                    failed = OUT_OF_MEMORY
                 else:
                     # z, grad, hess hold 16-bit values (and target, if target_half).
                     failed = _half_loss_rows(
@@ -827,15 +872,15 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
                         <const float *>NULL if a.target_half else target,
                         <const uint16_t *>target if a.target_half else <const uint16_t *>NULL,
                         w, a.sw, &opt, rows, <uint16_t *>grad, <uint16_t *>hess, num_threads)
-                    total = _pairwise_sum(rows, n, num_threads)
+                    if not (failed & OUT_OF_MEMORY):
+                        total = _pairwise_sum(rows, n, num_threads)
                     if a.loss == NULL:
                         free(rows)
             else:
                 failed = _loss_rows(z, n, m, labels, ignore_index, target, w,
                                     a.sw, &opt, rows, grad, hess, num_threads,
                                     <floating *>NULL, &total)
-    if failed:
-        raise MemoryError("fastxent: could not allocate scratch memory")
+    _raise_failed(failed)
     return bad, total, denom
 
 
@@ -1011,7 +1056,7 @@ cdef int _half_loss_block(
 ) noexcept nogil:
     """Block ``blk`` of B rows: widen, run the float32 kernels in ``buf``
     (logits/gradient, Hessian, targets and a soft-cap row, in that order),
-    narrow the outputs.  Returns 1 if out of memory."""
+    narrow the outputs.  Returns _loss_rows' code."""
     cdef Py_ssize_t per = B * m, r0 = blk * B, R = min(B, n - r0)
     cdef float *zf = buf
     cdef float *hf = buf + per
@@ -1042,19 +1087,22 @@ cdef int _half_loss_rows(
     uint16_t *grad, uint16_t *hess, int num_threads,
 ) noexcept nogil:
     """_loss_rows for half-precision logits (and outputs; probabilities in
-    float32 ``target`` or in the logits' format ``target_half``).  Returns 1
-    if a thread could not allocate its buffers."""
+    float32 ``target`` or in the logits' format ``target_half``).  Returns
+    _loss_rows' codes (OUT_OF_MEMORY also when a thread could not allocate
+    its buffers)."""
     cdef bint tile = labels != NULL and m <= TILE_MAX_M_FLOAT and opt.softcap == 0
     cdef Py_ssize_t B = _half_block_rows(m, tile)
     cdef Py_ssize_t nb = (n + B - 1) // B, blk
     cdef Py_ssize_t size = B * m * (1 + (hess != NULL) + (target_half != NULL)) + m
-    cdef int failed = 0
-    cdef int *failed_p = &failed
+    cdef int failed = 0, code
+    cdef int oom = 0, raced = 0
+    cdef int *oom_p = &oom
+    cdef int *raced_p = &raced
     cdef float *buf = NULL
     if not _use_threads(n, m, num_threads):
         buf = <float *>malloc(size * sizeof(float))
         if buf == NULL:
-            return 1
+            return OUT_OF_MEMORY
         for blk in range(nb):
             failed |= _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index, target,
                                        target_half, w, sw, opt, loss_out, grad, hess)
@@ -1063,15 +1111,18 @@ cdef int _half_loss_rows(
     with parallel(num_threads=num_threads):
         buf = <float *>malloc(size * sizeof(float))
         if buf == NULL:
-            failed_p[0] = 1
+            oom_p[0] = 1
         for blk in prange(nb, schedule='static'):
             if buf == NULL:
                 continue
-            if _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index, target,
-                                target_half, w, sw, opt, loss_out, grad, hess):
-                failed_p[0] = 1
+            code = _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index, target,
+                                    target_half, w, sw, opt, loss_out, grad, hess)
+            if code & OUT_OF_MEMORY:
+                oom_p[0] = 1
+            if code & LABEL_RACED:
+                raced_p[0] = 1
         free(buf)
-    return failed
+    return (OUT_OF_MEMORY if oom else 0) | (LABEL_RACED if raced else 0)
 
 
 cdef void _half_softmax_block(Py_ssize_t blk, Py_ssize_t B, float *buf, const uint16_t *z,
@@ -1191,8 +1242,8 @@ cdef int _linear_chunks(
     floating *grad_x, floating *grad_W, double *grad_b, int num_threads,
 ) noexcept nogil:
     """The chunk loop (gradients when ``grad_W`` is not NULL; ``grad_x`` and
-    ``grad_b`` may be NULL then).  Returns 1 if the row kernels ran out of
-    memory."""
+    ``grad_b`` may be NULL then).  Returns _loss_rows' codes, OR-ed over
+    the chunks."""
     cdef Py_ssize_t c0 = 0, rr
     cdef int failed = 0
     while c0 < n:
@@ -1341,8 +1392,7 @@ def linear_cross_entropy_chunks(
                 rows, <double *>bufp, r, <double *>gx, <double *>gW, gb, num_threads)
         if not failed:
             total = _pairwise_sum(rows, n, num_threads)
-    if failed:
-        raise MemoryError("fastxent: could not allocate scratch memory")
+    _raise_failed(failed)
     return total
 
 
@@ -1384,6 +1434,36 @@ def softmax_rows(object z, object out, bint take_log, object lse_out, int num_th
             _softmax_run(<double *>a.z, &a, take_log, num_threads)
     if failed:
         raise MemoryError("fastxent: could not allocate scratch memory")
+
+
+cdef double _unchecked_rows(const floating *z, const int64_t *labels, const Arrays *a,
+                            int64_t ignore_index, int num_threads) except? -1:
+    cdef LossOptions opt = _options(0.0, 0.0, 0.0, 1.0, a.m)
+    cdef double total = 0
+    cdef int failed
+    with nogil:
+        failed = _loss_rows(z, a.n, a.m, labels, ignore_index, <const floating *>NULL,
+                            <const floating *>NULL, NULL, &opt, a.loss, <floating *>a.grad,
+                            <floating *>NULL, num_threads, <floating *>NULL, &total)
+    _raise_failed(failed)
+    return total
+
+
+def loss_rows_unchecked(object z, object labels, object loss_out, object grad_out,
+                        int64_t ignore_index, int num_threads):
+    """The loss kernels on labels that skipped the range check (for tests: what
+    a kernel does with a label that another thread changed after the check).
+    ``z`` (n, m) float32/float64, ``labels`` (n,) int64, ``loss_out`` (n,)
+    float64 or None, ``grad_out`` like ``z`` or None; plain options.  Returns
+    the summed loss; raises RuntimeError if a label was out of range."""
+    cdef Arrays a
+    cdef int ft = _take_common(&a, z, None, None, loss_out, grad_out)
+    _take(labels, cnp.NPY_INT64, a.n, -1, False, &a.labels)
+    if a.labels == NULL or a.n == 0:
+        raise ValueError("fastxent._kernels: labels needed, n > 0")
+    if ft == cnp.NPY_FLOAT:
+        return _unchecked_rows(<float *>a.z, <int64_t *>a.labels, &a, ignore_index, num_threads)
+    return _unchecked_rows(<double *>a.z, <int64_t *>a.labels, &a, ignore_index, num_threads)
 
 
 def exp_array(const floating[::1] x, floating[::1] out):

@@ -131,13 +131,15 @@ double fx_softmax_coef_d(double b, ptrdiff_t m, ptrdiff_t label, const double *y
  * any reduction) and, if g is not NULL, the R x m gradient divided by
  * grad_denom, and if h is not NULL (with g, no z-loss) the Hessian
  * diagonal likewise.  Same per-row formula as the general row kernel, no
- * soft-cap. */
-void fx_small_labels_f(const float *z, ptrdiff_t R, ptrdiff_t m,
+ * soft-cap.  Returns the number of rows whose label was outside [0, m)
+ * when read here (only a data race makes one): their loss and gradient
+ * are NaN, never an out-of-bounds access. */
+int fx_small_labels_f(const float *z, ptrdiff_t R, ptrdiff_t m,
                        const void *labels, int labels_64bit,
                        long long ignore_index, const float *w,
                        const double *sw, double smoothing, double zloss,
                        double grad_denom, double *loss_out, float *g, float *h);
-void fx_small_labels_d(const double *z, ptrdiff_t R, ptrdiff_t m,
+int fx_small_labels_d(const double *z, ptrdiff_t R, ptrdiff_t m,
                        const void *labels, int labels_64bit,
                        long long ignore_index, const double *w,
                        const double *sw, double smoothing, double zloss,
@@ -153,11 +155,11 @@ void fx_float_to_half(const float *src, ptrdiff_t n, uint16_t *dst, int bf16);
 
 /* fx_small_labels for m = 2, one exp and one log1p a row, on the
  * interleaved logits (same arguments without m). */
-void fx_binary_labels_f(const float *z, ptrdiff_t R, const void *labels, int labels_64bit,
+int fx_binary_labels_f(const float *z, ptrdiff_t R, const void *labels, int labels_64bit,
                         long long ignore_index, const float *w, const double *sw,
                         double smoothing, double zloss, double grad_denom,
                         double *loss_out, float *g, float *h);
-void fx_binary_labels_d(const double *z, ptrdiff_t R, const void *labels, int labels_64bit,
+int fx_binary_labels_d(const double *z, ptrdiff_t R, const void *labels, int labels_64bit,
                         long long ignore_index, const double *w, const double *sw,
                         double smoothing, double zloss, double grad_denom,
                         double *loss_out, double *g, double *h);

@@ -178,7 +178,8 @@ FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
         for (ptrdiff_t k = k0; k < k1; k += FX_TAIL) {
 #pragma omp simd
             for (int j = 0; j < FX_TAIL; ++j) {
-                FX_T d = z[k + j] - shift; /* read before out (maybe z) is written */
+                FX_T zk = z[k + j]; /* read before out (maybe z) is written */
+                FX_T d = zk - shift;
                 FX_T e = FX_EXPNEG(d);
                 if (out)
                     out[k + j] = e;
@@ -193,11 +194,14 @@ FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
                     part[j] += e;
                 }
                 if (tdot) {
-                    /* In double: a large weight times a large logit gap must
-                     * not overflow float32 before the mean divides it down. */
+                    /* In double, gap included: a logit gap beyond the
+                     * element type's range (3e38 - -3e38 in float32) and a
+                     * large weight times a large gap must not overflow
+                     * before the mean divides them down. */
                     double q = (double)((w ? w[k + j] : (FX_T)1) *
                                         (y ? alpha * y[k + j] + beta : beta));
-                    dpart[j] += q != 0.0 ? q * (double)d : 0.0;
+                    double dd = (double)zk - (double)shift;
+                    dpart[j] += q != 0.0 ? q * dd : 0.0;
                     qpart[j] += q;
                 }
             }
@@ -507,7 +511,30 @@ FX_INLINE void FX_NAME(tile_out)(const FX_T *tile, ptrdiff_t R, ptrdiff_t m, FX_
             g[r * m + j] = tile[j * TR + r];
 }
 
-FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
+/* NaN outputs for the rows whose label (read again: these rows are rare,
+ * and only a data race makes them) is outside [0, m) and not ignore_index;
+ * returns how many there are (at least 1: the caller saw one). */
+static int FX_NAME(fx_mark_raced_rows)(const void *labels, int labels_64bit,
+                                       long long ignore_index, ptrdiff_t R, ptrdiff_t m,
+                                       double *loss_out, FX_T *g, FX_T *h)
+{
+    int count = 0;
+    for (ptrdiff_t r = 0; r < R; ++r) {
+        int64_t lab = labels_64bit ? ((const int64_t *)labels)[r]
+                                   : (int64_t)((const int32_t *)labels)[r];
+        if (lab == (int64_t)ignore_index || (lab >= 0 && lab < (int64_t)m))
+            continue;
+        ++count;
+        loss_out[r] = NAN;
+        for (ptrdiff_t j = 0; g && j < m; ++j)
+            g[r * m + j] = (FX_T)NAN;
+        for (ptrdiff_t j = 0; h && j < m; ++j)
+            h[r * m + j] = (FX_T)NAN;
+    }
+    return count > 0 ? count : 1;
+}
+
+FX_CLONES int FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
                                         const void *labels, int labels_64bit,
                                         long long ignore_index, const FX_T *w,
                                         const double *sw, double smoothing,
@@ -524,11 +551,19 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
     int32_t ign[TR];
     const double beta = smoothing / (double)m;
     double qs_total = 0.0;
+    int raced = 0; /* labels out of range here, though checked before */
 
     for (ptrdiff_t r = 0; r < R; ++r) {
+        /* Each label is read once.  The caller checked the range, but
+         * another thread may have written the array since: such a row is
+         * computed as ignored and its outputs set to NaN below, so that a
+         * data race never turns into an index out of bounds. */
         int64_t lab = labels_64bit ? ((const int64_t *)labels)[r]
                                    : (int64_t)((const int32_t *)labels)[r];
         int ig = lab == (int64_t)ignore_index;
+        int bad = !ig && (lab < 0 || lab >= (int64_t)m);
+        raced += bad;
+        ig |= bad;
         int64_t yy = ig ? 0 : lab;
         double s = sw ? sw[r] : 1.0;
         ign[r] = ig;
@@ -630,7 +665,9 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
     }
 #undef FX_TILE_COEFS
     if (!g)
-        return;
+        return raced ? FX_NAME(fx_mark_raced_rows)(labels, labels_64bit, ignore_index, R, m,
+                                                   loss_out, NULL, NULL)
+                     : 0;
     for (ptrdiff_t r = 0; odd && r < R; ++r) {
         double br = (double)b[r];
         if (!ign[r] && !(br - br == 0.0)) /* b inf or NaN: see fx_softmax_coef */
@@ -678,6 +715,9 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         }
     }
     FX_NAME(tile_out)(tile, R, m, g);
+    return raced ? FX_NAME(fx_mark_raced_rows)(labels, labels_64bit, ignore_index, R, m,
+                                               loss_out, g, h)
+                 : 0;
 }
 
 /* Two classes: the per-row work of the tile kernel reduced to one exp and
@@ -690,7 +730,7 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
  * (a zero "mean" denominator: PyTorch's inf/NaN pattern), fully masked
  * rows (max -inf) and +inf logits (NaN there, as everywhere).  Same
  * arguments as fx_small_labels with m = 2. */
-FX_CLONES void FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void *labels,
+FX_CLONES int FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void *labels,
                                          int labels_64bit, long long ignore_index,
                                          const FX_T *w, const double *sw, double smoothing,
                                          double zloss, double grad_denom, double *loss_out,
@@ -709,6 +749,9 @@ FX_CLONES void FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void 
         int64_t lab = labels_64bit ? ((const int64_t *)labels)[r]
                                    : (int64_t)((const int32_t *)labels)[r];
         ign[r] = lab == (int64_t)ignore_index;
+        /* a label changed since it was checked (a data race): the general
+         * kernel below marks its row */
+        unusual |= !ign[r] && (lab < 0 || lab > 1);
         y[r] = ign[r] ? 0 : (int32_t)lab;
         s[r] = ign[r] ? 0.0 : (sw ? sw[r] : 1.0);
     }
@@ -719,11 +762,9 @@ FX_CLONES void FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void 
         unusual |= (z0 == -(FX_T)INFINITY && z1 == -(FX_T)INFINITY) | (z0 == (FX_T)INFINITY) |
                    (z1 == (FX_T)INFINITY) | !(b - b == 0.0);
     }
-    if (unusual) {
-        FX_NAME(fx_small_labels)(z, R, 2, labels, labels_64bit, ignore_index, w, sw, smoothing,
-                                 zloss, grad_denom, loss_out, g, h);
-        return;
-    }
+    if (unusual)
+        return FX_NAME(fx_small_labels)(z, R, 2, labels, labels_64bit, ignore_index, w, sw,
+                                        smoothing, zloss, grad_denom, loss_out, g, h);
     /* Three vectorised sweeps, as in the tile kernel: the logits (element
      * type), the per-row arithmetic (double), the outputs (element type). */
     FX_T tr[TR], d0r[TR], d1r[TR], mxr[TR], hi1[TR], g0r[TR], g1r[TR], hr[TR];
@@ -779,4 +820,5 @@ FX_CLONES void FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void 
             h[2 * r + 1] = hr[r];
         }
     }
+    return 0;
 }
