@@ -53,8 +53,15 @@ Design
   split points).  The label check before it (and an unweighted "mean"
   denominator, an integer count) splits over the threads too: at m = 2
   these serial passes had been a third of the call.
-* Errors (a failed scratch allocation) are flagged through a pointer, never
-  raised inside the parallel region.
+* Errors (a failed scratch allocation; a label found out of range where a
+  kernel reads it, which only another thread writing to the labels after
+  the check can cause) are flagged through return codes, never raised
+  inside the parallel region.  Each label is read once by the kernel that
+  uses it, and re-checked there: a data race never becomes an index.
+* Every parallel loop gives each thread one contiguous chunk and times it;
+  a region kept waiting far longer than its chunks worked (another
+  parallel program spinning on the same cores) makes calls that asked for
+  the default thread count run on one thread for a while (``_governor.h``).
 """
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer, PyCapsule_IsValid
@@ -64,6 +71,18 @@ from libc.math cimport INFINITY, NAN, log, log1p
 from libc.stdint cimport int32_t, int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
+
+cdef extern from "_governor.h" nogil:
+    enum:
+        FX_TEAM_MAX
+    double fx_wtime()
+    int fx_gov_serial()
+    void fx_gov_report(double t0, const double *busy, Py_ssize_t T)
+    void fx_gov_reset()
+    void fx_span(Py_ssize_t c, Py_ssize_t T, Py_ssize_t n, Py_ssize_t *lo, Py_ssize_t *hi)
+    long long fx_gov_waits
+    long long fx_gov_backoff_ns
+    long long fx_gov_serial_until_ns
 
 cdef extern from "_rowops.h" nogil:
     float fx_max_f(const float *z, Py_ssize_t n)
@@ -118,25 +137,25 @@ cdef extern from "_rowops.h" nogil:
         FX_TILE_ROWS
         FX_SMALL_M_MAX
     int fx_small_labels_f(const float *z, Py_ssize_t R, Py_ssize_t m,
-                           const void *labels, int labels_64bit,
-                           long long ignore_index, const float *w,
-                           const double *sw, double smoothing, double zloss,
-                           double grad_denom, double *loss_out, float *g,
-                           float *h)
+                          const void *labels, int labels_64bit,
+                          long long ignore_index, const float *w,
+                          const double *sw, double smoothing, double zloss,
+                          double grad_denom, double *loss_out, float *g,
+                          float *h)
     int fx_binary_labels_f(const float *z, Py_ssize_t R, const void *labels,
-                            int labels_64bit, long long ignore_index, const float *w,
-                            const double *sw, double smoothing, double zloss,
-                            double grad_denom, double *loss_out, float *g, float *h)
-    int fx_binary_labels_d(const double *z, Py_ssize_t R, const void *labels,
-                            int labels_64bit, long long ignore_index, const double *w,
-                            const double *sw, double smoothing, double zloss,
-                            double grad_denom, double *loss_out, double *g, double *h)
-    int fx_small_labels_d(const double *z, Py_ssize_t R, Py_ssize_t m,
-                           const void *labels, int labels_64bit,
-                           long long ignore_index, const double *w,
+                           int labels_64bit, long long ignore_index, const float *w,
                            const double *sw, double smoothing, double zloss,
-                           double grad_denom, double *loss_out, double *g,
-                           double *h)
+                           double grad_denom, double *loss_out, float *g, float *h)
+    int fx_binary_labels_d(const double *z, Py_ssize_t R, const void *labels,
+                           int labels_64bit, long long ignore_index, const double *w,
+                           const double *sw, double smoothing, double zloss,
+                           double grad_denom, double *loss_out, double *g, double *h)
+    int fx_small_labels_d(const double *z, Py_ssize_t R, Py_ssize_t m,
+                          const void *labels, int labels_64bit,
+                          long long ignore_index, const double *w,
+                          const double *sw, double smoothing, double zloss,
+                          double grad_denom, double *loss_out, double *g,
+                          double *h)
 
 # Builds without OpenMP (e.g. Apple clang without libomp) still compile:
 # prange then runs serially, and this shim answers "one thread".
@@ -467,7 +486,8 @@ cdef inline Py_ssize_t _tile_max_m(floating kind) noexcept nogil:
 
 cdef inline bint _use_threads(Py_ssize_t n, Py_ssize_t m, int num_threads) noexcept nogil:
     # fx_forked: never enter the OpenMP runtime in a forked child (above).
-    return num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS and not fx_forked
+    return (num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS and not fx_forked
+            and num_threads <= FX_TEAM_MAX)
 
 
 cdef enum:
@@ -595,16 +615,26 @@ cdef int _small_labels(
     With ``block_sums``, the sum of each block's losses goes there (blocks
     in row order) instead of per-row losses to ``loss_out``.  Returns
     LABEL_RACED if a label was out of range when read."""
-    cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS, blk
+    cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS, blk, c, lo, hi
     cdef Py_ssize_t raced = 0
+    cdef double busy[FX_TEAM_MAX]
+    cdef double *busy_p = busy
+    cdef double t0, tc
     if not _use_threads(n, m, num_threads):
         for blk in range(nblocks):
             raced += _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
                                   ignore_index, block_sums)
     else:
-        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
-            raced += _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                                  ignore_index, block_sums)
+        # one chunk of blocks per thread, timed (see _governor.h)
+        t0 = fx_wtime()
+        for c in prange(num_threads, schedule='static', num_threads=num_threads):
+            tc = fx_wtime()
+            fx_span(c, num_threads, nblocks, &lo, &hi)
+            for blk in range(lo, hi):
+                raced += _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
+                                      ignore_index, block_sums)
+            busy_p[c] = fx_wtime() - tc
+        fx_gov_report(t0, busy, num_threads)
     return LABEL_RACED if raced else 0
 
 
@@ -676,12 +706,15 @@ cdef int _rows(
     call uses ``own_scratch`` (m elements) for a soft-cap if given.  Returns
     OUT_OF_MEMORY if a thread could not allocate its soft-cap scratch row,
     LABEL_RACED if a label was out of range when read (or both)."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, c, lo, hi
     cdef floating *scratch = NULL
     cdef int failed = 0
     cdef int *failed_p = &failed
     cdef int raced = 0
     cdef int *raced_p = &raced
+    cdef double busy[FX_TEAM_MAX]
+    cdef double *busy_p = busy
+    cdef double t0, tc
     if not _use_threads(n, m, num_threads):
         if opt.softcap > 0 and own_scratch == NULL:
             scratch = <floating *>malloc(m * sizeof(floating))
@@ -693,18 +726,24 @@ cdef int _rows(
                                    raced_p)
         free(scratch)
         return LABEL_RACED if raced else 0
+    t0 = fx_wtime()
     with parallel(num_threads=num_threads):
         scratch = NULL
         if opt.softcap > 0:
             scratch = <floating *>malloc(m * sizeof(floating))
             if scratch == NULL:
                 failed_p[0] = OUT_OF_MEMORY
-        for i in prange(n, schedule='static'):
-            if opt.softcap > 0 and scratch == NULL:
-                continue
-            loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
-                                   sw, opt, grad, hess, scratch, raced_p)
+        # one chunk of rows per thread, timed (see _governor.h)
+        for c in prange(num_threads, schedule='static'):
+            tc = fx_wtime()
+            fx_span(c, num_threads, n, &lo, &hi)
+            if opt.softcap == 0 or scratch != NULL:
+                for i in range(lo, hi):
+                    loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
+                                           sw, opt, grad, hess, scratch, raced_p)
+            busy_p[c] = fx_wtime() - tc
         free(scratch)
+    fx_gov_report(t0, busy, num_threads)
     return failed | (LABEL_RACED if raced else 0)
 
 
@@ -1092,8 +1131,11 @@ cdef int _half_loss_rows(
     its buffers)."""
     cdef bint tile = labels != NULL and m <= TILE_MAX_M_FLOAT and opt.softcap == 0
     cdef Py_ssize_t B = _half_block_rows(m, tile)
-    cdef Py_ssize_t nb = (n + B - 1) // B, blk
+    cdef Py_ssize_t nb = (n + B - 1) // B, blk, c, lo, hi
     cdef Py_ssize_t size = B * m * (1 + (hess != NULL) + (target_half != NULL)) + m
+    cdef double busy[FX_TEAM_MAX]
+    cdef double *busy_p = busy
+    cdef double t0, tc
     cdef int failed = 0, code
     cdef int oom = 0, raced = 0
     cdef int *oom_p = &oom
@@ -1108,20 +1150,27 @@ cdef int _half_loss_rows(
                                        target_half, w, sw, opt, loss_out, grad, hess)
         free(buf)
         return failed
+    t0 = fx_wtime()
     with parallel(num_threads=num_threads):
         buf = <float *>malloc(size * sizeof(float))
         if buf == NULL:
             oom_p[0] = 1
-        for blk in prange(nb, schedule='static'):
-            if buf == NULL:
-                continue
-            code = _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index, target,
-                                    target_half, w, sw, opt, loss_out, grad, hess)
-            if code & OUT_OF_MEMORY:
-                oom_p[0] = 1
-            if code & LABEL_RACED:
-                raced_p[0] = 1
+        # one chunk of blocks per thread, timed (see _governor.h)
+        for c in prange(num_threads, schedule='static'):
+            tc = fx_wtime()
+            fx_span(c, num_threads, nb, &lo, &hi)
+            for blk in range(lo, hi):
+                if buf == NULL:
+                    break
+                code = _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index,
+                                        target, target_half, w, sw, opt, loss_out, grad, hess)
+                if code & OUT_OF_MEMORY:
+                    oom_p[0] = 1
+                if code & LABEL_RACED:
+                    raced_p[0] = 1
+            busy_p[c] = fx_wtime() - tc
         free(buf)
+    fx_gov_report(t0, busy, num_threads)
     return (OUT_OF_MEMORY if oom else 0) | (LABEL_RACED if raced else 0)
 
 
@@ -1144,10 +1193,13 @@ cdef int _half_softmax_rows(const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize
                             int num_threads) noexcept nogil:
     """softmax_row over half-precision rows, a block at a time in float32."""
     cdef Py_ssize_t B = _half_block_rows(m, False)
-    cdef Py_ssize_t nb = (n + B - 1) // B, blk
+    cdef Py_ssize_t nb = (n + B - 1) // B, blk, c, lo, hi
     cdef int failed = 0
     cdef int *failed_p = &failed
     cdef float *buf = NULL
+    cdef double busy[FX_TEAM_MAX]
+    cdef double *busy_p = busy
+    cdef double t0, tc
     if not _use_threads(n, m, num_threads):
         buf = <float *>malloc(B * m * sizeof(float))
         if buf == NULL:
@@ -1156,14 +1208,21 @@ cdef int _half_softmax_rows(const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize
             _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
         free(buf)
         return 0
+    t0 = fx_wtime()
     with parallel(num_threads=num_threads):
         buf = <float *>malloc(B * m * sizeof(float))
         if buf == NULL:
             failed_p[0] = 1
-        for blk in prange(nb, schedule='static'):
+        # one chunk of blocks per thread, timed (see _governor.h)
+        for c in prange(num_threads, schedule='static'):
+            tc = fx_wtime()
+            fx_span(c, num_threads, nb, &lo, &hi)
             if buf != NULL:
-                _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
+                for blk in range(lo, hi):
+                    _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
+            busy_p[c] = fx_wtime() - tc
         free(buf)
+    fx_gov_report(t0, busy, num_threads)
     return failed
 
 
@@ -1398,20 +1457,30 @@ def linear_cross_entropy_chunks(
 
 cdef void _softmax_run(const floating *z, const Arrays *a, bint take_log,
                        int num_threads) noexcept nogil:
-    cdef Py_ssize_t n = a.n, m = a.m, i
+    cdef Py_ssize_t n = a.n, m = a.m, i, c, lo, hi
     cdef floating *o = <floating *>a.grad
     cdef double *lse = a.loss
     cdef double v
+    cdef double busy[FX_TEAM_MAX]
+    cdef double *busy_p = busy
+    cdef double t0, tc
     if not _use_threads(n, m, num_threads):
         for i in range(n):
             v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
             if lse != NULL:
                 lse[i] = v
         return
-    for i in prange(n, schedule='static', num_threads=num_threads):
-        v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
-        if lse != NULL:
-            lse[i] = v
+    # one chunk of rows per thread, timed (see _governor.h)
+    t0 = fx_wtime()
+    for c in prange(num_threads, schedule='static', num_threads=num_threads):
+        tc = fx_wtime()
+        fx_span(c, num_threads, n, &lo, &hi)
+        for i in range(lo, hi):
+            v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
+            if lse != NULL:
+                lse[i] = v
+        busy_p[c] = fx_wtime() - tc
+    fx_gov_report(t0, busy, num_threads)
 
 
 def softmax_rows(object z, object out, bint take_log, object lse_out, int num_threads,
@@ -1517,6 +1586,37 @@ def openmp_enabled():
 def max_threads():
     """``omp_get_max_threads()`` now (1 without OpenMP, and in a forked child)."""
     return 1 if fx_forked else omp_get_max_threads()
+
+
+def default_threads():
+    """The thread count of a call that asked for the default: ``max_threads()``,
+    or 1 while the governor (``_governor.h``) has found parallel regions kept
+    waiting for the cores by another parallel program."""
+    if fx_forked or fx_gov_serial():
+        return 1
+    return omp_get_max_threads()
+
+
+def governor_state():
+    """``(regions found waiting, current back-off in seconds, seconds until
+    default-thread calls use threads again)`` (for tests and diagnostics)."""
+    return (int(fx_gov_waits), fx_gov_backoff_ns * 1e-9,
+            max(0.0, fx_gov_serial_until_ns * 1e-9 - fx_wtime()))
+
+
+def governor_reset():
+    """Forget what the governor has seen (for tests)."""
+    fx_gov_reset()
+
+
+def governor_report(double started_ago, busy):
+    """Report a region that started ``started_ago`` seconds ago and whose chunks
+    worked ``busy`` seconds each, as the kernels do (for tests)."""
+    cdef double b[FX_TEAM_MAX]
+    cdef Py_ssize_t k, T = min(len(busy), FX_TEAM_MAX)
+    for k in range(T):
+        b[k] = busy[k]
+    fx_gov_report(fx_wtime() - started_ago, b, T)
 
 
 def forked_child():

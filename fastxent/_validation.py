@@ -193,12 +193,14 @@ _MAX_THREADS = max(8, 4 * (os.cpu_count() or 1))
 def resolve_threads(num_threads: Any, size: int | None = None) -> int:
     """``None`` -> ``omp_get_max_threads()`` now (so OMP_NUM_THREADS and
     threadpoolctl limits are honoured), or 1 when ``size`` (the number of
-    logits) is below the kernels' serial threshold anyway; otherwise an
-    integer >= 1, capped at ``max(8, 4 * os.cpu_count())``."""
+    logits) is below the kernels' serial threshold anyway, or while the
+    kernels find their threads kept waiting by another parallel program
+    (``_kernels.default_threads``); otherwise an integer >= 1, capped at
+    ``max(8, 4 * os.cpu_count())``."""
     if num_threads is None:
         if size is not None and size < _kernels.SERIAL_BELOW:
             return 1
-        return max(1, int(_kernels.max_threads()))
+        return max(1, int(_kernels.default_threads()))
     if isinstance(num_threads, (bool, np.bool_)):
         raise TypeError(f"num_threads must be None or an integer >= 1; got {num_threads!r}.")
     try:

@@ -318,8 +318,10 @@ def test_float32_gap_beyond_range(m, target):
         opts = dict(label_smoothing=0.1)
     loss32 = fastxent.cross_entropy(z, t, reduction="none", **opts)
     loss64 = fastxent.cross_entropy(
-        z.astype(np.float64), t if target != "probs" else t.astype(np.float64),
-        reduction="none", **opts,
+        z.astype(np.float64),
+        t if target != "probs" else t.astype(np.float64),
+        reduction="none",
+        **opts,
     )
     assert np.isfinite(loss64).all() and loss64.max() > 1e34
     np.testing.assert_allclose(loss32, loss64, rtol=1e-6)
