@@ -20,9 +20,9 @@ Design
   computes one exp per element.
 * Few classes (class indices, no soft-cap; m <= 100 for float32, m <= 47
   for float64, where it beats the row kernel) take a tile kernel instead
-  (``fx_small_labels``): 64 rows at a time, transposed (in 8 x 8 or 4 x 4
+  (``fx_tile_kernel``): 64 rows at a time, transposed (in 8 x 8 or 4 x 4
   register blocks) so that every step vectorises across rows rather than
-  along a short row.  Two classes have their own (``fx_binary_labels``: one
+  along a short row.  Two classes have their own (``fx_two_class_kernel``: one
   exp and one log1p a row on the interleaved logits).
 * ``_loss_rows`` runs the right one of those on any block of rows with its
   own output pointers; every loss job goes through it: whole arrays, the
@@ -72,6 +72,26 @@ from libc.stdint cimport int32_t, int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
+cdef extern from "_options.h" nogil:
+    ctypedef struct fx_options:
+        double label_smoothing
+        double z_loss
+        double softcap
+        double grad_denom
+        double label_mass
+        double uniform_mass
+        double unit_scale
+    ctypedef struct fx_row:
+        double loss
+        double softmax_weight
+        double lse
+    fx_options fx_options_for(double label_smoothing, double z_loss, double softcap,
+                              double grad_denom, Py_ssize_t m)
+    double fx_label_mass(const fx_options *o, double w_label)
+    double fx_grad_scale(const fx_options *o, double s)
+    fx_row fx_finish_row(const fx_options *o, double s, double b, double mx, double log_s,
+                         double Q, double dot)
+
 cdef extern from "_governor.h" nogil:
     enum:
         FX_TEAM_MAX
@@ -114,15 +134,13 @@ cdef extern from "_rowops.h" nogil:
     void fx_tanh_array_f(const float *x, Py_ssize_t n, float *out)
     void fx_tanh_array_d(const double *x, Py_ssize_t n, double *out)
     int fx_masked_without_mass_f(const float *z, Py_ssize_t m, Py_ssize_t label,
-                                 const float *y, const float *w, double smoothing)
+                                 const float *y, const float *w, const fx_options *o)
     int fx_masked_without_mass_d(const double *z, Py_ssize_t m, Py_ssize_t label,
-                                 const double *y, const double *w, double smoothing)
+                                 const double *y, const double *w, const fx_options *o)
     double fx_softmax_coef_f(double b, Py_ssize_t m, Py_ssize_t label, const float *y,
-                             const float *w, double smoothing, double zloss, double lse,
-                             double S)
+                             const float *w, const fx_options *o, double lse, double S)
     double fx_softmax_coef_d(double b, Py_ssize_t m, Py_ssize_t label, const double *y,
-                             const double *w, double smoothing, double zloss, double lse,
-                             double S)
+                             const double *w, const fx_options *o, double lse, double S)
     void fx_half_to_float(const uint16_t *src, Py_ssize_t n, float *dst, int bf16)
     void fx_float_to_half(const float *src, Py_ssize_t n, uint16_t *dst, int bf16)
     const char *fx_simd_dispatch()
@@ -136,26 +154,22 @@ cdef extern from "_rowops.h" nogil:
     enum:
         FX_TILE_ROWS
         FX_SMALL_M_MAX
-    int fx_small_labels_f(const float *z, Py_ssize_t R, Py_ssize_t m,
-                          const void *labels, int labels_64bit,
-                          long long ignore_index, const float *w,
-                          const double *sw, double smoothing, double zloss,
-                          double grad_denom, double *loss_out, float *g,
-                          float *h)
-    int fx_binary_labels_f(const float *z, Py_ssize_t R, const void *labels,
-                           int labels_64bit, long long ignore_index, const float *w,
-                           const double *sw, double smoothing, double zloss,
-                           double grad_denom, double *loss_out, float *g, float *h)
-    int fx_binary_labels_d(const double *z, Py_ssize_t R, const void *labels,
-                           int labels_64bit, long long ignore_index, const double *w,
-                           const double *sw, double smoothing, double zloss,
-                           double grad_denom, double *loss_out, double *g, double *h)
-    int fx_small_labels_d(const double *z, Py_ssize_t R, Py_ssize_t m,
-                          const void *labels, int labels_64bit,
-                          long long ignore_index, const double *w,
-                          const double *sw, double smoothing, double zloss,
-                          double grad_denom, double *loss_out, double *g,
-                          double *h)
+    int fx_tile_kernel_f(const float *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
+                         int labels_64bit, long long ignore_index, const float *w,
+                         const double *sw, const fx_options *o, double *loss_out, float *g,
+                         float *h)
+    int fx_tile_kernel_d(const double *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
+                         int labels_64bit, long long ignore_index, const double *w,
+                         const double *sw, const fx_options *o, double *loss_out, double *g,
+                         double *h)
+    int fx_two_class_kernel_f(const float *z, Py_ssize_t R, const void *labels,
+                              int labels_64bit, long long ignore_index, const float *w,
+                              const double *sw, const fx_options *o, double *loss_out,
+                              float *g, float *h)
+    int fx_two_class_kernel_d(const double *z, Py_ssize_t R, const void *labels,
+                              int labels_64bit, long long ignore_index, const double *w,
+                              const double *sw, const fx_options *o, double *loss_out,
+                              double *g, double *h)
 
 # Builds without OpenMP (e.g. Apple clang without libomp) still compile:
 # prange then runs serially, and this shim answers "one thread".
@@ -237,15 +251,6 @@ cdef int _raise_failed(int failed) except -1:
     return 0
 
 
-cdef struct LossOptions:
-    double smoothing    # label smoothing epsilon
-    double beta         # smoothing / m, the uniform part of the target mass
-    double unit_b       # 1 / grad_denom: the gradient scale of a weight-1 row
-    double zloss        # coefficient of lse**2
-    double softcap      # c of c*tanh(z/c); 0 when off
-    double grad_denom   # the "mean" denominator (may be 0 or negative), else 1
-
-
 # ---- typed front ends of the C primitives (float or double) ----
 
 cdef inline floating row_max(const floating *z, Py_ssize_t m) noexcept nogil:
@@ -286,20 +291,20 @@ cdef inline void row_grad_pass(floating *g, Py_ssize_t m, floating a,
 
 cdef inline bint row_masked_without_mass(const floating *z, Py_ssize_t m,
                                          Py_ssize_t label, const floating *y,
-                                         const floating *w, double smoothing) noexcept nogil:
+                                         const floating *w, const fx_options *o) noexcept nogil:
     if floating is float:
-        return fx_masked_without_mass_f(z, m, label, y, w, smoothing)
+        return fx_masked_without_mass_f(z, m, label, y, w, o)
     else:
-        return fx_masked_without_mass_d(z, m, label, y, w, smoothing)
+        return fx_masked_without_mass_d(z, m, label, y, w, o)
 
 
 cdef inline double row_softmax_coef(double b, Py_ssize_t m, Py_ssize_t label,
                                     const floating *y, const floating *w,
-                                    const LossOptions *opt, double lse, double S) noexcept nogil:
+                                    const fx_options *opt, double lse, double S) noexcept nogil:
     if floating is float:
-        return fx_softmax_coef_f(b, m, label, y, w, opt.smoothing, opt.zloss, lse, S)
+        return fx_softmax_coef_f(b, m, label, y, w, opt, lse, S)
     else:
-        return fx_softmax_coef_d(b, m, label, y, w, opt.smoothing, opt.zloss, lse, S)
+        return fx_softmax_coef_d(b, m, label, y, w, opt, lse, S)
 
 
 cdef inline void row_sub2(const floating *z, Py_ssize_t m, floating s1,
@@ -325,50 +330,55 @@ cdef inline void row_hess_pass(const floating *e, Py_ssize_t m, floating inv_s,
         fx_hess_pass_d(e, m, inv_s, c, h)
 
 
-cdef inline int small_labels_block(
+cdef inline int tile_block(
     const floating *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
     bint labels_64bit, int64_t ignore_index, const floating *w,
-    const double *sw, const LossOptions *opt, double *loss_out, floating *g,
-    floating *h,
+    const double *sw, const fx_options *opt, double *loss_out, floating *g,
+    floating *h, int kernel,
 ) noexcept nogil:
-    """The few-class kernels on one block; returns how many of its labels
-    were out of range when read (a data race; see fx_small_labels)."""
-    if m == 2:  # one exp and one log1p a row
+    """The tile or the two-class kernel (``kernel``) on one block; returns how
+    many of its labels were out of range when read (a data race; see
+    fx_tile_kernel)."""
+    if kernel == KERNEL_TWO_CLASS:  # one exp and one log1p a row
         if floating is float:
-            return fx_binary_labels_f(z, R, labels, labels_64bit, ignore_index, w, sw,
-                                      opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+            return fx_two_class_kernel_f(z, R, labels, labels_64bit, ignore_index, w, sw, opt,
+                                         loss_out, g, h)
         else:
-            return fx_binary_labels_d(z, R, labels, labels_64bit, ignore_index, w, sw,
-                                      opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+            return fx_two_class_kernel_d(z, R, labels, labels_64bit, ignore_index, w, sw, opt,
+                                         loss_out, g, h)
     elif floating is float:
-        return fx_small_labels_f(z, R, m, labels, labels_64bit, ignore_index, w, sw,
-                                 opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+        return fx_tile_kernel_f(z, R, m, labels, labels_64bit, ignore_index, w, sw, opt,
+                                loss_out, g, h)
     else:
-        return fx_small_labels_d(z, R, m, labels, labels_64bit, ignore_index, w, sw,
-                                 opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+        return fx_tile_kernel_d(z, R, m, labels, labels_64bit, ignore_index, w, sw, opt,
+                                loss_out, g, h)
 
 
 # ---- the row kernels ----
 
-cdef double cross_entropy_row(
+cdef double row_kernel(
     const floating *z, Py_ssize_t m, Py_ssize_t label, const floating *y,
-    const floating *w, double s, const LossOptions *opt, floating *g,
+    const floating *w, double s, const fx_options *opt, floating *g,
     floating *h, floating *scratch,
 ) noexcept nogil:
-    """Loss of one row, and its gradient into ``g`` unless ``g`` is NULL.
+    """The row kernel: loss of one row, and its gradient into ``g`` unless
+    ``g`` is NULL.
 
     ``label >= 0`` selects class-index targets, otherwise ``y`` points at
     the row of class probabilities.  ``w`` (class weights) may be NULL.
     ``scratch`` holds ``m`` elements and is used only with a soft-cap; it
     keeps the capped logits so that ``g`` may alias ``z`` (in place).
     ``h`` (NULL, or with ``g``; no z-loss or soft-cap) receives the diagonal
-    of the Hessian, ``b Q P (1 - P)``.
+    of the Hessian, ``b Q P (1 - P)``.  The options' arithmetic is
+    ``_options.h``'s; this function only reduces the row.
     """
     cdef const floating *zc = z
     cdef floating mx, inv_c = 0
-    cdef floating beta = <floating>opt.beta
-    cdef double S, log_s, lse, Q, dot, loss, a, b
+    cdef floating uniform = <floating>opt.uniform_mass
+    cdef bint smoothing = opt.label_smoothing > 0
+    cdef double S, Q, dot, a, b
     cdef double c_main = 0, cap_y = 1
+    cdef fx_row row
     if opt.softcap > 0:
         mx = row_softcap_max(z, m, <floating>opt.softcap, scratch)
         zc = scratch
@@ -378,7 +388,7 @@ cdef double cross_entropy_row(
         # A fully masked row without target mass (padding, say) contributes
         # nothing, where the arithmetic would give -inf - -inf = NaN.  (The
         # soft-cap maps -inf to -c, so capped rows never get here.)
-        if mx == -INFINITY and row_masked_without_mass(z, m, label, y, w, opt.smoothing):
+        if mx == -INFINITY and row_masked_without_mass(z, m, label, y, w, opt):
             if g != NULL:
                 memset(g, 0, m * sizeof(floating))
             if h != NULL:
@@ -392,52 +402,43 @@ cdef double cross_entropy_row(
     tdot[0] = 0
     tdot[1] = 0
     if label >= 0:
-        c_main = (1.0 - opt.smoothing) * (w[label] if w != NULL else 1.0)
+        c_main = fx_label_mass(opt, w[label] if w != NULL else 1.0)
         # Skipping zero-mass terms keeps a masked (-inf) class out.
         dot = c_main * (<double>zc[label] - <double>mx) if c_main != 0 else 0.0
         if opt.softcap > 0:
             cap_y = 1.0 - (<double>zc[label] * inv_c) ** 2
-        S = row_expsum(zc, m, mx, g, w, <const floating *>NULL, 0, beta,
-                       tdot if opt.smoothing > 0 else NULL)
+        S = row_expsum(zc, m, mx, g, w, <const floating *>NULL, 0, uniform,
+                       tdot if smoothing else NULL)
         Q = c_main + tdot[1]
         dot += tdot[0]
     else:
-        S = row_expsum(zc, m, mx, g, w, y, <floating>(1.0 - opt.smoothing),
-                       beta, tdot)
+        S = row_expsum(zc, m, mx, g, w, y, <floating>opt.label_mass, uniform, tdot)
         Q = tdot[1]
         dot = tdot[0]
 
-    log_s = log(S)
-    lse = mx + log_s
-    loss = Q * log_s - dot
-    if opt.zloss != 0:
-        loss += opt.zloss * lse * lse
+    b = fx_grad_scale(opt, s)
+    row = fx_finish_row(opt, s, b, mx, log(S), Q, dot)
     if g != NULL:
-        # Dividing (rather than multiplying by 1/denominator) stays finite
-        # for a subnormal total weight; rows of weight 1 take the quotient
-        # computed once per call (a division costs a row of 100 classes
-        # several percent).
-        b = s / opt.grad_denom if s != 1.0 else opt.unit_b
         if b - b == 0:
-            a = b * (Q + 2.0 * opt.zloss * lse) / S
+            a = row.softmax_weight / S
         else:  # b is +-inf or NaN (a zero "mean" denominator): PyTorch's pattern
-            a = row_softmax_coef(b, m, label, y, w, opt, lse, S)
+            a = row_softmax_coef(b, m, label, y, w, opt, row.lse, S)
         if h != NULL:  # from exp(z - max), which g holds until the pass below
             row_hess_pass(g, m, <floating>(1.0 / S), <floating>(b * Q), h)
         if label >= 0:
             # Without smoothing the class weights only enter through c_main.
             row_grad_pass(g, m, <floating>a, <floating>b,
-                          w if opt.smoothing > 0 else <const floating *>NULL,
-                          <const floating *>NULL, 0, beta,
+                          w if smoothing else <const floating *>NULL,
+                          <const floating *>NULL, 0, uniform,
                           zc if opt.softcap > 0 else <const floating *>NULL,
                           inv_c)
             g[label] -= <floating>(b * c_main * cap_y)
         else:
             row_grad_pass(g, m, <floating>a, <floating>b, w, y,
-                          <floating>(1.0 - opt.smoothing), beta,
+                          <floating>opt.label_mass, uniform,
                           zc if opt.softcap > 0 else <const floating *>NULL,
                           inv_c)
-    return s * loss
+    return row.loss
 
 
 cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
@@ -472,16 +473,36 @@ cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
 # with a false ``if`` clause still sets up a team in libgomp, which costs a
 # small call more than its arithmetic.
 
-cdef inline Py_ssize_t _tile_max_m(floating kind) noexcept nogil:
-    """The largest m the tile kernel takes for this dtype: where it beats the
-    row kernel (measured, 1 thread: float32 up to m = 100 at 0.94x the row
-    kernel on an AVX-512 Xeon; float64 at m = 41-44 0.78x on that Xeon and
-    0.83-0.97x on AVX2, but 1.04x at m = 48, where the row kernel has no
-    tail, and 1.07-1.12x beyond m ~ 52 on AVX2)."""
-    if floating is float:
-        return TILE_MAX_M_FLOAT
-    else:
-        return TILE_MAX_M_DOUBLE
+cdef enum:
+    # The loss kernels (choose_kernel); KERNEL_AUTO lets it choose.
+    KERNEL_AUTO = 0
+    KERNEL_ROW = 1
+    KERNEL_TILE = 2
+    KERNEL_TWO_CLASS = 3
+
+# Tests force a kernel with force_kernel() to run every option through every
+# kernel that takes the case; KERNEL_AUTO otherwise.
+cdef int forced_kernel = KERNEL_AUTO
+
+
+cdef inline int choose_kernel(bint labels, Py_ssize_t m, const fx_options *opt,
+                              bint is_float) noexcept nogil:
+    """The one place that picks the loss kernel of a job.  The tile kernel
+    (and, for two classes, the two-class kernel) takes class indices
+    without a soft-cap up to TILE_MAX_M_FLOAT / TILE_MAX_M_DOUBLE classes,
+    where it beats the row kernel (benchmarks/bench_few_classes.py); the row
+    kernel takes everything.  A forced kernel that cannot take the case
+    leaves the choice to these rules."""
+    cdef bint tile_ok = labels and opt.softcap == 0 and m <= FX_SMALL_M_MAX
+    if forced_kernel == KERNEL_ROW:
+        return KERNEL_ROW
+    if forced_kernel == KERNEL_TILE and tile_ok:
+        return KERNEL_TILE
+    if forced_kernel == KERNEL_TWO_CLASS and tile_ok and m == 2:
+        return KERNEL_TWO_CLASS
+    if not tile_ok or m > (TILE_MAX_M_FLOAT if is_float else TILE_MAX_M_DOUBLE):
+        return KERNEL_ROW
+    return KERNEL_TWO_CLASS if m == 2 else KERNEL_TILE
 
 
 cdef inline bint _use_threads(Py_ssize_t n, Py_ssize_t m, int num_threads) noexcept nogil:
@@ -585,33 +606,34 @@ cdef double _pairwise_sum(const double *x, Py_ssize_t n, int num_threads) noexce
     return part[0]
 
 
-cdef inline int _small_block(
+cdef inline int _tile_kernel_block(
     Py_ssize_t blk, const floating *z, Py_ssize_t n, Py_ssize_t m,
     const label_t *labels, const floating *w, const double *sw,
-    const LossOptions *opt, double *loss_out, floating *grad, floating *hess,
-    int64_t ignore_index, double *block_sums,
+    const fx_options *opt, double *loss_out, floating *grad, floating *hess,
+    int64_t ignore_index, double *block_sums, int kernel,
 ) noexcept nogil:
     cdef Py_ssize_t r0 = blk * FX_TILE_ROWS
     cdef Py_ssize_t R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
     cdef double block_loss[FX_TILE_ROWS]
     cdef double *rows_out = &block_loss[0] if block_sums != NULL else loss_out + r0
-    cdef int raced = small_labels_block(
+    cdef int raced = tile_block(
         z + r0 * m, R, m, labels + r0, label_t is int64_t, ignore_index, w,
         sw + r0 if sw != NULL else NULL, opt, rows_out,
         grad + r0 * m if grad != NULL else NULL,
-        hess + r0 * m if hess != NULL else NULL)
+        hess + r0 * m if hess != NULL else NULL, kernel)
     if block_sums != NULL:
         block_sums[blk] = fx_pairwise_sum(block_loss, R)
     return raced
 
 
-cdef int _small_labels(
+cdef int _run_tile_kernel(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
-    const floating *w, const double *sw, const LossOptions *opt,
+    const floating *w, const double *sw, const fx_options *opt,
     double *loss_out, floating *grad, floating *hess, int64_t ignore_index,
-    int num_threads, double *block_sums=NULL,
+    int num_threads, int kernel, double *block_sums=NULL,
 ) noexcept nogil:
-    """Few classes: blocks of FX_TILE_ROWS rows, vectorised across rows.
+    """The tile (or two-class) kernel over the rows: blocks of FX_TILE_ROWS
+    rows, vectorised across rows.
     With ``block_sums``, the sum of each block's losses goes there (blocks
     in row order) instead of per-row losses to ``loss_out``.  Returns
     LABEL_RACED if a label was out of range when read."""
@@ -622,8 +644,8 @@ cdef int _small_labels(
     cdef double t0, tc
     if not _use_threads(n, m, num_threads):
         for blk in range(nblocks):
-            raced += _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                                  ignore_index, block_sums)
+            raced += _tile_kernel_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
+                                        hess, ignore_index, block_sums, kernel)
     else:
         # one chunk of blocks per thread, timed (see _governor.h)
         t0 = fx_wtime()
@@ -631,26 +653,11 @@ cdef int _small_labels(
             tc = fx_wtime()
             fx_span(c, num_threads, nblocks, &lo, &hi)
             for blk in range(lo, hi):
-                raced += _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                                      ignore_index, block_sums)
+                raced += _tile_kernel_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
+                                            hess, ignore_index, block_sums, kernel)
             busy_p[c] = fx_wtime() - tc
         fx_gov_report(t0, busy, num_threads)
     return LABEL_RACED if raced else 0
-
-
-cdef LossOptions _options(double smoothing, double zloss, double softcap,
-                          double grad_denom, Py_ssize_t m) noexcept nogil:
-    cdef LossOptions opt
-    opt.smoothing = smoothing
-    opt.beta = smoothing / m
-    opt.zloss = zloss
-    opt.softcap = softcap
-    # IEEE division throughout, as PyTorch: a zero denominator (weights that
-    # cancel, or all zero) gives inf/NaN gradients; ignored rows are zeroed
-    # explicitly, so "everything ignored" still has a zero gradient.
-    opt.grad_denom = grad_denom
-    opt.unit_b = 1.0 / opt.grad_denom
-    return opt
 
 
 cdef inline void _nan_row(floating *row, Py_ssize_t m) noexcept nogil:
@@ -663,7 +670,7 @@ cdef inline void _nan_row(floating *row, Py_ssize_t m) noexcept nogil:
 cdef inline double _one_row(
     Py_ssize_t i, const floating *z, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
-    const double *sw, const LossOptions *opt, floating *grad, floating *hess,
+    const double *sw, const fx_options *opt, floating *grad, floating *hess,
     floating *scratch, int *raced,
 ) noexcept nogil:
     """Row ``i`` of the general path: its loss, and its gradient row."""
@@ -691,17 +698,17 @@ cdef inline double _one_row(
         label = <Py_ssize_t>lab
     else:
         y = target + i * m
-    return cross_entropy_row(z + i * m, m, label, y, w,
+    return row_kernel(z + i * m, m, label, y, w,
                              sw[i] if sw != NULL else 1.0, opt, g, h, scratch)
 
 
-cdef int _rows(
+cdef int _run_row_kernel(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
-    const double *sw, const LossOptions *opt, double *loss_out,
+    const double *sw, const fx_options *opt, double *loss_out,
     floating *grad, floating *hess, int num_threads, floating *own_scratch,
 ) noexcept nogil:
-    """The general path: cross_entropy_row over the rows, for class indices
+    """The row kernel over the rows, for class indices
     (``labels``) or probabilities (``target``, ``labels`` NULL).  A serial
     call uses ``own_scratch`` (m elements) for a soft-cap if given.  Returns
     OUT_OF_MEMORY if a thread could not allocate its soft-cap scratch row,
@@ -750,7 +757,7 @@ cdef int _rows(
 cdef int _loss_rows(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
-    const double *sw, const LossOptions *opt, double *loss_out,
+    const double *sw, const fx_options *opt, double *loss_out,
     floating *grad, floating *hess, int num_threads,
     floating *scratch=NULL, double *total=NULL,
 ) noexcept nogil:
@@ -769,7 +776,8 @@ cdef int _loss_rows(
     total is not computed) and LABEL_RACED, or 0."""
     cdef Py_ssize_t nsums = n
     cdef double *sums = loss_out
-    cdef bint small = labels != NULL and m <= _tile_max_m(<floating>0) and opt.softcap == 0
+    cdef int kernel = choose_kernel(labels != NULL, m, opt, floating is float)
+    cdef bint small = kernel != KERNEL_ROW
     cdef int failed
     if loss_out == NULL:
         if small:
@@ -778,11 +786,12 @@ cdef int _loss_rows(
         if sums == NULL:
             return OUT_OF_MEMORY
     if small:
-        failed = _small_labels(z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                               ignore_index, num_threads, sums if loss_out == NULL else NULL)
+        failed = _run_tile_kernel(z, n, m, labels, w, sw, opt, loss_out, grad, hess,
+                                  ignore_index, num_threads, kernel,
+                                  sums if loss_out == NULL else NULL)
     else:
-        failed = _rows(z, n, m, labels, ignore_index, target, w, sw, opt, sums,
-                       grad, hess, num_threads, scratch)
+        failed = _run_row_kernel(z, n, m, labels, ignore_index, target, w, sw, opt, sums,
+                                 grad, hess, num_threads, scratch)
     if total != NULL and not (failed & OUT_OF_MEMORY):
         total[0] = _pairwise_sum(sums, nsums, num_threads)
     if loss_out == NULL:
@@ -884,7 +893,7 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
     cdef double *rows = a.loss
     cdef double denom = 0, total = 0
     cdef int failed = 0
-    cdef LossOptions opt
+    cdef fx_options opt
     if n == 0:
         return -1, 0.0, 0.0
     with nogil:
@@ -896,7 +905,7 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
             denom = <double>n
         if bad < 0:
             # NaN: divide the gradient by this call's own "mean" denominator.
-            opt = _options(smoothing, zloss, softcap,
+            opt = fx_options_for(smoothing, zloss, softcap,
                            denom if grad_denom != grad_denom else grad_denom, m)
             if floating is float and a.half:
                 # Reduced losses: the per-row values go to a buffer of our own.
@@ -1090,7 +1099,7 @@ cdef inline Py_ssize_t _half_block_rows(Py_ssize_t m, bint tile) noexcept nogil:
 cdef int _half_loss_block(
     Py_ssize_t blk, Py_ssize_t B, float *buf, const uint16_t *z, bint bf16, Py_ssize_t n,
     Py_ssize_t m, const label_t *labels, int64_t ignore_index, const float *target,
-    const uint16_t *target_half, const float *w, const double *sw, const LossOptions *opt,
+    const uint16_t *target_half, const float *w, const double *sw, const fx_options *opt,
     double *loss_out, uint16_t *grad, uint16_t *hess,
 ) noexcept nogil:
     """Block ``blk`` of B rows: widen, run the float32 kernels in ``buf``
@@ -1122,14 +1131,14 @@ cdef int _half_loss_block(
 cdef int _half_loss_rows(
     const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const float *target, const uint16_t *target_half,
-    const float *w, const double *sw, const LossOptions *opt, double *loss_out,
+    const float *w, const double *sw, const fx_options *opt, double *loss_out,
     uint16_t *grad, uint16_t *hess, int num_threads,
 ) noexcept nogil:
     """_loss_rows for half-precision logits (and outputs; probabilities in
     float32 ``target`` or in the logits' format ``target_half``).  Returns
     _loss_rows' codes (OUT_OF_MEMORY also when a thread could not allocate
     its buffers)."""
-    cdef bint tile = labels != NULL and m <= TILE_MAX_M_FLOAT and opt.softcap == 0
+    cdef bint tile = choose_kernel(labels != NULL, m, opt, True) != KERNEL_ROW
     cdef Py_ssize_t B = _half_block_rows(m, tile)
     cdef Py_ssize_t nb = (n + B - 1) // B, blk, c, lo, hi
     cdef Py_ssize_t size = B * m * (1 + (hess != NULL) + (target_half != NULL)) + m
@@ -1297,7 +1306,7 @@ cdef int _linear_chunks(
     Py_ssize_t ldw, const floating *bias, Py_ssize_t n, Py_ssize_t d,
     Py_ssize_t V, const label_t *labels, int64_t ignore_index,
     const floating *target, const floating *w, const double *sw,
-    const LossOptions *opt, double *loss_out, floating *buf, Py_ssize_t r,
+    const fx_options *opt, double *loss_out, floating *buf, Py_ssize_t r,
     floating *grad_x, floating *grad_W, double *grad_b, int num_threads,
 ) noexcept nogil:
     """The chunk loop (gradients when ``grad_W`` is not NULL; ``grad_x`` and
@@ -1389,7 +1398,7 @@ def linear_cross_entropy_chunks(
     cdef void *fn
     cdef int failed = 0
     cdef double total = 0
-    cdef LossOptions opt
+    cdef fx_options opt
     if cnp.PyArray_NDIM(<cnp.ndarray>x) != 2 or not cnp.PyArray_Check(W) \
             or cnp.PyArray_NDIM(<cnp.ndarray>W) != 2 or not cnp.PyArray_Check(buf) \
             or cnp.PyArray_NDIM(<cnp.ndarray>buf) != 2:
@@ -1426,7 +1435,7 @@ def linear_cross_entropy_chunks(
     fn = PyCapsule_GetPointer(gemm, PyCapsule_GetName(gemm))
     if n == 0:
         return 0.0
-    opt = _options(smoothing, zloss, softcap, grad_denom, V)
+    opt = fx_options_for(smoothing, zloss, softcap, grad_denom, V)
     with nogil:
         if ft == cnp.NPY_FLOAT:
             if lt == cnp.NPY_INT32:
@@ -1507,7 +1516,7 @@ def softmax_rows(object z, object out, bint take_log, object lse_out, int num_th
 
 cdef double _unchecked_rows(const floating *z, const int64_t *labels, const Arrays *a,
                             int64_t ignore_index, int num_threads) except? -1:
-    cdef LossOptions opt = _options(0.0, 0.0, 0.0, 1.0, a.m)
+    cdef fx_options opt = fx_options_for(0.0, 0.0, 0.0, 1.0, a.m)
     cdef double total = 0
     cdef int failed
     with nogil:
@@ -1586,6 +1595,31 @@ def openmp_enabled():
 def max_threads():
     """``omp_get_max_threads()`` now (1 without OpenMP, and in a forked child)."""
     return 1 if fx_forked else omp_get_max_threads()
+
+
+_KERNEL_NAMES = {"auto": KERNEL_AUTO, "row": KERNEL_ROW, "tile": KERNEL_TILE,
+                 "two_class": KERNEL_TWO_CLASS}
+
+
+def force_kernel(str name):
+    """Make every loss job that the kernel ``name`` ("row", "tile",
+    "two_class") can take run on it; "auto" restores the normal choice.
+    Process-wide, for tests.  Returns the previous setting's name."""
+    global forced_kernel
+    if name not in _KERNEL_NAMES:
+        raise ValueError(f"fastxent._kernels: kernel must be one of {sorted(_KERNEL_NAMES)}")
+    previous = [k for k, v in _KERNEL_NAMES.items() if v == forced_kernel][0]
+    forced_kernel = _KERNEL_NAMES[name]
+    return previous
+
+
+def kernel_for(bint labels, Py_ssize_t m, double softcap, str dtype):
+    """The kernel a loss job of ``m`` classes would run on now ("row", "tile"
+    or "two_class"): class indices if ``labels``, ``dtype`` "float32" (also
+    half precision) or "float64"."""
+    cdef fx_options opt = fx_options_for(0.0, 0.0, softcap, 1.0, m)
+    cdef int k = choose_kernel(labels, m, &opt, dtype != "float64")
+    return [n for n, v in _KERNEL_NAMES.items() if v == k][0]
 
 
 def default_threads():
