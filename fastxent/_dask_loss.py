@@ -270,7 +270,10 @@ def loss_graph(
         dtype=dtype,
         meta=np.empty((0,) * (nb + 1), dtype=dtype),
     )
-    grad = g.pick(res, idx, 0, idx, dtype) if want_grad else None
+    # The gradient blocks come in the logits' dtype when it is float16 or
+    # bfloat16 (computed in float32), as in memory.
+    io = z.dtype if v.half_kind(z.dtype) else dtype
+    grad = g.pick(res, idx, 0, idx, io) if want_grad else None
     return _loss_output(res, idx, nb, reduction, r, denom, 1), grad
 
 
@@ -353,8 +356,11 @@ def linear_graph(
         bd, b_shape, b_dtype = _small_operand(linear_bias, "linear_bias", stacklevel + 1)
     nb = xd.ndim - 1
     # _linear_run's own checks of dtypes and shapes, on stand-ins of the same
-    # dtypes and shapes (with no rows; np.empty touches no memory).
-    _check_inputs(
+    # dtypes and shapes (with no rows; np.empty touches no memory); and its
+    # dtypes: the compute dtype (float32 for float16/bfloat16 x, as BLAS has
+    # no 16-bit GEMM), which the loss and its reduction over blocks keep,
+    # and x's own, which the gradients come back in.
+    *_, dtype, io = _check_inputs(
         np.empty((0,) * nb + xd.shape[-1:], xd.dtype),
         np.empty(W_shape, W_dtype),
         None if bd is None else np.empty(b_shape, b_dtype),
@@ -364,7 +370,6 @@ def linear_graph(
 
         _chunk_size(chunk_size, 1, 1, 1, 1)
     V, d = W_shape
-    dtype = np.dtype(xd.dtype)
     xd = g.whole_axis(xd, nb, "x", "feature", stacklevel + 1)
     options = _options(weight, ignore_index, label_smoothing, z_loss, softcap)
     r = _targets(xd, "x", target, sample_weight, V, dtype, options, stacklevel + 1)
@@ -392,7 +397,7 @@ def linear_graph(
     loss = _loss_output(res, idx, nb, reduction, r, denom, 3)
     if not want_grad:
         return loss, None, None, None
-    gx = g.pick(res, idx, 0, idx, dtype)
-    gW = g.tree_sum(res, idx, nb, 1, "vf", (V, d)).astype(dtype)
-    gb = None if bd is None else g.tree_sum(res, idx, nb, 2, "v", (V,)).astype(dtype)
+    gx = g.pick(res, idx, 0, idx, io)
+    gW = g.tree_sum(res, idx, nb, 1, "vf", (V, d)).astype(io)
+    gb = None if bd is None else g.tree_sum(res, idx, nb, 2, "v", (V,)).astype(io)
     return loss, gx, gW, gb

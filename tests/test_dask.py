@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import make_labels, make_logits, make_probs, snapshot
+from helpers import half_dtypes, make_labels, make_logits, make_probs, snapshot
 
 import fastxent
 
@@ -180,6 +180,40 @@ def test_linear_weight_as_a_split_dask_array_is_rechunked(rng):
     got = dask.compute(*lazy[:3], scheduler="sync")
     for g_, w_ in zip(got, fastxent.linear_cross_entropy_with_grad(x, W, y)[:3], strict=True):
         assert_matches(g_, w_)
+
+
+@pytest.mark.parametrize("half", half_dtypes())
+def test_linear_half_precision_is_computed_in_float32_as_in_memory(rng, half):
+    """float16/bfloat16 x: the blocks compute in float32, and so does the
+    reduction over blocks (a float16 "sum" of 20 000 losses of ~5 overflows
+    float16), with class weights checked in float32; the gradients come
+    back in x's dtype, as in memory."""
+    n, d, V = 20_000, 8, 50
+    x = (rng.standard_normal((n, d)) * 2).astype(half)
+    W = rng.standard_normal((V, d)).astype(half)
+    y = make_labels(rng, (n,), V)
+    xd = chunked(x, 5000)
+    for kw in (dict(reduction="sum"), dict(weight=np.full(V, 1e5)), dict(reduction="none")):
+        lazy = fd.linear_cross_entropy_with_grad(xd, W, y, **kw)
+        got = dask.compute(*lazy[:3], scheduler="sync")
+        want = fastxent.linear_cross_entropy_with_grad(x, W, y, **kw)
+        assert lazy[0].dtype == np.float32 and np.isfinite(got[0]).all()
+        for lazy_, g_, w_ in zip(lazy[:3], got, want[:3], strict=True):
+            assert lazy_.dtype == g_.dtype == w_.dtype
+            # relative to the largest entry: a 16-bit rounding of a sum over
+            # blocks (float64) or over chunks (float32) differs by an ulp
+            assert rel_err(g_, w_) <= (2e-6 if w_.dtype == np.float32 else 2**-7)
+
+
+@pytest.mark.parametrize("half", half_dtypes())
+def test_half_precision_gradient_is_declared_in_its_dtype(rng, half):
+    """The lazy gradient's dtype is the one its blocks have (the logits'
+    float16/bfloat16), the loss's the compute dtype float32."""
+    z = make_logits(rng, (40, 7)).astype(half)
+    loss, grad = fd.cross_entropy_with_grad(chunked(z, 15), make_labels(rng, (40,), 7))
+    assert (loss.dtype, grad.dtype) == (np.float32, half)
+    got = dask.compute(loss, grad, scheduler="sync")
+    assert (got[0].dtype, got[1].dtype) == (np.float32, half)
 
 
 # ------------------------------------------------------------ scheduler independence
