@@ -180,9 +180,12 @@ def _non_integer_labels_message(target: object, t: NDArray[Any]) -> str:
 
 
 def check_reduction(reduction: object) -> Literal["mean", "sum", "none"]:
-    if type(reduction) is not str or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of 'mean', 'sum' or 'none'; got {reduction!r}.")
-    return reduction
+    # Any str (np.str_ too, as from an array of names), returned as a plain str.
+    if isinstance(reduction, str):
+        for r in REDUCTIONS:
+            if reduction == r:
+                return r
+    raise ValueError(f"reduction must be one of 'mean', 'sum' or 'none'; got {reduction!r}.")
 
 
 # More threads than this only oversubscribe the machine (and a request for
@@ -273,17 +276,51 @@ def softcap(value: Any, dtype: np.dtype[np.floating[Any]]) -> float:
     return c
 
 
+def _not_a_number(value: Any) -> bool:
+    """Bools and strings, which ``float()`` and ``numbers.Real`` checks
+    take for numbers (``True`` is 1.0, ``"0.1"`` is 0.1)."""
+    return isinstance(value, (bool, np.bool_, str, bytes)) or (
+        isinstance(value, np.ndarray) and value.dtype.kind not in "iuf"
+    )
+
+
+def real_number(value: Any, name: str) -> float:
+    """``float(value)`` for a real number: a Python or NumPy integer or
+    float (or a 0-d array of one); a bool, a string or anything else is a
+    TypeError that names ``name``."""
+    if _not_a_number(value):
+        raise TypeError(
+            f"{name} must be a real number; got {value!r} of type {type(value).__name__}."
+        )
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite; got {value!r}.") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number; got {value!r}.") from None
+
+
+def number_param(value: Any, name: str, owner: str) -> None:
+    """An estimator's numeric parameter before its range check: a bool or a
+    string is a TypeError and NaN a ValueError (NaN passes every range
+    comparison, so a range check alone lets it through)."""
+    if _not_a_number(value):
+        raise TypeError(
+            f"The {name!r} parameter of {owner} must be a number, not a "
+            f"{type(value).__name__}. Got {value!r} instead."
+        )
+    if isinstance(value, (float, np.floating)) and np.isnan(value):
+        raise ValueError(
+            f"The {name!r} parameter of {owner} must be a number, not NaN. Got {value!r} instead."
+        )
+
+
 def float_option(
     value: Any, name: str, low: float, high: float | None = None, *, low_open: bool = False
 ) -> float:
     if type(value) is float and value == low and not low_open:
         return value  # the default of every option
-    try:
-        v = float(value)
-    except OverflowError:
-        raise ValueError(f"{name} must be finite; got {value!r}.") from None
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number; got {value!r}.") from None
+    v = real_number(value, name)
     bad = not np.isfinite(v) or v < low or (low_open and v == low)
     if high is not None and v > high:
         bad = True

@@ -55,6 +55,7 @@ from sklearn.utils.extmath import safe_sparse_dot
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from . import _validation as v
 from ._linear import _linear_run
 from ._loss import cross_entropy_with_grad
 from ._softmax import log_softmax, softmax
@@ -302,6 +303,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> float:
         """Check the parameters; return the penalty's ``1 / C`` (0 for none)."""
+        owner = type(self).__name__
+        for name in (
+            "C", "tol", "intercept_scaling", "l1_ratio", "max_iter", "verbose", "num_threads",
+            "n_jobs",
+        ):  # fmt: skip
+            if getattr(self, name) is not None:
+                v.number_param(getattr(self, name), name, owner)
         check_scalar(self.C, "C", Real, min_val=0, include_boundaries="neither")
         check_scalar(self.max_iter, "max_iter", Integral, min_val=0)
         check_scalar(self.tol, "tol", Real, min_val=0)

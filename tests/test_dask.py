@@ -323,6 +323,8 @@ def test_bad_input_is_an_error_before_any_work(case, make, error, match):
         (dict(sample_weight=np.ones(N + 1)), ValueError, "sample_weight must have shape"),
         (dict(sample_weight="sw chunks"), ValueError, "row chunks of sample_weight"),
         (dict(ignore_index=2.5), TypeError, "ignore_index"),
+        (dict(label_smoothing=True), TypeError, "label_smoothing must be a real number"),
+        (dict(softcap="2"), TypeError, "softcap must be a real number"),
         (dict(softcap=-1.0), ValueError, "softcap"),
         (dict(num_threads=0), ValueError, "num_threads"),
         (dict(weight="dask"), TypeError, "weight"),
@@ -339,6 +341,18 @@ def test_bad_options_are_errors_before_any_work(options, error, match):
         fd.cross_entropy_with_grad(z, t, **options)
     with pytest.raises(error, match=match):
         fd.cross_entropy(z, t, **options)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_numpy_string_reduction_is_accepted(rng, reduction):
+    z, t, _ = problem(rng, "labels", {})
+    x, W = rng.standard_normal((N, 4)), rng.standard_normal((M, 4))
+    for fn, args in (
+        (fd.cross_entropy, (chunked(z, 20), t)),
+        (fd.linear_cross_entropy, (chunked(x, 20), W, t)),
+    ):
+        got = fn(*args, reduction=np.str_(reduction)).compute(scheduler="sync")
+        assert_matches(got, fn(*args, reduction=reduction).compute(scheduler="sync"))
 
 
 def test_linear_bad_input_is_an_error_before_any_work():

@@ -320,6 +320,11 @@ FUNCS = [fastxent.linear_cross_entropy, fastxent.linear_cross_entropy_with_grad]
         (("x", "W", "y"), {"reduction": "avg"}, ValueError, r"reduction must be one of"),
         (("x", "W", "y"), {"num_threads": 0}, ValueError, r"num_threads"),
         (("x", "W", "y"), {"label_smoothing": 2.0}, ValueError, r"label_smoothing"),
+        (("x", "W", "y"), {"label_smoothing": True}, TypeError, r"label_smoothing must be a real"),
+        (("x", "W", "y"), {"softcap": "30"}, TypeError, r"softcap must be a real number"),
+        (("x", "W", "y"), {"z_loss": np.False_}, TypeError, r"z_loss must be a real number"),
+        (("x", "W", "y"), {"chunk_size": "2"}, TypeError, r"chunk_size must be None or an integer"),
+        (("x", "W", "y"), {"ignore_index": True}, TypeError, r"ignore_index must be an integer"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_modifies_nothing(fn, args, kwargs, exc, match, rng):

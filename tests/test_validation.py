@@ -25,6 +25,7 @@ OUT_FUNCS = {
     "log_softmax": fastxent.log_softmax,
 }
 N, M = 3, 4
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def _z():
@@ -255,6 +256,18 @@ def test_bad_reduction(name, reduction):
     )
 
 
+@pytest.mark.parametrize("name", list(LOSS_FUNCS))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_numpy_string_reduction_is_accepted(name, reduction):
+    """np.str_ (what an array of names yields) is a str."""
+    fn = LOSS_FUNCS[name]
+    got = fn(_z(), np.array([0, 1, 2]), reduction=np.str_(reduction))
+    want = fn(_z(), np.array([0, 1, 2]), reduction=reduction)
+    for g, w in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, want)), strict=True):
+        np.testing.assert_array_equal(g, w)
+        assert type(g) is type(w)
+
+
 @pytest.mark.parametrize("name", list(ALL_FUNCS))
 @pytest.mark.parametrize(
     "num_threads, exc",
@@ -412,6 +425,39 @@ def test_error_after_out_check_leaves_out_alone(name):
 def test_bad_options(name, kwargs, exc, match):
     out = {} if name == "cross_entropy" else {"out": np.full((N, M), 7.0)}
     raises_unchanged(exc, match, LOSS_FUNCS[name], _z(), np.array([0, 1, 2]), **kwargs, **out)
+
+
+NUMERIC_OPTIONS = ("label_smoothing", "z_loss", "softcap", "ignore_index")
+
+
+@pytest.mark.parametrize("name", list(LOSS_FUNCS))
+@pytest.mark.parametrize("option", NUMERIC_OPTIONS)
+@pytest.mark.parametrize(
+    "value", [True, False, np.True_, "0.1", np.str_("1"), b"1", np.array(True)], ids=repr
+)
+def test_bools_and_strings_are_not_numbers(name, option, value):
+    """float() takes True as 1.0 and "0.1" as 0.1; an option does not."""
+    raises_unchanged(
+        TypeError, rf"^{option} must be (a real number|an integer)", LOSS_FUNCS[name], _z(),
+        **{option: value},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(LOSS_FUNCS))
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(label_smoothing=np.float32(0.1), z_loss=np.float16(0.01), softcap=np.int64(5)),
+        dict(ignore_index=np.int32(2), softcap=np.uint8(5), label_smoothing=np.array(0.1)),
+    ],
+    ids=["floats", "integers"],
+)
+def test_numpy_scalar_options_are_numbers(name, kwargs):
+    fn = LOSS_FUNCS[name]
+    plain = {k: v.item() for k, v in kwargs.items()}
+    got, want = fn(_z(), np.array([0, 1, 2]), **kwargs), fn(_z(), np.array([0, 1, 2]), **plain)
+    for g, w in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, want)), strict=True):
+        np.testing.assert_array_equal(g, w)
 
 
 @pytest.mark.parametrize("name", list(LOSS_FUNCS))
