@@ -60,7 +60,7 @@ def _targets(
     shape = rows.shape[:-1] + (m,)
     t = target
     if not dask.is_dask_collection(t):
-        t = np.asarray(t)
+        t = v.as_array(t, "target")
     elif not isinstance(t, da.Array):
         raise TypeError(f"target must be a dask array or a NumPy array; got {type(t).__name__}.")
     kind = g.target_kind(np.dtype(t.dtype), tuple(t.shape), shape)
@@ -322,7 +322,7 @@ def _small_operand(a: Any, name: str, stacklevel: int) -> tuple[Any, tuple[int, 
         return a.to_delayed().ravel()[0], a.shape, a.dtype
     if dask.is_dask_collection(a):
         raise TypeError(f"{name} must be a dask or NumPy array; got {type(a).__name__}.")
-    arr = np.asarray(a)
+    arr = v.as_array(a, name)
     return dask.delayed(arr), arr.shape, arr.dtype
 
 

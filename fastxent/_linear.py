@@ -173,9 +173,9 @@ def _check_inputs(
     outputs (the inputs' own; float16/bfloat16 are computed in float32, as
     BLAS has no 16-bit GEMM: x, W and b are converted, temporaries of their
     size in float32)."""
-    xa = np.asarray(x)
-    Wa = np.asarray(linear_weight)
-    ba = None if linear_bias is None else np.asarray(linear_bias)
+    xa = v.as_array(x, "x")
+    Wa = v.as_array(linear_weight, "linear_weight")
+    ba = None if linear_bias is None else v.as_array(linear_bias, "linear_bias")
     given = {"x": xa, "linear_weight": Wa}
     if ba is not None:
         given["linear_bias"] = ba

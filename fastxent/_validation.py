@@ -60,15 +60,52 @@ def aligned(a: NDArray[Any]) -> NDArray[Any]:
     return a if a.flags.aligned else a.copy()
 
 
+def check_plain(a: object, name: str) -> None:
+    """Refuse what ``np.asarray`` would read without what makes it what it
+    is: a masked array (the mask would be dropped: every value used, masked
+    or not) and a torch tensor that requires grad (torch refuses the
+    conversion with an error that does not say what to do).  Torch is
+    recognised by the type's module, so it is never imported here."""
+    if isinstance(a, np.ma.MaskedArray):
+        if name == "target":
+            how = (
+                "For masked class indices pass target.filled(ignore_index) (those samples are "
+                "then ignored), or drop the masked samples (np.ma.compressed, or indexing "
+                "with ~target.mask)."
+            )
+        else:
+            how = (
+                f"Fill the masked entries ({name}.filled(value)) or drop them (np.ma.compressed, "
+                f"or indexing with ~{name}.mask) first."
+            )
+        raise TypeError(
+            f"{name} is a masked array (numpy.ma.MaskedArray); fastxent does not honour masks "
+            f"and would use the masked values too. {how}"
+        )
+    if getattr(a, "requires_grad", False) is True and type(a).__module__.startswith("torch"):
+        raise TypeError(
+            f"{name} is a torch tensor that requires grad, which NumPy cannot read. Pass "
+            f"{name}.detach() (fastxent's result then carries no autograd history), or use "
+            "the PyTorch adapter fastxent.torch for a loss that backpropagates."
+        )
+
+
+def as_array(a: ArrayLike, name: str, dtype: Any = None) -> NDArray[Any]:
+    """``np.asarray(a, dtype)`` after :func:`check_plain`."""
+    if type(a) is not np.ndarray:
+        check_plain(a, name)
+    return np.asarray(a, dtype=dtype)
+
+
 def as_logits(
-    logits: ArrayLike,
+    logits: ArrayLike, name: str = "logits"
 ) -> tuple[NDArray[Any], tuple[int, ...], np.dtype[np.floating[Any]], int]:
     """Return ``(z2d, shape, dtype, half)``: the logits as a C-contiguous
     ``(n, m)`` array of the compute dtype, the original shape, that dtype,
     and 0, or for float16 (1) and bfloat16 (2) logits, which are computed in
     float32 a block at a time, that kind, with ``z2d`` the 16-bit values
     viewed as uint16 (C-contiguous)."""
-    z = np.asarray(logits)
+    z = as_array(logits, name)
     dtype = z.dtype
     if (
         (dtype is _F32 or dtype is _F64)
@@ -108,7 +145,7 @@ def as_labels_or_probs(
     probabilities of shape ``shape`` (probabilities of dtype ``keep``, the
     logits' half-precision dtype, stay in it, viewed as uint16).
     """
-    t = np.asarray(target)
+    t = as_array(target, "target")
     if t.shape == shape[:-1]:
         if t.dtype in _NATIVE_LABELS and t.ndim == 1 and t.flags.c_contiguous and t.flags.aligned:
             return "labels", t
@@ -218,7 +255,7 @@ def resolve_threads(num_threads: Any, size: int | None = None) -> int:
 def _real_vector(
     value: ArrayLike, name: str, length: tuple[int, ...], shape_text: str
 ) -> NDArray[np.float64]:
-    a = np.asarray(value)
+    a = as_array(value, name)
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be an array of real numbers; got dtype={a.dtype}.")
     if a.shape != length:
@@ -356,6 +393,7 @@ def check_out(
 ) -> NDArray[Any]:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}.")
+    check_plain(out, name)
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}; got {out.shape}.")
     if out.dtype != dtype:

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _validation as v
 from ._loss import cross_entropy
 
 __all__ = ["log_loss"]
@@ -86,12 +87,12 @@ def log_loss(
     >>> round(log_loss([1, 0], [-40.0, 40.0]), 3)
     40.0
     """
-    y = np.asarray(y_true)
+    y = v.as_array(y_true, "y_true")
     if y.ndim != 1:
         raise ValueError(f"y_true must be 1-d (class labels). Got shape {y.shape} instead.")
     if y.shape[0] == 0:
         raise ValueError("log_loss needs at least one sample; y_true is empty.")
-    z = np.asarray(logits)
+    z = v.as_array(logits, "logits")
     if z.ndim not in (1, 2):
         raise ValueError(
             f"logits must have shape (n_samples,) or (n_samples, n_classes). Got {z.shape}."
@@ -109,7 +110,7 @@ def log_loss(
                 "list of all expected class labels explicitly through the labels argument."
             )
     else:
-        given = np.asarray(labels)
+        given = v.as_array(labels, "labels")
         classes = np.unique(given)
         if classes.shape[0] < 2:
             raise ValueError(
@@ -145,7 +146,7 @@ def log_loss(
         raise ValueError("logits must not contain NaN or +inf.")
 
     if sample_weight is not None:
-        sample_weight = np.asarray(sample_weight, dtype=np.float64)
+        sample_weight = v.as_array(sample_weight, "sample_weight", np.float64)
         if sample_weight.shape != y.shape:
             raise ValueError(
                 f"sample_weight must have shape {y.shape}. Got {sample_weight.shape} instead."

@@ -355,6 +355,35 @@ def test_numpy_string_reduction_is_accepted(rng, reduction):
         assert_matches(got, fn(*args, reduction=reduction).compute(scheduler="sync"))
 
 
+@pytest.mark.parametrize("arg", ["logits", "target", "sample_weight", "weight", "x", "W"])
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "dask"])
+def test_masked_arrays_are_rejected_when_the_graph_is_built(rng, arg, lazy):
+    """A masked NumPy array, or a dask array of masked blocks, would be read
+    without its mask: refused before any graph exists."""
+    if lazy and arg == "weight":
+        pytest.skip("class weights are NumPy only")
+    z, t, _ = problem(rng, "labels", {})
+    x, W = rng.standard_normal((N, 4)), rng.standard_normal((M, 4))
+    args = dict(logits=z, target=t, sample_weight=np.ones(N), weight=np.ones(M), x=x, W=W)
+    a = np.ma.masked_array(args[arg], mask=np.zeros(args[arg].shape, bool))
+    args[arg] = da.from_array(a, chunks=(20,) + a.shape[1:]) if lazy else a
+    for a in args.values():
+        if isinstance(a, np.ndarray) and not isinstance(a, np.ma.MaskedArray):
+            a.flags.writeable = False  # nothing computed or changed
+    if arg in ("x", "W"):
+        call = lambda: fd.linear_cross_entropy(  # noqa: E731
+            args["x"], args["W"], args["target"], sample_weight=args["sample_weight"]
+        )
+    else:
+        call = lambda: fd.cross_entropy(  # noqa: E731
+            args["logits"], args["target"], sample_weight=args["sample_weight"],
+            weight=args["weight"],
+        )  # fmt: skip
+    name = "linear_weight" if arg == "W" else arg
+    with pytest.raises(TypeError, match=rf"^{name} is a masked array"):
+        call()
+
+
 def test_linear_bad_input_is_an_error_before_any_work():
     x = never_computed((N, 5), np.float64, (20, 5))
     y = never_computed((N,), np.int64, (20,))
