@@ -157,7 +157,7 @@ def target_kind(t_dtype: np.dtype[Any], t_shape: tuple[int, ...], shape: tuple[i
     if t_shape == shape:
         if t_dtype.kind in "iu":
             raise ValueError(v._integer_target_message(t_dtype, shape))
-        if t_dtype.kind != "f":
+        if t_dtype.kind != "f" and not v.half_kind(t_dtype):
             raise TypeError(
                 f"class-probability targets must be floating-point numbers; got dtype={t_dtype}."
             )

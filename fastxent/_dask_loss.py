@@ -80,20 +80,17 @@ def _threads(num_threads: Any) -> Any:
     return num_threads
 
 
-def label_error(t: Any, bad: int, m: int, ignore: int, info: Any) -> ValueError:
-    """cross_entropy's bad-label error, with the position in the whole target."""
-    pos = 0
-    if info and info[0]["shape"]:
-        loc = info[0]["array-location"]
-        local = np.unravel_index(bad, tuple(b - a for a, b in loc))
-        pos = int(
-            np.ravel_multi_index(
-                tuple(i + a for i, (a, _) in zip(local, loc, strict=True)), info[0]["shape"]
-            )
+def global_position(local: int, info: Any) -> int:
+    """The flat position in the whole target of flat position ``local`` in
+    the block that ``info`` (blockwise's ``block_info``) describes."""
+    if not (info and info[0]["shape"]):
+        return local
+    loc = info[0]["array-location"]
+    index = np.unravel_index(local, tuple(b - a for a, b in loc))
+    return int(
+        np.ravel_multi_index(
+            tuple(i + a for i, (a, _) in zip(index, loc, strict=True)), info[0]["shape"]
         )
-    return ValueError(
-        f"target contains a label outside [0, {m}) that is not ignore_index={ignore}: "
-        f"{int(np.ravel(t)[bad])} at flat position {pos}."
     )
 
 
@@ -116,22 +113,23 @@ def denominator_block(
     block_info: Any = None,
 ) -> float:
     """This block's "mean" denominator ``sum_i s_i w[y_i]`` over its kept
-    rows, after checking every label."""
-    spec = loss_spec(
-        t,
-        np.shape(t) + (m,),
-        compute_dtype,
-        weight=weight,
-        sample_weight=s,
-        ignore_index=ignore_index,
-        label_smoothing=0.0,
-        z_loss=0.0,
-        softcap=None,
-    )
-    bad, denom = _kernels.mean_denominator(spec.t, spec.w, spec.s, spec.ignore, m)
-    if bad >= 0:
-        raise label_error(spec.t, bad, m, spec.ignore, block_info)
-    return float(denom)
+    rows, after checking every label (a bad one is reported at its
+    position in the whole target)."""
+    try:
+        spec = loss_spec(
+            t,
+            np.shape(t) + (m,),
+            compute_dtype,
+            weight=weight,
+            sample_weight=s,
+            ignore_index=ignore_index,
+            label_smoothing=0.0,
+            z_loss=0.0,
+            softcap=None,
+        )
+        return _loss.mean_denominator(spec, m)
+    except v.LabelError as e:
+        raise e.at(global_position(e.position, block_info)) from None
 
 
 def _denominators(r: Rows, want_global: bool) -> tuple[da.Array | None, Any]:

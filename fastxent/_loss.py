@@ -69,11 +69,8 @@ def mean_denominator(spec: LossSpec, m: int) -> float:
     return float(spec.t.shape[0])
 
 
-def bad_label_error(t: NDArray[Any], bad: int, m: int, ignore: int) -> ValueError:
-    return ValueError(
-        f"target contains a label outside [0, {m}) that is not ignore_index="
-        f"{ignore}: {int(t[bad])} at flat position {bad}."
-    )
+def bad_label_error(t: NDArray[Any], bad: int, m: int, ignore: int) -> v.LabelError:
+    return v.LabelError(int(t[bad]), bad, m, ignore)
 
 
 def _run(

@@ -29,6 +29,28 @@ _F64 = np.dtype(np.float64)
 _NATIVE_LABELS = (np.dtype(np.int32), np.dtype(np.int64))
 
 
+class LabelError(ValueError):
+    """A class index outside ``[0, m)`` (and not ``ignore_index``, when one
+    applies), with its value and flat position: a caller that checked part
+    of a target (a Dask block) renames the position in the whole
+    (:meth:`at`)."""
+
+    def __init__(self, label: int, position: int, m: int, ignore: int | None = None) -> None:
+        self.label, self.position, self.m, self.ignore = label, position, m, ignore
+        unless = "" if ignore is None else f" that is not ignore_index={ignore}"
+        super().__init__(
+            f"target contains a label outside [0, {m}){unless}: {label} at flat position "
+            f"{position}."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled by distributed
+        return (type(self), (self.label, self.position, self.m, self.ignore))
+
+    def at(self, position: int) -> LabelError:
+        """The same error at another flat position."""
+        return LabelError(self.label, position, self.m, self.ignore)
+
+
 def half_kind(dtype: np.dtype[Any]) -> int:
     """1 for float16, 2 for bfloat16 (ml_dtypes' type, recognised by name so
     that ml_dtypes need not be imported), else 0."""
@@ -152,11 +174,8 @@ def as_labels_or_probs(
         if t.dtype.kind not in "iu":
             raise TypeError(_non_integer_labels_message(target, t))
         if t.dtype.kind == "u" and t.dtype.itemsize >= 8 and t.size and t.max() > _INT64_MAX:
-            pos = int(np.argmax(t > _INT64_MAX))
-            raise ValueError(
-                f"target contains a label outside [0, {shape[-1]}): "
-                f"{int(t.reshape(-1)[pos])} at flat position {pos}."
-            )
+            pos = int(np.argmax(t.reshape(-1) > _INT64_MAX))
+            raise LabelError(int(t.reshape(-1)[pos]), pos, shape[-1])
         if t.dtype not in _NATIVE_LABELS:
             t = t.astype(np.int64)
         return "labels", aligned(np.ascontiguousarray(t)).reshape(-1)

@@ -167,9 +167,7 @@ def _grad_hess(
                 z, t, spec.w, spec.s, None, gk, hk, _NO_IGNORE, spec.eps, 0.0, 0.0, 1.0, nt, half
             )
         if bad >= 0:
-            raise ValueError(
-                f"target contains a label outside [0, {m}): {int(t[bad])} at flat position {bad}."
-            )
+            raise v.LabelError(int(t[bad]), bad, m)
     else:
         _kernels.cross_entropy_probs(
             z, spec.t, spec.w, spec.s, None, gk, hk, spec.eps, 0.0, 0.0, 1.0, nt, half

@@ -206,6 +206,25 @@ def test_linear_half_precision_is_computed_in_float32_as_in_memory(rng, half):
 
 
 @pytest.mark.parametrize("half", half_dtypes())
+@pytest.mark.parametrize("logits_dtype", ["half", np.float32])
+def test_half_precision_probability_targets_as_in_memory(rng, half, logits_dtype):
+    """float16/bfloat16 probabilities are targets in memory, so here too."""
+    z = make_logits(rng, (40, 7)).astype(half if logits_dtype == "half" else logits_dtype)
+    p = make_probs(rng, (40, 7)).astype(half)
+    x, W = rng.standard_normal((40, 3)).astype(np.float32), rng.standard_normal((7, 3))
+    got = dask.compute(
+        *fd.cross_entropy_with_grad(chunked(z, 15), chunked(p, 15)), scheduler="sync"
+    )
+    want = fastxent.cross_entropy_with_grad(z, p)
+    for g_, w_ in zip(got, want, strict=True):
+        assert g_.dtype == w_.dtype
+        np.testing.assert_array_equal(g_, w_)
+    lazy = fd.linear_cross_entropy(chunked(x, 15), W.astype(np.float32), p)
+    want = fastxent.linear_cross_entropy(x, W.astype(np.float32), p)
+    assert_matches(lazy.compute(scheduler="sync"), want, np.float32)
+
+
+@pytest.mark.parametrize("half", half_dtypes())
 def test_half_precision_gradient_is_declared_in_its_dtype(rng, half):
     """The lazy gradient's dtype is the one its blocks have (the logits'
     float16/bfloat16), the loss's the compute dtype float32."""
@@ -259,6 +278,30 @@ def test_a_bad_label_is_reported_at_its_global_position(rng, dask_client):
                 with pytest.raises(ValueError) as got:
                     lazy.compute()
                 assert str(got.value) == str(in_memory.value)
+
+
+@pytest.mark.parametrize("bad", [2**63 + 5, M, -1])
+@pytest.mark.parametrize("linear", [False, True])
+def test_every_bad_label_is_reported_at_its_global_position(rng, bad, linear):
+    """A uint64 label beyond int64, caught before the kernel, and one the
+    kernel catches: both at their position in the whole target (44 here,
+    not 4 in the fifth block of 10)."""
+    z, t, _ = problem(rng, "labels", {}, n=60)
+    t = t.astype(np.uint64 if bad > 0 else np.int64)
+    t[44] = bad
+    x, W = rng.standard_normal((60, 3)), rng.standard_normal((M, 3))
+    if linear:
+        args, lazy_args = (x, W, t), (chunked(x, 10), W, chunked(t, 10))
+        fn, lazy_fn = fastxent.linear_cross_entropy, fd.linear_cross_entropy_with_grad
+    else:
+        args, lazy_args = (z, t), (chunked(z, 10), chunked(t, 10))
+        fn, lazy_fn = fastxent.cross_entropy, fd.cross_entropy_with_grad
+    with pytest.raises(ValueError, match="at flat position 44") as in_memory:
+        fn(*args)
+    for lazy in (lazy_fn(*lazy_args)[1], lazy_fn(*lazy_args, reduction="sum")[0]):
+        with pytest.raises(ValueError) as got:
+            lazy.compute(scheduler="sync")
+        assert str(got.value) == str(in_memory.value)
 
 
 def test_blas_threads_are_restored_after_concurrent_linear_blocks(rng):
