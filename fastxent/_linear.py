@@ -179,8 +179,10 @@ def _check_inputs(
     given = {"x": xa, "linear_weight": Wa}
     if ba is not None:
         given["linear_bias"] = ba
-    dtypes = {a.dtype for a in given.values()}
-    io = xa.dtype
+    # Byte order aside (byte-swapped inputs are converted, as cross_entropy
+    # converts them; the outputs are native).
+    dtypes = {a.dtype if a.dtype.isnative else a.dtype.newbyteorder("=") for a in given.values()}
+    io = xa.dtype if xa.dtype.isnative else xa.dtype.newbyteorder("=")
     half = v.half_kind(io)
     if len(dtypes) != 1 or (io not in (np.float32, np.float64) and not half):
         got = ", ".join(f"{k}={a.dtype}" for k, a in given.items())

@@ -172,6 +172,19 @@ def test_linear_against_the_in_memory_function(rng, reduction, kind, bias):
         assert lazy[3] is None
 
 
+def test_linear_takes_byte_swapped_inputs_as_in_memory(rng):
+    x, W = rng.standard_normal((40, 4)), rng.standard_normal((6, 4))
+    y = make_labels(rng, (40,), 6)
+    other = ">f8" if np.little_endian else "<f8"
+    lazy = fd.linear_cross_entropy_with_grad(chunked(x.astype(other), 15), W.astype(other), y)
+    got = dask.compute(*lazy[:3], scheduler="sync")
+    for lazy_, g_, w_ in zip(
+        lazy, got, fastxent.linear_cross_entropy_with_grad(x, W, y), strict=False
+    ):
+        assert lazy_.dtype == g_.dtype == np.float64
+        assert_matches(g_, w_)
+
+
 def test_linear_weight_as_a_split_dask_array_is_rechunked(rng):
     x, W = rng.standard_normal((40, 8)), rng.standard_normal((30, 8))
     y = make_labels(rng, (40,), 30)
