@@ -423,7 +423,8 @@ def linear_cross_entropy(
     TypeError
         For inputs of different dtypes or not float32/float64, float class
         indices, a non-integer ``chunk_size``, ``num_threads`` or
-        ``ignore_index``.
+        ``ignore_index``, a bool or string for a numeric option, masked
+        arrays and torch tensors that require grad.
     ValueError
         For shape mismatches between ``x``, ``linear_weight``,
         ``linear_bias`` and ``target``, labels outside ``[0, V)``,

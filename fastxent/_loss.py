@@ -289,7 +289,10 @@ def cross_entropy(
     ------
     TypeError
         For non-numeric, complex or boolean logits, float class indices,
-        non-integer ``num_threads`` or ``ignore_index``.
+        non-integer ``num_threads`` or ``ignore_index``, a bool or string
+        for a numeric option, a masked array (its mask would be ignored:
+        pass ``target.filled(ignore_index)``), or a torch tensor that
+        requires grad (pass ``.detach()``).
     ValueError
         For mismatched shapes, ``m == 0``, labels outside ``[0, m)``, an
         unknown reduction, or an option out of its range.

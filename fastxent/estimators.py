@@ -137,6 +137,13 @@ def data_term(
     return float(loss), grad
 
 
+def check_plain_inputs(**arrays: Any) -> None:
+    """No masked arrays (scikit-learn's checks would drop their masks) and
+    no torch tensors that require grad."""
+    for name, a in arrays.items():
+        v.check_plain(a, name)
+
+
 def check_two_classes(classes: NDArray[Any]) -> None:
     if classes.shape[0] < 2:
         raise ValueError(
@@ -382,6 +389,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             The fitted estimator.
         """
         penalty_inv_c = self._check_params()
+        check_plain_inputs(X=X, y=y, sample_weight=sample_weight)
         X, y = _validate_data(self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES, order="C")
         check_classification_targets(y)
         classes, y_idx = np.unique(y, return_inverse=True)
@@ -545,6 +553,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             LogisticRegression).
         """
         check_is_fitted(self)
+        check_plain_inputs(X=X)
         X = _validate_data(self, X, accept_sparse="csr", dtype=_FLOAT_DTYPES, reset=False)
         S = np.asarray(safe_sparse_dot(X, self.coef_.T)) + self.intercept_
         return S[:, 0] if S.shape[1] == 1 else S

@@ -405,6 +405,22 @@ def test_nan_and_bool_parameters_raise_naming_the_parameter(params, error):
         SoftmaxRegression(**params).fit(X, y)
 
 
+@pytest.mark.parametrize("arg", ["X", "y", "sample_weight", "predict"])
+def test_masked_arrays_are_rejected(arg):
+    """scikit-learn's checks would drop the mask and use every value."""
+    X, y = _standardised(load_iris)
+    args = dict(X=X, y=y, sample_weight=np.ones(len(y)))
+    clf = SoftmaxRegression()
+    if arg == "predict":
+        clf.fit(X, y)
+        with pytest.raises(TypeError, match=r"^X is a masked array"):
+            clf.predict(np.ma.masked_array(X, mask=X > 2))
+        return
+    args[arg] = np.ma.masked_array(args[arg], mask=np.zeros(args[arg].shape, bool))
+    with pytest.raises(TypeError, match=f"^{arg} is a masked array"):
+        clf.fit(**args)
+
+
 def test_numpy_scalar_parameters_are_accepted():
     X, y = _standardised(load_iris)
     params = dict(C=np.float32(2.0), tol=np.float64(1e-4), max_iter=np.int64(200))
