@@ -180,6 +180,7 @@ random_state, solver, max_iter, verbose, warm_start, n_jobs
     def _dask_data(self, X: Any, y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
         """X, y and the sample weights as dask arrays with the same row
         chunks, after every check that needs no data."""
+        _est.check_plain_inputs(X=X, y=y, sample_weight=sample_weight)
         if not isinstance(X, da.Array):
             if dask.is_dask_collection(X) or dask.is_dask_collection(y):
                 raise TypeError(

@@ -71,7 +71,9 @@ def log_softmax(
     ------
     TypeError
         For non-numeric, complex or boolean logits, an ``out`` that is not a
-        NumPy array, or a non-integer ``num_threads``.
+        NumPy array, a non-integer ``num_threads``, a masked array (its mask
+        would be ignored) or a torch tensor that requires grad (pass
+        ``.detach()``).
     ValueError
         For 0-d logits, ``m == 0``, an ``out`` of the wrong shape or dtype
         (or not C-contiguous, writeable and native-endian), or

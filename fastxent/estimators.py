@@ -55,6 +55,7 @@ from sklearn.utils.extmath import safe_sparse_dot
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from . import _validation as v
 from ._linear import _linear_run
 from ._loss import cross_entropy_with_grad
 from ._softmax import log_softmax, softmax
@@ -134,6 +135,13 @@ def data_term(
         assert gb is not None
         grad[k * d :] = gb[rows]
     return float(loss), grad
+
+
+def check_plain_inputs(**arrays: Any) -> None:
+    """No masked arrays (scikit-learn's checks would drop their masks) and
+    no torch tensors that require grad."""
+    for name, a in arrays.items():
+        v.check_plain(a, name)
 
 
 def check_two_classes(classes: NDArray[Any]) -> None:
@@ -302,6 +310,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> float:
         """Check the parameters; return the penalty's ``1 / C`` (0 for none)."""
+        owner = type(self).__name__
+        for name in (
+            "C", "tol", "intercept_scaling", "l1_ratio", "max_iter", "verbose", "num_threads",
+            "n_jobs",
+        ):  # fmt: skip
+            if getattr(self, name) is not None:
+                v.number_param(getattr(self, name), name, owner)
         check_scalar(self.C, "C", Real, min_val=0, include_boundaries="neither")
         check_scalar(self.max_iter, "max_iter", Integral, min_val=0)
         check_scalar(self.tol, "tol", Real, min_val=0)
@@ -374,6 +389,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             The fitted estimator.
         """
         penalty_inv_c = self._check_params()
+        check_plain_inputs(X=X, y=y, sample_weight=sample_weight)
         X, y = _validate_data(self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES, order="C")
         check_classification_targets(y)
         classes, y_idx = np.unique(y, return_inverse=True)
@@ -537,6 +553,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             LogisticRegression).
         """
         check_is_fitted(self)
+        check_plain_inputs(X=X)
         X = _validate_data(self, X, accept_sparse="csr", dtype=_FLOAT_DTYPES, reset=False)
         S = np.asarray(safe_sparse_dot(X, self.coef_.T)) + self.intercept_
         return S[:, 0] if S.shape[1] == 1 else S

@@ -11,6 +11,7 @@ entries ``P - 1`` near 0), whose error is set by the size of the logits.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
@@ -272,3 +273,15 @@ def check_cross_entropy(logits, target, *, reduction="mean", num_threads=None, *
         what=f"grad ({reduction})",
     )
     return loss2, grad2
+
+
+def half_dtypes():
+    """float16 always; bfloat16 when ml_dtypes (which defines it) is installed."""
+    out = [pytest.param(np.dtype(np.float16), id="float16")]
+    try:
+        import ml_dtypes as md
+
+        out.append(pytest.param(np.dtype(md.bfloat16), id="bfloat16"))
+    except ImportError:
+        out.append(pytest.param(None, id="bfloat16", marks=pytest.mark.skip("needs ml_dtypes")))
+    return out
