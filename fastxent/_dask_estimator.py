@@ -89,7 +89,7 @@ class SoftmaxRegression(_InMemorySoftmaxRegression):
     Parameters
     ----------
     C, penalty, l1_ratio, dual, tol, fit_intercept, intercept_scaling, class_weight, \
-random_state, solver, max_iter, verbose, warm_start, n_jobs
+random_state, solver, max_iter, verbose, warm_start, n_jobs : as in SoftmaxRegression
         As :class:`fastxent.estimators.SoftmaxRegression`.
         ``class_weight="balanced"`` counts the classes weighted by the
         sample weights (scikit-learn >= 1.6's rule).

@@ -497,8 +497,11 @@ def linear_cross_entropy_with_grad(
     loss : scalar or ndarray
         As :func:`linear_cross_entropy`.
     grad_x : ndarray of x's shape and dtype
+        The gradient with respect to ``x``.
     grad_linear_weight : ndarray of shape (V, d)
+        The gradient with respect to ``linear_weight``.
     grad_linear_bias : ndarray of shape (V,), or None without ``linear_bias``
+        The gradient with respect to ``linear_bias``.
 
     Raises
     ------

@@ -231,7 +231,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Intercepts (zeros when ``fit_intercept=False``).
     n_features_in_ : int
         Number of features seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names, when ``X`` in ``fit`` was a DataFrame with string
         column names.
     n_iter_ : ndarray of shape (1,)
@@ -239,8 +239,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     See Also
     --------
-    sklearn.linear_model.LogisticRegression : the reference implementation.
-    fastxent.metrics.log_loss : the log-loss of logits such as
+    sklearn.linear_model.LogisticRegression : The reference implementation.
+    fastxent.metrics.log_loss : The log-loss of logits such as
         ``decision_function``'s output.
 
     Examples
