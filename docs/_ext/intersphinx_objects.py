@@ -25,6 +25,7 @@ OBJECTS: dict[str, list[tuple[str, str, str]]] = {
         ("TypeError", "py:exception", "library/exceptions.html#$"),
         ("RuntimeWarning", "py:exception", "library/exceptions.html#$"),
         ("os.fork", "py:function", "library/os.html#$"),
+        ("tracemalloc", "py:module", "library/tracemalloc.html#module-$"),
         ("multiprocessing", "py:module", "library/multiprocessing.html#module-$"),
         ("collections.abc.Callable", "py:class", "library/collections.abc.html#$"),
     ],
