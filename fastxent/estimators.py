@@ -365,8 +365,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             Class labels, at least two distinct values.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights, not all zero; ``None`` weighs every sample 1.
-            (fastxent's loss functions accept negative weights; the estimator
-            does not: with them the objective can be unbounded below.)
+            fastxent's loss functions accept negative weights; the estimator
+            does not: with them the objective can be unbounded below.
 
         Returns
         -------
@@ -593,6 +593,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
         """
         Z = self._logits(X)
         return log_softmax(Z, out=Z, num_threads=self.num_threads)
