@@ -30,6 +30,10 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    # MathJax 3 copied into the site (_static/mathjax) instead of loaded from
+    # a CDN: the pages render their formulas offline too (a site built on a
+    # machine without internet, read from file://).
+    "sphinx-mathjax-offline",
     "numpydoc",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
