@@ -129,6 +129,8 @@ sphinx_gallery_conf = {
     "examples_dirs": ["gallery"],
     "gallery_dirs": ["auto_examples"],
     "filename_pattern": r"/plot_",
+    # Numbered file names give the order: from a first training loop to
+    # the recorded results.
     "within_subsection_order": "FileNameSortKey",
     "download_all_examples": False,
     "remove_config_comments": True,
@@ -146,7 +148,7 @@ html_title = f"fastxent {release}"
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
-    "header_links_before_dropdown": 7,
+    "header_links_before_dropdown": 6,
     "secondary_sidebar_items": ["page-toc", "sourcelink"],
 }
 html_sidebars = {"index": [], "changelog": []}
