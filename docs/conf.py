@@ -59,6 +59,7 @@ exclude_patterns = [
 ]
 templates_path = ["_templates"]
 html_static_path = ["_static"]
+html_css_files = ["fastxent.css"]
 
 # -- MyST (the Markdown pages: guide, changelog, contributing) ---------------
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
