@@ -53,7 +53,7 @@ def default_chunk_size(n: int, V: int, d: int, itemsize: int) -> int:
     at most 1 024 rows unless 4 MiB holds more, at most 256 MiB, and at most
     ``n``.  ``d`` does not enter: the GEMMs' work and their per-chunk
     overhead both grow with it.  ``chunk_size=1024`` trades memory for
-    speed (README: measured figures).
+    speed (docs/guide/linear.md: measured figures).
     """
     del d  # documented: the rule does not depend on it
     row_bytes = max(1, V * itemsize)
@@ -500,8 +500,11 @@ def linear_cross_entropy_with_grad(
     loss : scalar or ndarray
         As :func:`linear_cross_entropy`.
     grad_x : ndarray of x's shape and dtype
+        The gradient with respect to ``x``.
     grad_linear_weight : ndarray of shape (V, d)
+        The gradient with respect to ``linear_weight``.
     grad_linear_bias : ndarray of shape (V,), or None without ``linear_bias``
+        The gradient with respect to ``linear_bias``.
 
     Raises
     ------

@@ -54,7 +54,7 @@ def log_softmax(
     Parameters
     ----------
     logits : array_like of shape (..., m)
-        float32/float64 computed natively, float16 in float32, integers in
+        Float32/float64 computed natively, float16 in float32, integers in
         float64.
     out : ndarray, optional
         C-contiguous, writeable, of the logits' shape and compute dtype;
@@ -99,7 +99,7 @@ def softmax(
     Parameters
     ----------
     logits : array_like of shape (..., m)
-        float32/float64 computed natively, float16 in float32, integers in
+        Float32/float64 computed natively, float16 in float32, integers in
         float64.
     out : ndarray, optional
         As in :func:`log_softmax`; ``out=logits`` works in place.
@@ -135,7 +135,7 @@ def logsumexp(logits: ArrayLike, *, num_threads: int | None = None) -> FloatArra
     Parameters
     ----------
     logits : array_like of shape (..., m)
-        float32/float64 computed natively, float16 in float32, integers in
+        Float32/float64 computed natively, float16 in float32, integers in
         float64.
     num_threads : int >= 1, optional
         As in :func:`log_softmax`.

@@ -239,7 +239,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Intercepts (zeros when ``fit_intercept=False``).
     n_features_in_ : int
         Number of features seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names, when ``X`` in ``fit`` was a DataFrame with string
         column names.
     n_iter_ : ndarray of shape (1,)
@@ -247,8 +247,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     See Also
     --------
-    sklearn.linear_model.LogisticRegression : the reference implementation.
-    fastxent.metrics.log_loss : the log-loss of logits such as
+    sklearn.linear_model.LogisticRegression : The reference implementation.
+    fastxent.metrics.log_loss : The log-loss of logits such as
         ``decision_function``'s output.
 
     Examples
@@ -380,8 +380,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             Class labels, at least two distinct values.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights, not all zero; ``None`` weighs every sample 1.
-            (fastxent's loss functions accept negative weights; the estimator
-            does not: with them the objective can be unbounded below.)
+            fastxent's loss functions accept negative weights; the estimator
+            does not: with them the objective can be unbounded below.
 
         Returns
         -------
@@ -610,6 +610,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
         """
         Z = self._logits(X)
         return log_softmax(Z, out=Z, num_threads=self.num_threads)

@@ -94,6 +94,7 @@ def log_loss(
     Returns
     -------
     loss : float
+        The mean (or, with ``normalize=False``, the summed) log loss.
 
     Raises
     ------
@@ -115,8 +116,8 @@ def log_loss(
 
     See Also
     --------
-    sklearn.metrics.log_loss : the same on probabilities.
-    fastxent.cross_entropy : the loss on class indices, with more options.
+    sklearn.metrics.log_loss : The same on probabilities.
+    fastxent.cross_entropy : The loss on class indices, with more options.
 
     Examples
     --------

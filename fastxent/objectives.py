@@ -205,6 +205,7 @@ def xgboost_multiclass(
     Returns
     -------
     obj : callable ``obj(predt, dtrain) -> (grad, hess)``
+        The objective, for ``xgboost.train(obj=...)``.
 
     Notes
     -----
@@ -292,6 +293,7 @@ def lightgbm_multiclass(
     Returns
     -------
     obj : callable ``obj(preds, train_data) -> (grad, hess)``
+        The objective, for LightGBM's ``params["objective"]``.
 
     Notes
     -----
