@@ -72,13 +72,28 @@ static inline double fx_prob_mass(const fx_options *o, double w_k, double y_k)
 
 /* b = s / D.  Multiplying by 1 / D taken once (a division a row costs the
  * few-class kernels most of their per-row arithmetic) unless 1 / D
- * overflows (a subnormal or zero D), where it divides.  Kernels that
- * vectorise across rows keep a local copy of the options, so that the
- * compiler sees the choice is the same for every row (and that no store
- * to an output changes it). */
+ * overflows (a subnormal or zero D), where it divides. */
 static inline double fx_grad_scale(const fx_options *o, double s)
 {
     return o->scale_by_reciprocal ? s * o->unit_scale : s / o->grad_denom;
+}
+
+/* fx_grad_scale of n rows at once, the choice made once for all of them
+ * (the few-class kernels: a select between the two inside their row loop
+ * would compute the vector division for every row). */
+static inline void fx_grad_scales(const fx_options *o, const double *s, ptrdiff_t n, double *b)
+{
+    if (o->scale_by_reciprocal) {
+        const double u = o->unit_scale;
+#pragma omp simd
+        for (ptrdiff_t r = 0; r < n; ++r)
+            b[r] = s[r] * u;
+    } else {
+        const double d = o->grad_denom;
+#pragma omp simd
+        for (ptrdiff_t r = 0; r < n; ++r)
+            b[r] = s[r] / d;
+    }
 }
 
 /* The per-row finisher.  From a row's reductions, its maximum mx, log_s

@@ -537,7 +537,7 @@ FX_CLONES int FX_NAME(fx_tile_kernel)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
                                        const double *sw, const fx_options *o,
                                        double *loss_out, FX_T *g, FX_T *h)
 {
-    const fx_options opt = *o; /* see fx_grad_scale */
+    const fx_options opt = *o; /* a local copy: no output store can change it */
     o = &opt;
     enum { TR = FX_TILE_ROWS };
     /* column-major: tile[j * TR + r], FX_VL spare columns for tile_in/out */
@@ -559,7 +559,7 @@ FX_CLONES int FX_NAME(fx_tile_kernel)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         int64_t lab = labels_64bit ? ((const int64_t *)labels)[r]
                                    : (int64_t)((const int32_t *)labels)[r];
         int ig = lab == (int64_t)ignore_index;
-        int bad = !ig && (lab < 0 || lab >= (int64_t)m);
+        int bad = (!ig) & ((lab < 0) | (lab >= (int64_t)m)); /* no branches: vectorises */
         raced += bad;
         ig |= bad;
         int64_t yy = ig ? 0 : lab;
@@ -635,12 +635,14 @@ FX_CLONES int FX_NAME(fx_tile_kernel)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
      * here: one reciprocal of the row sum serves a and the Hessian, and the
      * gradient scale b = s / D multiplies by a reciprocal of D taken once,
      * unless that overflows (a subnormal or zero D), where it divides. */
+    double bs[TR];
+    fx_grad_scales(o, sr, R, bs);
     int odd = 0; /* a row whose b is not finite */
 #pragma omp simd reduction(| : odd)
     for (ptrdiff_t r = 0; r < R; ++r) {
         double q = Q[r] + qs_total;
         double sum = (double)S[r], inv_sum = 1.0 / sum;
-        double br = fx_grad_scale(o, sr[r]);
+        double br = bs[r];
         fx_row row = fx_finish_row(o, sr[r], br, (double)mx[r], log_inl(sum), q, dot[r]);
         loss_out[r] = ignd[r] != 0.0 ? 0.0 : row.loss;
         b[r] = (FX_T)br;
@@ -723,7 +725,7 @@ FX_CLONES int FX_NAME(fx_two_class_kernel)(const FX_T *z, ptrdiff_t R, const voi
                                             const fx_options *o, double *loss_out, FX_T *g,
                                             FX_T *h)
 {
-    const fx_options opt = *o; /* see fx_grad_scale */
+    const fx_options opt = *o; /* a local copy: no output store can change it */
     o = &opt;
     enum { TR = FX_TILE_ROWS };
     int32_t y[TR], ign[TR];
@@ -740,14 +742,16 @@ FX_CLONES int FX_NAME(fx_two_class_kernel)(const FX_T *z, ptrdiff_t R, const voi
         ign[r] = lab == (int64_t)ignore_index;
         /* a label changed since it was checked (a data race): the general
          * kernel below marks its row */
-        unusual |= !ign[r] && (lab < 0 || lab > 1);
+        unusual |= (!ign[r]) & ((lab < 0) | (lab > 1)); /* no branches: vectorises */
         y[r] = ign[r] ? 0 : (int32_t)lab;
         s[r] = ign[r] ? 0.0 : (sw ? sw[r] : 1.0);
     }
+    double bs[TR];
+    fx_grad_scales(o, s, R, bs);
 #pragma omp simd reduction(| : unusual)
     for (ptrdiff_t r = 0; r < R; ++r) {
         FX_T z0 = z[2 * r], z1 = z[2 * r + 1];
-        double b = s[r] * inv_denom;
+        double b = bs[r];
         unusual |= (z0 == -(FX_T)INFINITY && z1 == -(FX_T)INFINITY) | (z0 == (FX_T)INFINITY) |
                    (z1 == (FX_T)INFINITY) | !(b - b == 0.0);
     }
@@ -781,7 +785,7 @@ FX_CLONES int FX_NAME(fx_two_class_kernel)(const FX_T *z, ptrdiff_t R, const voi
         /* target terms relative to the max; zero-mass terms skipped */
         double dot = (q0 != 0.0 ? q0 * (double)d0r[r] : 0.0) +
                      (q1 != 0.0 ? q1 * (double)d1r[r] : 0.0);
-        double b = fx_grad_scale(o, s[r]);
+        double b = bs[r];
         fx_row row = fx_finish_row(o, s[r], b, (double)mxr[r], log_s, Q, dot);
         loss_out[r] = ign[r] ? 0.0 : row.loss;
         double a = row.softmax_weight;
