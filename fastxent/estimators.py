@@ -45,15 +45,21 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import optimize
-from scipy import sparse as sp
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_scalar
-from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.extmath import safe_sparse_dot
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+from ._extras import missing
+
+try:
+    from scipy import optimize
+    from scipy import sparse as sp
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils import check_scalar
+    from sklearn.utils.class_weight import compute_class_weight
+    from sklearn.utils.extmath import safe_sparse_dot
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+except ImportError as e:
+    raise missing("fastxent.estimators", "scikit-learn and SciPy", "sklearn", e) from e
 
 from ._linear import _linear_run
 from ._loss import cross_entropy_with_grad
