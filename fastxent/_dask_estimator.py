@@ -102,8 +102,9 @@ random_state, solver, max_iter, verbose, warm_start, n_jobs
         ``class_weight="balanced"`` counts the classes weighted by the
         sample weights (scikit-learn >= 1.6's rule).
     num_threads : int >= 1, default=None
-        Threads of fastxent's kernels in each block; ``None`` means 1 here
-        (Dask runs one block per core).
+        Threads of fastxent's kernels in each block; ``None`` means 1 here,
+        as in the in-memory fit, and for a second reason: Dask runs one
+        block per core.
 
     Attributes
     ----------

@@ -247,9 +247,13 @@ _OPTIONS_DOC = """
         ``"mean"`` divides the summed loss by the number of (non-ignored)
         samples, or by the total weight when weights are given.
     num_threads : int >= 1, optional
-        Threads to use.  ``None`` uses OpenMP's current default, which
-        honours ``OMP_NUM_THREADS`` and ``threadpoolctl`` limits.  Small
-        inputs run on the calling thread regardless."""
+        Threads to use.  ``None`` uses OpenMP's current default (all cores
+        unless ``OMP_NUM_THREADS`` or a ``threadpoolctl`` limit says fewer),
+        as in every fastxent function that does no matrix product; in
+        :func:`fastxent.linear_cross_entropy` and ``SoftmaxRegression.fit``,
+        whose products run on BLAS's threads, ``None`` is the calling
+        thread instead (their docstrings say why).  Small inputs run on the
+        calling thread regardless."""
 
 
 @overload

@@ -129,7 +129,7 @@ def softmax(
     out : ndarray, optional
         As in :func:`log_softmax`; ``out=logits`` works in place.
     num_threads : int >= 1, optional
-        As in :func:`log_softmax`.
+        As in :func:`log_softmax`: ``None`` uses OpenMP's default.
 
     Returns
     -------
@@ -168,7 +168,7 @@ def logsumexp(logits: ArrayLike, *, axis: int = -1, num_threads: int | None = No
         The axis reduced, as in ``scipy.special.logsumexp`` (one integer;
         a tuple of axes is not supported).
     num_threads : int >= 1, optional
-        As in :func:`log_softmax`.
+        As in :func:`log_softmax`: ``None`` uses OpenMP's default.
 
     Returns
     -------

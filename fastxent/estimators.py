@@ -220,11 +220,15 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         lbfgs fit it has no effect.  Use ``num_threads`` for fastxent's
         kernels.
     num_threads : int >= 1, default=None
-        Threads for fastxent's row kernels between the matrix products
-        (``None``: the calling thread, as in
-        :func:`fastxent.linear_cross_entropy`).  The products run on the
+        Threads for fastxent's row kernels.  In ``fit``, ``None`` is the
+        calling thread, as in :func:`fastxent.linear_cross_entropy` and
+        unlike :func:`fastxent.cross_entropy` (OpenMP's default, all cores):
+        the products between the row kernels, most of the work, run on the
         threads of SciPy's BLAS, as it is set (threadpoolctl), the BLAS that
-        L-BFGS uses too: one BLAS thread pool in the fit.
+        L-BFGS uses too, and a second thread pool taking turns with BLAS's
+        on the same cores makes both spin-wait.  In ``predict_proba`` and
+        ``predict_log_proba`` (one product, then one softmax), ``None`` is
+        OpenMP's default, as in :func:`fastxent.softmax`.
 
     Attributes
     ----------
