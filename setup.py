@@ -198,7 +198,7 @@ extensions = [
         "fastxent._kernels",
         sources=["fastxent/_kernels.pyx", "fastxent/_rowops.c"],
         # Headers too: a change to them must rebuild the objects.
-        depends=["fastxent/_rowops.h", "fastxent/_rowops_t.h"],
+        depends=["fastxent/_rowops.h", "fastxent/_rowops_t.h", "fastxent/_governor.h"],
         # NumPy's C API checks the arrays at the kernel entry points (see
         # _kernels.pyx); no deprecated API is used.
         include_dirs=["fastxent", numpy.get_include()],

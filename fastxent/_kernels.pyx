@@ -20,9 +20,9 @@ Design
   computes one exp per element.
 * Few classes (class indices, no soft-cap; m <= 100 for float32, m <= 47
   for float64, where it beats the row kernel) take a tile kernel instead
-  (``fx_small_labels``): 64 rows at a time, transposed (in 8 x 8 or 4 x 4
+  (``fx_tile_kernel``): 64 rows at a time, transposed (in 8 x 8 or 4 x 4
   register blocks) so that every step vectorises across rows rather than
-  along a short row.  Two classes have their own (``fx_binary_labels``: one
+  along a short row.  Two classes have their own (``fx_two_class_kernel``: one
   exp and one log1p a row on the interleaved logits).
 * ``_loss_rows`` runs the right one of those on any block of rows with its
   own output pointers; every loss job goes through it: whole arrays, the
@@ -53,17 +53,56 @@ Design
   split points).  The label check before it (and an unweighted "mean"
   denominator, an integer count) splits over the threads too: at m = 2
   these serial passes had been a third of the call.
-* Errors (a failed scratch allocation) are flagged through a pointer, never
-  raised inside the parallel region.
+* Errors (a failed scratch allocation; a label found out of range where a
+  kernel reads it, which only another thread writing to the labels after
+  the check can cause) are flagged through return codes, never raised
+  inside the parallel region.  Each label is read once by the kernel that
+  uses it, and re-checked there: a data race never becomes an index.
+* Every parallel loop gives each thread one contiguous chunk and times it;
+  a region kept waiting far longer than its chunks worked (another
+  parallel program spinning on the same cores) makes calls that asked for
+  the default thread count run on one thread for a while (``_governor.h``).
 """
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer, PyCapsule_IsValid
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.math cimport INFINITY, log, log1p
+from libc.math cimport INFINITY, NAN, log, log1p
 from libc.stdint cimport int32_t, int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
+
+cdef extern from "_options.h" nogil:
+    ctypedef struct fx_options:
+        double label_smoothing
+        double z_loss
+        double softcap
+        double grad_denom
+        double label_mass
+        double uniform_mass
+        double unit_scale
+    ctypedef struct fx_row:
+        double loss
+        double softmax_weight
+        double lse
+    fx_options fx_options_for(double label_smoothing, double z_loss, double softcap,
+                              double grad_denom, Py_ssize_t m)
+    double fx_label_mass(const fx_options *o, double w_label)
+    double fx_grad_scale(const fx_options *o, double s)
+    fx_row fx_finish_row(const fx_options *o, double s, double b, double mx, double log_s,
+                         double Q, double dot)
+
+cdef extern from "_governor.h" nogil:
+    enum:
+        FX_TEAM_MAX
+    double fx_wtime()
+    int fx_gov_serial()
+    void fx_gov_report(double t0, const double *busy, Py_ssize_t T)
+    void fx_gov_reset()
+    void fx_span(Py_ssize_t c, Py_ssize_t T, Py_ssize_t n, Py_ssize_t *lo, Py_ssize_t *hi)
+    long long fx_gov_waits
+    long long fx_gov_backoff_ns
+    long long fx_gov_serial_until_ns
 
 cdef extern from "_rowops.h" nogil:
     float fx_max_f(const float *z, Py_ssize_t n)
@@ -95,15 +134,13 @@ cdef extern from "_rowops.h" nogil:
     void fx_tanh_array_f(const float *x, Py_ssize_t n, float *out)
     void fx_tanh_array_d(const double *x, Py_ssize_t n, double *out)
     int fx_masked_without_mass_f(const float *z, Py_ssize_t m, Py_ssize_t label,
-                                 const float *y, const float *w, double smoothing)
+                                 const float *y, const float *w, const fx_options *o)
     int fx_masked_without_mass_d(const double *z, Py_ssize_t m, Py_ssize_t label,
-                                 const double *y, const double *w, double smoothing)
+                                 const double *y, const double *w, const fx_options *o)
     double fx_softmax_coef_f(double b, Py_ssize_t m, Py_ssize_t label, const float *y,
-                             const float *w, double smoothing, double zloss, double lse,
-                             double S)
+                             const float *w, const fx_options *o, double lse, double S)
     double fx_softmax_coef_d(double b, Py_ssize_t m, Py_ssize_t label, const double *y,
-                             const double *w, double smoothing, double zloss, double lse,
-                             double S)
+                             const double *w, const fx_options *o, double lse, double S)
     void fx_half_to_float(const uint16_t *src, Py_ssize_t n, float *dst, int bf16)
     void fx_float_to_half(const float *src, Py_ssize_t n, uint16_t *dst, int bf16)
     const char *fx_simd_dispatch()
@@ -117,26 +154,22 @@ cdef extern from "_rowops.h" nogil:
     enum:
         FX_TILE_ROWS
         FX_SMALL_M_MAX
-    void fx_small_labels_f(const float *z, Py_ssize_t R, Py_ssize_t m,
-                           const void *labels, int labels_64bit,
-                           long long ignore_index, const float *w,
-                           const double *sw, double smoothing, double zloss,
-                           double grad_denom, double *loss_out, float *g,
-                           float *h)
-    void fx_binary_labels_f(const float *z, Py_ssize_t R, const void *labels,
-                            int labels_64bit, long long ignore_index, const float *w,
-                            const double *sw, double smoothing, double zloss,
-                            double grad_denom, double *loss_out, float *g, float *h)
-    void fx_binary_labels_d(const double *z, Py_ssize_t R, const void *labels,
-                            int labels_64bit, long long ignore_index, const double *w,
-                            const double *sw, double smoothing, double zloss,
-                            double grad_denom, double *loss_out, double *g, double *h)
-    void fx_small_labels_d(const double *z, Py_ssize_t R, Py_ssize_t m,
-                           const void *labels, int labels_64bit,
-                           long long ignore_index, const double *w,
-                           const double *sw, double smoothing, double zloss,
-                           double grad_denom, double *loss_out, double *g,
-                           double *h)
+    int fx_tile_kernel_f(const float *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
+                         int labels_64bit, long long ignore_index, const float *w,
+                         const double *sw, const fx_options *o, double *loss_out, float *g,
+                         float *h)
+    int fx_tile_kernel_d(const double *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
+                         int labels_64bit, long long ignore_index, const double *w,
+                         const double *sw, const fx_options *o, double *loss_out, double *g,
+                         double *h)
+    int fx_two_class_kernel_f(const float *z, Py_ssize_t R, const void *labels,
+                              int labels_64bit, long long ignore_index, const float *w,
+                              const double *sw, const fx_options *o, double *loss_out,
+                              float *g, float *h)
+    int fx_two_class_kernel_d(const double *z, Py_ssize_t R, const void *labels,
+                              int labels_64bit, long long ignore_index, const double *w,
+                              const double *sw, const fx_options *o, double *loss_out,
+                              double *g, double *h)
 
 # Builds without OpenMP (e.g. Apple clang without libomp) still compile:
 # prange then runs serially, and this shim answers "one thread".
@@ -199,14 +232,23 @@ cdef enum:
 # Below this many logits (n * m) the kernels run on the calling thread.
 SERIAL_BELOW = PARALLEL_MIN_ELEMENTS
 
+# What the drivers report (bits, combined with |): a scratch allocation
+# failed; a label was outside [0, m) when the kernel read it although the
+# check before had passed (another thread wrote to the labels meanwhile).
+cdef enum:
+    OUT_OF_MEMORY = 1
+    LABEL_RACED = 2
 
-cdef struct LossOptions:
-    double smoothing    # label smoothing epsilon
-    double beta         # smoothing / m, the uniform part of the target mass
-    double unit_b       # 1 / grad_denom: the gradient scale of a weight-1 row
-    double zloss        # coefficient of lse**2
-    double softcap      # c of c*tanh(z/c); 0 when off
-    double grad_denom   # the "mean" denominator (may be 0 or negative), else 1
+
+cdef int _raise_failed(int failed) except -1:
+    if failed & OUT_OF_MEMORY:
+        raise MemoryError("fastxent: could not allocate scratch memory")
+    if failed & LABEL_RACED:
+        raise RuntimeError(
+            "fastxent: a label changed while the kernel read it (another thread wrote to "
+            "the target array during the call); the rows concerned were set to NaN. "
+            "Do not modify the target while a fastxent call uses it.")
+    return 0
 
 
 # ---- typed front ends of the C primitives (float or double) ----
@@ -249,20 +291,20 @@ cdef inline void row_grad_pass(floating *g, Py_ssize_t m, floating a,
 
 cdef inline bint row_masked_without_mass(const floating *z, Py_ssize_t m,
                                          Py_ssize_t label, const floating *y,
-                                         const floating *w, double smoothing) noexcept nogil:
+                                         const floating *w, const fx_options *o) noexcept nogil:
     if floating is float:
-        return fx_masked_without_mass_f(z, m, label, y, w, smoothing)
+        return fx_masked_without_mass_f(z, m, label, y, w, o)
     else:
-        return fx_masked_without_mass_d(z, m, label, y, w, smoothing)
+        return fx_masked_without_mass_d(z, m, label, y, w, o)
 
 
 cdef inline double row_softmax_coef(double b, Py_ssize_t m, Py_ssize_t label,
                                     const floating *y, const floating *w,
-                                    const LossOptions *opt, double lse, double S) noexcept nogil:
+                                    const fx_options *opt, double lse, double S) noexcept nogil:
     if floating is float:
-        return fx_softmax_coef_f(b, m, label, y, w, opt.smoothing, opt.zloss, lse, S)
+        return fx_softmax_coef_f(b, m, label, y, w, opt, lse, S)
     else:
-        return fx_softmax_coef_d(b, m, label, y, w, opt.smoothing, opt.zloss, lse, S)
+        return fx_softmax_coef_d(b, m, label, y, w, opt, lse, S)
 
 
 cdef inline void row_sub2(const floating *z, Py_ssize_t m, floating s1,
@@ -288,48 +330,55 @@ cdef inline void row_hess_pass(const floating *e, Py_ssize_t m, floating inv_s,
         fx_hess_pass_d(e, m, inv_s, c, h)
 
 
-cdef inline void small_labels_block(
+cdef inline int tile_block(
     const floating *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
     bint labels_64bit, int64_t ignore_index, const floating *w,
-    const double *sw, const LossOptions *opt, double *loss_out, floating *g,
-    floating *h,
+    const double *sw, const fx_options *opt, double *loss_out, floating *g,
+    floating *h, int kernel,
 ) noexcept nogil:
-    if m == 2:  # one exp and one log1p a row
+    """The tile or the two-class kernel (``kernel``) on one block; returns how
+    many of its labels were out of range when read (a data race; see
+    fx_tile_kernel)."""
+    if kernel == KERNEL_TWO_CLASS:  # one exp and one log1p a row
         if floating is float:
-            fx_binary_labels_f(z, R, labels, labels_64bit, ignore_index, w, sw,
-                               opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+            return fx_two_class_kernel_f(z, R, labels, labels_64bit, ignore_index, w, sw, opt,
+                                         loss_out, g, h)
         else:
-            fx_binary_labels_d(z, R, labels, labels_64bit, ignore_index, w, sw,
-                               opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+            return fx_two_class_kernel_d(z, R, labels, labels_64bit, ignore_index, w, sw, opt,
+                                         loss_out, g, h)
     elif floating is float:
-        fx_small_labels_f(z, R, m, labels, labels_64bit, ignore_index, w, sw,
-                          opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+        return fx_tile_kernel_f(z, R, m, labels, labels_64bit, ignore_index, w, sw, opt,
+                                loss_out, g, h)
     else:
-        fx_small_labels_d(z, R, m, labels, labels_64bit, ignore_index, w, sw,
-                          opt.smoothing, opt.zloss, opt.grad_denom, loss_out, g, h)
+        return fx_tile_kernel_d(z, R, m, labels, labels_64bit, ignore_index, w, sw, opt,
+                                loss_out, g, h)
 
 
 # ---- the row kernels ----
 
-cdef double cross_entropy_row(
+cdef double row_kernel(
     const floating *z, Py_ssize_t m, Py_ssize_t label, const floating *y,
-    const floating *w, double s, const LossOptions *opt, floating *g,
+    const floating *w, double s, const fx_options *opt, floating *g,
     floating *h, floating *scratch,
 ) noexcept nogil:
-    """Loss of one row, and its gradient into ``g`` unless ``g`` is NULL.
+    """The row kernel: loss of one row, and its gradient into ``g`` unless
+    ``g`` is NULL.
 
     ``label >= 0`` selects class-index targets, otherwise ``y`` points at
     the row of class probabilities.  ``w`` (class weights) may be NULL.
     ``scratch`` holds ``m`` elements and is used only with a soft-cap; it
     keeps the capped logits so that ``g`` may alias ``z`` (in place).
     ``h`` (NULL, or with ``g``; no z-loss or soft-cap) receives the diagonal
-    of the Hessian, ``b Q P (1 - P)``.
+    of the Hessian, ``b Q P (1 - P)``.  The options' arithmetic is
+    ``_options.h``'s; this function only reduces the row.
     """
     cdef const floating *zc = z
     cdef floating mx, inv_c = 0
-    cdef floating beta = <floating>opt.beta
-    cdef double S, log_s, lse, Q, dot, loss, a, b
+    cdef floating uniform = <floating>opt.uniform_mass
+    cdef bint smoothing = opt.label_smoothing > 0
+    cdef double S, Q, dot, a, b
     cdef double c_main = 0, cap_y = 1
+    cdef fx_row row
     if opt.softcap > 0:
         mx = row_softcap_max(z, m, <floating>opt.softcap, scratch)
         zc = scratch
@@ -339,7 +388,7 @@ cdef double cross_entropy_row(
         # A fully masked row without target mass (padding, say) contributes
         # nothing, where the arithmetic would give -inf - -inf = NaN.  (The
         # soft-cap maps -inf to -c, so capped rows never get here.)
-        if mx == -INFINITY and row_masked_without_mass(z, m, label, y, w, opt.smoothing):
+        if mx == -INFINITY and row_masked_without_mass(z, m, label, y, w, opt):
             if g != NULL:
                 memset(g, 0, m * sizeof(floating))
             if h != NULL:
@@ -353,52 +402,43 @@ cdef double cross_entropy_row(
     tdot[0] = 0
     tdot[1] = 0
     if label >= 0:
-        c_main = (1.0 - opt.smoothing) * (w[label] if w != NULL else 1.0)
+        c_main = fx_label_mass(opt, w[label] if w != NULL else 1.0)
         # Skipping zero-mass terms keeps a masked (-inf) class out.
         dot = c_main * (<double>zc[label] - <double>mx) if c_main != 0 else 0.0
         if opt.softcap > 0:
             cap_y = 1.0 - (<double>zc[label] * inv_c) ** 2
-        S = row_expsum(zc, m, mx, g, w, <const floating *>NULL, 0, beta,
-                       tdot if opt.smoothing > 0 else NULL)
+        S = row_expsum(zc, m, mx, g, w, <const floating *>NULL, 0, uniform,
+                       tdot if smoothing else NULL)
         Q = c_main + tdot[1]
         dot += tdot[0]
     else:
-        S = row_expsum(zc, m, mx, g, w, y, <floating>(1.0 - opt.smoothing),
-                       beta, tdot)
+        S = row_expsum(zc, m, mx, g, w, y, <floating>opt.label_mass, uniform, tdot)
         Q = tdot[1]
         dot = tdot[0]
 
-    log_s = log(S)
-    lse = mx + log_s
-    loss = Q * log_s - dot
-    if opt.zloss != 0:
-        loss += opt.zloss * lse * lse
+    b = fx_grad_scale(opt, s)
+    row = fx_finish_row(opt, s, b, mx, log(S), Q, dot)
     if g != NULL:
-        # Dividing (rather than multiplying by 1/denominator) stays finite
-        # for a subnormal total weight; rows of weight 1 take the quotient
-        # computed once per call (a division costs a row of 100 classes
-        # several percent).
-        b = s / opt.grad_denom if s != 1.0 else opt.unit_b
         if b - b == 0:
-            a = b * (Q + 2.0 * opt.zloss * lse) / S
+            a = row.softmax_weight / S
         else:  # b is +-inf or NaN (a zero "mean" denominator): PyTorch's pattern
-            a = row_softmax_coef(b, m, label, y, w, opt, lse, S)
+            a = row_softmax_coef(b, m, label, y, w, opt, row.lse, S)
         if h != NULL:  # from exp(z - max), which g holds until the pass below
             row_hess_pass(g, m, <floating>(1.0 / S), <floating>(b * Q), h)
         if label >= 0:
             # Without smoothing the class weights only enter through c_main.
             row_grad_pass(g, m, <floating>a, <floating>b,
-                          w if opt.smoothing > 0 else <const floating *>NULL,
-                          <const floating *>NULL, 0, beta,
+                          w if smoothing else <const floating *>NULL,
+                          <const floating *>NULL, 0, uniform,
                           zc if opt.softcap > 0 else <const floating *>NULL,
                           inv_c)
             g[label] -= <floating>(b * c_main * cap_y)
         else:
             row_grad_pass(g, m, <floating>a, <floating>b, w, y,
-                          <floating>(1.0 - opt.smoothing), beta,
+                          <floating>opt.label_mass, uniform,
                           zc if opt.softcap > 0 else <const floating *>NULL,
                           inv_c)
-    return s * loss
+    return row.loss
 
 
 cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
@@ -433,21 +473,42 @@ cdef inline double softmax_row(const floating *z, Py_ssize_t m, floating *out,
 # with a false ``if`` clause still sets up a team in libgomp, which costs a
 # small call more than its arithmetic.
 
-cdef inline Py_ssize_t _tile_max_m(floating kind) noexcept nogil:
-    """The largest m the tile kernel takes for this dtype: where it beats the
-    row kernel (measured, 1 thread: float32 up to m = 100 at 0.94x the row
-    kernel on an AVX-512 Xeon; float64 at m = 41-44 0.78x on that Xeon and
-    0.83-0.97x on AVX2, but 1.04x at m = 48, where the row kernel has no
-    tail, and 1.07-1.12x beyond m ~ 52 on AVX2)."""
-    if floating is float:
-        return TILE_MAX_M_FLOAT
-    else:
-        return TILE_MAX_M_DOUBLE
+cdef enum:
+    # The loss kernels (choose_kernel); KERNEL_AUTO lets it choose.
+    KERNEL_AUTO = 0
+    KERNEL_ROW = 1
+    KERNEL_TILE = 2
+    KERNEL_TWO_CLASS = 3
+
+# Tests force a kernel with force_kernel() to run every option through every
+# kernel that takes the case; KERNEL_AUTO otherwise.
+cdef int forced_kernel = KERNEL_AUTO
+
+
+cdef inline int choose_kernel(bint labels, Py_ssize_t m, const fx_options *opt,
+                              bint is_float) noexcept nogil:
+    """The one place that picks the loss kernel of a job.  The tile kernel
+    (and, for two classes, the two-class kernel) takes class indices
+    without a soft-cap up to TILE_MAX_M_FLOAT / TILE_MAX_M_DOUBLE classes,
+    where it beats the row kernel (benchmarks/bench_few_classes.py); the row
+    kernel takes everything.  A forced kernel that cannot take the case
+    leaves the choice to these rules."""
+    cdef bint tile_ok = labels and opt.softcap == 0 and m <= FX_SMALL_M_MAX
+    if forced_kernel == KERNEL_ROW:
+        return KERNEL_ROW
+    if forced_kernel == KERNEL_TILE and tile_ok:
+        return KERNEL_TILE
+    if forced_kernel == KERNEL_TWO_CLASS and tile_ok and m == 2:
+        return KERNEL_TWO_CLASS
+    if not tile_ok or m > (TILE_MAX_M_FLOAT if is_float else TILE_MAX_M_DOUBLE):
+        return KERNEL_ROW
+    return KERNEL_TWO_CLASS if m == 2 else KERNEL_TILE
 
 
 cdef inline bint _use_threads(Py_ssize_t n, Py_ssize_t m, int num_threads) noexcept nogil:
     # fx_forked: never enter the OpenMP runtime in a forked child (above).
-    return num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS and not fx_forked
+    return (num_threads > 1 and n > 1 and n * m >= PARALLEL_MIN_ELEMENTS and not fx_forked
+            and num_threads <= FX_TEAM_MAX)
 
 
 cdef enum:
@@ -545,128 +606,158 @@ cdef double _pairwise_sum(const double *x, Py_ssize_t n, int num_threads) noexce
     return part[0]
 
 
-cdef inline void _small_block(
+cdef inline int _tile_kernel_block(
     Py_ssize_t blk, const floating *z, Py_ssize_t n, Py_ssize_t m,
     const label_t *labels, const floating *w, const double *sw,
-    const LossOptions *opt, double *loss_out, floating *grad, floating *hess,
-    int64_t ignore_index, double *block_sums,
+    const fx_options *opt, double *loss_out, floating *grad, floating *hess,
+    int64_t ignore_index, double *block_sums, int kernel,
 ) noexcept nogil:
     cdef Py_ssize_t r0 = blk * FX_TILE_ROWS
     cdef Py_ssize_t R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
     cdef double block_loss[FX_TILE_ROWS]
     cdef double *rows_out = &block_loss[0] if block_sums != NULL else loss_out + r0
-    small_labels_block(
+    cdef int raced = tile_block(
         z + r0 * m, R, m, labels + r0, label_t is int64_t, ignore_index, w,
         sw + r0 if sw != NULL else NULL, opt, rows_out,
         grad + r0 * m if grad != NULL else NULL,
-        hess + r0 * m if hess != NULL else NULL)
+        hess + r0 * m if hess != NULL else NULL, kernel)
     if block_sums != NULL:
         block_sums[blk] = fx_pairwise_sum(block_loss, R)
+    return raced
 
 
-cdef void _small_labels(
+cdef int _run_tile_kernel(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
-    const floating *w, const double *sw, const LossOptions *opt,
+    const floating *w, const double *sw, const fx_options *opt,
     double *loss_out, floating *grad, floating *hess, int64_t ignore_index,
-    int num_threads, double *block_sums=NULL,
+    int num_threads, int kernel, double *block_sums=NULL,
 ) noexcept nogil:
-    """Few classes: blocks of FX_TILE_ROWS rows, vectorised across rows.
+    """The tile (or two-class) kernel over the rows: blocks of FX_TILE_ROWS
+    rows, vectorised across rows.
     With ``block_sums``, the sum of each block's losses goes there (blocks
-    in row order) instead of per-row losses to ``loss_out``."""
-    cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS, blk
+    in row order) instead of per-row losses to ``loss_out``.  Returns
+    LABEL_RACED if a label was out of range when read."""
+    cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS, blk, c, lo, hi
+    cdef Py_ssize_t raced = 0
+    cdef double busy[FX_TEAM_MAX]
+    cdef double *busy_p = busy
+    cdef double t0, tc
     if not _use_threads(n, m, num_threads):
         for blk in range(nblocks):
-            _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                         ignore_index, block_sums)
-        return
-    for blk in prange(nblocks, schedule='static', num_threads=num_threads):
-        _small_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                     ignore_index, block_sums)
+            raced += _tile_kernel_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
+                                        hess, ignore_index, block_sums, kernel)
+    else:
+        # one chunk of blocks per thread, timed (see _governor.h)
+        t0 = fx_wtime()
+        for c in prange(num_threads, schedule='static', num_threads=num_threads):
+            tc = fx_wtime()
+            fx_span(c, num_threads, nblocks, &lo, &hi)
+            for blk in range(lo, hi):
+                raced += _tile_kernel_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
+                                            hess, ignore_index, block_sums, kernel)
+            busy_p[c] = fx_wtime() - tc
+        fx_gov_report(t0, busy, num_threads)
+    return LABEL_RACED if raced else 0
 
 
-cdef LossOptions _options(double smoothing, double zloss, double softcap,
-                          double grad_denom, Py_ssize_t m) noexcept nogil:
-    cdef LossOptions opt
-    opt.smoothing = smoothing
-    opt.beta = smoothing / m
-    opt.zloss = zloss
-    opt.softcap = softcap
-    # IEEE division throughout, as PyTorch: a zero denominator (weights that
-    # cancel, or all zero) gives inf/NaN gradients; ignored rows are zeroed
-    # explicitly, so "everything ignored" still has a zero gradient.
-    opt.grad_denom = grad_denom
-    opt.unit_b = 1.0 / opt.grad_denom
-    return opt
+cdef inline void _nan_row(floating *row, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t k
+    if row != NULL:
+        for k in range(m):
+            row[k] = NAN
 
 
 cdef inline double _one_row(
     Py_ssize_t i, const floating *z, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
-    const double *sw, const LossOptions *opt, floating *grad, floating *hess,
-    floating *scratch,
+    const double *sw, const fx_options *opt, floating *grad, floating *hess,
+    floating *scratch, int *raced,
 ) noexcept nogil:
     """Row ``i`` of the general path: its loss, and its gradient row."""
     cdef floating *g = grad + i * m if grad != NULL else NULL
     cdef floating *h = hess + i * m if hess != NULL else NULL
     cdef Py_ssize_t label = -1
+    cdef int64_t lab
     cdef const floating *y = NULL
     if labels != NULL:
-        if labels[i] == ignore_index:
+        # Read once: checked before, but another thread may have written
+        # it since (a data race), and an index out of [0, m) must never
+        # reach the row kernel.
+        lab = labels[i]
+        if lab == ignore_index:
             if g != NULL:
                 memset(g, 0, m * sizeof(floating))
             if h != NULL:
                 memset(h, 0, m * sizeof(floating))
             return 0.0
-        label = <Py_ssize_t>labels[i]
+        if lab < 0 or lab >= m:
+            _nan_row(g, m)
+            _nan_row(h, m)
+            raced[0] = 1
+            return NAN
+        label = <Py_ssize_t>lab
     else:
         y = target + i * m
-    return cross_entropy_row(z + i * m, m, label, y, w,
+    return row_kernel(z + i * m, m, label, y, w,
                              sw[i] if sw != NULL else 1.0, opt, g, h, scratch)
 
 
-cdef int _rows(
+cdef int _run_row_kernel(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
-    const double *sw, const LossOptions *opt, double *loss_out,
+    const double *sw, const fx_options *opt, double *loss_out,
     floating *grad, floating *hess, int num_threads, floating *own_scratch,
 ) noexcept nogil:
-    """The general path: cross_entropy_row over the rows, for class indices
+    """The row kernel over the rows, for class indices
     (``labels``) or probabilities (``target``, ``labels`` NULL).  A serial
     call uses ``own_scratch`` (m elements) for a soft-cap if given.  Returns
-    1 if a thread could not allocate its soft-cap scratch row."""
-    cdef Py_ssize_t i
+    OUT_OF_MEMORY if a thread could not allocate its soft-cap scratch row,
+    LABEL_RACED if a label was out of range when read (or both)."""
+    cdef Py_ssize_t i, c, lo, hi
     cdef floating *scratch = NULL
     cdef int failed = 0
     cdef int *failed_p = &failed
+    cdef int raced = 0
+    cdef int *raced_p = &raced
+    cdef double busy[FX_TEAM_MAX]
+    cdef double *busy_p = busy
+    cdef double t0, tc
     if not _use_threads(n, m, num_threads):
         if opt.softcap > 0 and own_scratch == NULL:
             scratch = <floating *>malloc(m * sizeof(floating))
             if scratch == NULL:
-                return 1
+                return OUT_OF_MEMORY
         for i in range(n):
             loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w, sw, opt,
-                                   grad, hess, own_scratch if own_scratch != NULL else scratch)
+                                   grad, hess, own_scratch if own_scratch != NULL else scratch,
+                                   raced_p)
         free(scratch)
-        return 0
+        return LABEL_RACED if raced else 0
+    t0 = fx_wtime()
     with parallel(num_threads=num_threads):
         scratch = NULL
         if opt.softcap > 0:
             scratch = <floating *>malloc(m * sizeof(floating))
             if scratch == NULL:
-                failed_p[0] = 1
-        for i in prange(n, schedule='static'):
-            if opt.softcap > 0 and scratch == NULL:
-                continue
-            loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
-                                   sw, opt, grad, hess, scratch)
+                failed_p[0] = OUT_OF_MEMORY
+        # one chunk of rows per thread, timed (see _governor.h)
+        for c in prange(num_threads, schedule='static'):
+            tc = fx_wtime()
+            fx_span(c, num_threads, n, &lo, &hi)
+            if opt.softcap == 0 or scratch != NULL:
+                for i in range(lo, hi):
+                    loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
+                                           sw, opt, grad, hess, scratch, raced_p)
+            busy_p[c] = fx_wtime() - tc
         free(scratch)
-    return failed
+    fx_gov_report(t0, busy, num_threads)
+    return failed | (LABEL_RACED if raced else 0)
 
 
 cdef int _loss_rows(
     const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const floating *target, const floating *w,
-    const double *sw, const LossOptions *opt, double *loss_out,
+    const double *sw, const fx_options *opt, double *loss_out,
     floating *grad, floating *hess, int num_threads,
     floating *scratch=NULL, double *total=NULL,
 ) noexcept nogil:
@@ -681,29 +772,31 @@ cdef int _loss_rows(
     required): the few-class kernels sum each block of FX_TILE_ROWS rows as
     they go, so a row costs no float64 written and read back (at m = 2 that
     buffer was a quarter of the bytes a call moved); the row kernels use a
-    buffer of their own.  Returns 1 if memory could not be allocated."""
+    buffer of their own.  Returns a combination of OUT_OF_MEMORY (then the
+    total is not computed) and LABEL_RACED, or 0."""
     cdef Py_ssize_t nsums = n
     cdef double *sums = loss_out
-    cdef bint small = labels != NULL and m <= _tile_max_m(<floating>0) and opt.softcap == 0
+    cdef int kernel = choose_kernel(labels != NULL, m, opt, floating is float)
+    cdef bint small = kernel != KERNEL_ROW
+    cdef int failed
     if loss_out == NULL:
         if small:
             nsums = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS
         sums = <double *>malloc(max(nsums, 1) * sizeof(double))
         if sums == NULL:
-            return 1
+            return OUT_OF_MEMORY
     if small:
-        _small_labels(z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                      ignore_index, num_threads, sums if loss_out == NULL else NULL)
-    elif _rows(z, n, m, labels, ignore_index, target, w, sw, opt, sums,
-               grad, hess, num_threads, scratch):
-        if loss_out == NULL:
-            free(sums)
-        return 1
-    if total != NULL:
+        failed = _run_tile_kernel(z, n, m, labels, w, sw, opt, loss_out, grad, hess,
+                                  ignore_index, num_threads, kernel,
+                                  sums if loss_out == NULL else NULL)
+    else:
+        failed = _run_row_kernel(z, n, m, labels, ignore_index, target, w, sw, opt, sums,
+                                 grad, hess, num_threads, scratch)
+    if total != NULL and not (failed & OUT_OF_MEMORY):
         total[0] = _pairwise_sum(sums, nsums, num_threads)
     if loss_out == NULL:
         free(sums)
-    return 0
+    return failed
 
 
 # ---- entry points (called from Python with validated arrays) ----
@@ -800,7 +893,7 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
     cdef double *rows = a.loss
     cdef double denom = 0, total = 0
     cdef int failed = 0
-    cdef LossOptions opt
+    cdef fx_options opt
     if n == 0:
         return -1, 0.0, 0.0
     with nogil:
@@ -812,14 +905,14 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
             denom = <double>n
         if bad < 0:
             # NaN: divide the gradient by this call's own "mean" denominator.
-            opt = _options(smoothing, zloss, softcap,
+            opt = fx_options_for(smoothing, zloss, softcap,
                            denom if grad_denom != grad_denom else grad_denom, m)
             if floating is float and a.half:
                 # Reduced losses: the per-row values go to a buffer of our own.
                 if rows == NULL:
                     rows = <double *>malloc(n * sizeof(double))
                 if rows == NULL:
-                    failed = 1
+                    failed = OUT_OF_MEMORY
                 else:
                     # z, grad, hess hold 16-bit values (and target, if target_half).
                     failed = _half_loss_rows(
@@ -827,15 +920,15 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
                         <const float *>NULL if a.target_half else target,
                         <const uint16_t *>target if a.target_half else <const uint16_t *>NULL,
                         w, a.sw, &opt, rows, <uint16_t *>grad, <uint16_t *>hess, num_threads)
-                    total = _pairwise_sum(rows, n, num_threads)
+                    if not (failed & OUT_OF_MEMORY):
+                        total = _pairwise_sum(rows, n, num_threads)
                     if a.loss == NULL:
                         free(rows)
             else:
                 failed = _loss_rows(z, n, m, labels, ignore_index, target, w,
                                     a.sw, &opt, rows, grad, hess, num_threads,
                                     <floating *>NULL, &total)
-    if failed:
-        raise MemoryError("fastxent: could not allocate scratch memory")
+    _raise_failed(failed)
     return bad, total, denom
 
 
@@ -1006,12 +1099,12 @@ cdef inline Py_ssize_t _half_block_rows(Py_ssize_t m, bint tile) noexcept nogil:
 cdef int _half_loss_block(
     Py_ssize_t blk, Py_ssize_t B, float *buf, const uint16_t *z, bint bf16, Py_ssize_t n,
     Py_ssize_t m, const label_t *labels, int64_t ignore_index, const float *target,
-    const uint16_t *target_half, const float *w, const double *sw, const LossOptions *opt,
+    const uint16_t *target_half, const float *w, const double *sw, const fx_options *opt,
     double *loss_out, uint16_t *grad, uint16_t *hess,
 ) noexcept nogil:
     """Block ``blk`` of B rows: widen, run the float32 kernels in ``buf``
     (logits/gradient, Hessian, targets and a soft-cap row, in that order),
-    narrow the outputs.  Returns 1 if out of memory."""
+    narrow the outputs.  Returns _loss_rows' code."""
     cdef Py_ssize_t per = B * m, r0 = blk * B, R = min(B, n - r0)
     cdef float *zf = buf
     cdef float *hf = buf + per
@@ -1038,40 +1131,56 @@ cdef int _half_loss_block(
 cdef int _half_loss_rows(
     const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const float *target, const uint16_t *target_half,
-    const float *w, const double *sw, const LossOptions *opt, double *loss_out,
+    const float *w, const double *sw, const fx_options *opt, double *loss_out,
     uint16_t *grad, uint16_t *hess, int num_threads,
 ) noexcept nogil:
     """_loss_rows for half-precision logits (and outputs; probabilities in
-    float32 ``target`` or in the logits' format ``target_half``).  Returns 1
-    if a thread could not allocate its buffers."""
-    cdef bint tile = labels != NULL and m <= TILE_MAX_M_FLOAT and opt.softcap == 0
+    float32 ``target`` or in the logits' format ``target_half``).  Returns
+    _loss_rows' codes (OUT_OF_MEMORY also when a thread could not allocate
+    its buffers)."""
+    cdef bint tile = choose_kernel(labels != NULL, m, opt, True) != KERNEL_ROW
     cdef Py_ssize_t B = _half_block_rows(m, tile)
-    cdef Py_ssize_t nb = (n + B - 1) // B, blk
+    cdef Py_ssize_t nb = (n + B - 1) // B, blk, c, lo, hi
     cdef Py_ssize_t size = B * m * (1 + (hess != NULL) + (target_half != NULL)) + m
-    cdef int failed = 0
-    cdef int *failed_p = &failed
+    cdef double busy[FX_TEAM_MAX]
+    cdef double *busy_p = busy
+    cdef double t0, tc
+    cdef int failed = 0, code
+    cdef int oom = 0, raced = 0
+    cdef int *oom_p = &oom
+    cdef int *raced_p = &raced
     cdef float *buf = NULL
     if not _use_threads(n, m, num_threads):
         buf = <float *>malloc(size * sizeof(float))
         if buf == NULL:
-            return 1
+            return OUT_OF_MEMORY
         for blk in range(nb):
             failed |= _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index, target,
                                        target_half, w, sw, opt, loss_out, grad, hess)
         free(buf)
         return failed
+    t0 = fx_wtime()
     with parallel(num_threads=num_threads):
         buf = <float *>malloc(size * sizeof(float))
         if buf == NULL:
-            failed_p[0] = 1
-        for blk in prange(nb, schedule='static'):
-            if buf == NULL:
-                continue
-            if _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index, target,
-                                target_half, w, sw, opt, loss_out, grad, hess):
-                failed_p[0] = 1
+            oom_p[0] = 1
+        # one chunk of blocks per thread, timed (see _governor.h)
+        for c in prange(num_threads, schedule='static'):
+            tc = fx_wtime()
+            fx_span(c, num_threads, nb, &lo, &hi)
+            for blk in range(lo, hi):
+                if buf == NULL:
+                    break
+                code = _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index,
+                                        target, target_half, w, sw, opt, loss_out, grad, hess)
+                if code & OUT_OF_MEMORY:
+                    oom_p[0] = 1
+                if code & LABEL_RACED:
+                    raced_p[0] = 1
+            busy_p[c] = fx_wtime() - tc
         free(buf)
-    return failed
+    fx_gov_report(t0, busy, num_threads)
+    return (OUT_OF_MEMORY if oom else 0) | (LABEL_RACED if raced else 0)
 
 
 cdef void _half_softmax_block(Py_ssize_t blk, Py_ssize_t B, float *buf, const uint16_t *z,
@@ -1093,10 +1202,13 @@ cdef int _half_softmax_rows(const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize
                             int num_threads) noexcept nogil:
     """softmax_row over half-precision rows, a block at a time in float32."""
     cdef Py_ssize_t B = _half_block_rows(m, False)
-    cdef Py_ssize_t nb = (n + B - 1) // B, blk
+    cdef Py_ssize_t nb = (n + B - 1) // B, blk, c, lo, hi
     cdef int failed = 0
     cdef int *failed_p = &failed
     cdef float *buf = NULL
+    cdef double busy[FX_TEAM_MAX]
+    cdef double *busy_p = busy
+    cdef double t0, tc
     if not _use_threads(n, m, num_threads):
         buf = <float *>malloc(B * m * sizeof(float))
         if buf == NULL:
@@ -1105,14 +1217,21 @@ cdef int _half_softmax_rows(const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize
             _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
         free(buf)
         return 0
+    t0 = fx_wtime()
     with parallel(num_threads=num_threads):
         buf = <float *>malloc(B * m * sizeof(float))
         if buf == NULL:
             failed_p[0] = 1
-        for blk in prange(nb, schedule='static'):
+        # one chunk of blocks per thread, timed (see _governor.h)
+        for c in prange(num_threads, schedule='static'):
+            tc = fx_wtime()
+            fx_span(c, num_threads, nb, &lo, &hi)
             if buf != NULL:
-                _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
+                for blk in range(lo, hi):
+                    _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
+            busy_p[c] = fx_wtime() - tc
         free(buf)
+    fx_gov_report(t0, busy, num_threads)
     return failed
 
 
@@ -1187,12 +1306,12 @@ cdef int _linear_chunks(
     Py_ssize_t ldw, const floating *bias, Py_ssize_t n, Py_ssize_t d,
     Py_ssize_t V, const label_t *labels, int64_t ignore_index,
     const floating *target, const floating *w, const double *sw,
-    const LossOptions *opt, double *loss_out, floating *buf, Py_ssize_t r,
+    const fx_options *opt, double *loss_out, floating *buf, Py_ssize_t r,
     floating *grad_x, floating *grad_W, double *grad_b, int num_threads,
 ) noexcept nogil:
     """The chunk loop (gradients when ``grad_W`` is not NULL; ``grad_x`` and
-    ``grad_b`` may be NULL then).  Returns 1 if the row kernels ran out of
-    memory."""
+    ``grad_b`` may be NULL then).  Returns _loss_rows' codes, OR-ed over
+    the chunks."""
     cdef Py_ssize_t c0 = 0, rr
     cdef int failed = 0
     while c0 < n:
@@ -1279,7 +1398,7 @@ def linear_cross_entropy_chunks(
     cdef void *fn
     cdef int failed = 0
     cdef double total = 0
-    cdef LossOptions opt
+    cdef fx_options opt
     if cnp.PyArray_NDIM(<cnp.ndarray>x) != 2 or not cnp.PyArray_Check(W) \
             or cnp.PyArray_NDIM(<cnp.ndarray>W) != 2 or not cnp.PyArray_Check(buf) \
             or cnp.PyArray_NDIM(<cnp.ndarray>buf) != 2:
@@ -1316,7 +1435,7 @@ def linear_cross_entropy_chunks(
     fn = PyCapsule_GetPointer(gemm, PyCapsule_GetName(gemm))
     if n == 0:
         return 0.0
-    opt = _options(smoothing, zloss, softcap, grad_denom, V)
+    opt = fx_options_for(smoothing, zloss, softcap, grad_denom, V)
     with nogil:
         if ft == cnp.NPY_FLOAT:
             if lt == cnp.NPY_INT32:
@@ -1341,27 +1460,36 @@ def linear_cross_entropy_chunks(
                 rows, <double *>bufp, r, <double *>gx, <double *>gW, gb, num_threads)
         if not failed:
             total = _pairwise_sum(rows, n, num_threads)
-    if failed:
-        raise MemoryError("fastxent: could not allocate scratch memory")
+    _raise_failed(failed)
     return total
 
 
 cdef void _softmax_run(const floating *z, const Arrays *a, bint take_log,
                        int num_threads) noexcept nogil:
-    cdef Py_ssize_t n = a.n, m = a.m, i
+    cdef Py_ssize_t n = a.n, m = a.m, i, c, lo, hi
     cdef floating *o = <floating *>a.grad
     cdef double *lse = a.loss
     cdef double v
+    cdef double busy[FX_TEAM_MAX]
+    cdef double *busy_p = busy
+    cdef double t0, tc
     if not _use_threads(n, m, num_threads):
         for i in range(n):
             v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
             if lse != NULL:
                 lse[i] = v
         return
-    for i in prange(n, schedule='static', num_threads=num_threads):
-        v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
-        if lse != NULL:
-            lse[i] = v
+    # one chunk of rows per thread, timed (see _governor.h)
+    t0 = fx_wtime()
+    for c in prange(num_threads, schedule='static', num_threads=num_threads):
+        tc = fx_wtime()
+        fx_span(c, num_threads, n, &lo, &hi)
+        for i in range(lo, hi):
+            v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
+            if lse != NULL:
+                lse[i] = v
+        busy_p[c] = fx_wtime() - tc
+    fx_gov_report(t0, busy, num_threads)
 
 
 def softmax_rows(object z, object out, bint take_log, object lse_out, int num_threads,
@@ -1384,6 +1512,36 @@ def softmax_rows(object z, object out, bint take_log, object lse_out, int num_th
             _softmax_run(<double *>a.z, &a, take_log, num_threads)
     if failed:
         raise MemoryError("fastxent: could not allocate scratch memory")
+
+
+cdef double _unchecked_rows(const floating *z, const int64_t *labels, const Arrays *a,
+                            int64_t ignore_index, int num_threads) except? -1:
+    cdef fx_options opt = fx_options_for(0.0, 0.0, 0.0, 1.0, a.m)
+    cdef double total = 0
+    cdef int failed
+    with nogil:
+        failed = _loss_rows(z, a.n, a.m, labels, ignore_index, <const floating *>NULL,
+                            <const floating *>NULL, NULL, &opt, a.loss, <floating *>a.grad,
+                            <floating *>NULL, num_threads, <floating *>NULL, &total)
+    _raise_failed(failed)
+    return total
+
+
+def loss_rows_unchecked(object z, object labels, object loss_out, object grad_out,
+                        int64_t ignore_index, int num_threads):
+    """The loss kernels on labels that skipped the range check (for tests: what
+    a kernel does with a label that another thread changed after the check).
+    ``z`` (n, m) float32/float64, ``labels`` (n,) int64, ``loss_out`` (n,)
+    float64 or None, ``grad_out`` like ``z`` or None; plain options.  Returns
+    the summed loss; raises RuntimeError if a label was out of range."""
+    cdef Arrays a
+    cdef int ft = _take_common(&a, z, None, None, loss_out, grad_out)
+    _take(labels, cnp.NPY_INT64, a.n, -1, False, &a.labels)
+    if a.labels == NULL or a.n == 0:
+        raise ValueError("fastxent._kernels: labels needed, n > 0")
+    if ft == cnp.NPY_FLOAT:
+        return _unchecked_rows(<float *>a.z, <int64_t *>a.labels, &a, ignore_index, num_threads)
+    return _unchecked_rows(<double *>a.z, <int64_t *>a.labels, &a, ignore_index, num_threads)
 
 
 def exp_array(const floating[::1] x, floating[::1] out):
@@ -1437,6 +1595,62 @@ def openmp_enabled():
 def max_threads():
     """``omp_get_max_threads()`` now (1 without OpenMP, and in a forked child)."""
     return 1 if fx_forked else omp_get_max_threads()
+
+
+_KERNEL_NAMES = {"auto": KERNEL_AUTO, "row": KERNEL_ROW, "tile": KERNEL_TILE,
+                 "two_class": KERNEL_TWO_CLASS}
+
+
+def force_kernel(str name):
+    """Make every loss job that the kernel ``name`` ("row", "tile",
+    "two_class") can take run on it; "auto" restores the normal choice.
+    Process-wide, for tests.  Returns the previous setting's name."""
+    global forced_kernel
+    if name not in _KERNEL_NAMES:
+        raise ValueError(f"fastxent._kernels: kernel must be one of {sorted(_KERNEL_NAMES)}")
+    previous = [k for k, v in _KERNEL_NAMES.items() if v == forced_kernel][0]
+    forced_kernel = _KERNEL_NAMES[name]
+    return previous
+
+
+def kernel_for(bint labels, Py_ssize_t m, double softcap, str dtype):
+    """The kernel a loss job of ``m`` classes would run on now ("row", "tile"
+    or "two_class"): class indices if ``labels``, ``dtype`` "float32" (also
+    half precision) or "float64"."""
+    cdef fx_options opt = fx_options_for(0.0, 0.0, softcap, 1.0, m)
+    cdef int k = choose_kernel(labels, m, &opt, dtype != "float64")
+    return [n for n, v in _KERNEL_NAMES.items() if v == k][0]
+
+
+def default_threads():
+    """The thread count of a call that asked for the default: ``max_threads()``,
+    or 1 while the governor (``_governor.h``) has found parallel regions kept
+    waiting for the cores by another parallel program."""
+    if fx_forked or fx_gov_serial():
+        return 1
+    return omp_get_max_threads()
+
+
+def governor_state():
+    """``(regions found waiting, current back-off in seconds, seconds until
+    default-thread calls use threads again)`` (for tests and diagnostics)."""
+    return (int(fx_gov_waits), fx_gov_backoff_ns * 1e-9,
+            max(0.0, fx_gov_serial_until_ns * 1e-9 - fx_wtime()))
+
+
+def governor_reset():
+    """Forget what the governor has seen (for tests)."""
+    fx_gov_reset()
+
+
+def governor_report(double started_ago, busy):
+    """Report a region that started ``started_ago`` seconds ago and whose chunks
+    worked ``busy`` seconds each, as the kernels do (for tests)."""
+    cdef double b[FX_TEAM_MAX]
+    cdef Py_ssize_t k, T = min(len(busy), FX_TEAM_MAX)
+    for k in range(T):
+        b[k] = busy[k]
+    fx_gov_report(fx_wtime() - started_ago, b, T)
 
 
 def forked_child():

@@ -53,7 +53,7 @@ def default_chunk_size(n: int, V: int, d: int, itemsize: int) -> int:
     at most 1 024 rows unless 4 MiB holds more, at most 256 MiB, and at most
     ``n``.  ``d`` does not enter: the GEMMs' work and their per-chunk
     overhead both grow with it.  ``chunk_size=1024`` trades memory for
-    speed (README: measured figures).
+    speed (docs/guide/linear.md: measured figures).
     """
     del d  # documented: the rule does not depend on it
     row_bytes = max(1, V * itemsize)
@@ -173,14 +173,16 @@ def _check_inputs(
     outputs (the inputs' own; float16/bfloat16 are computed in float32, as
     BLAS has no 16-bit GEMM: x, W and b are converted, temporaries of their
     size in float32)."""
-    xa = np.asarray(x)
-    Wa = np.asarray(linear_weight)
-    ba = None if linear_bias is None else np.asarray(linear_bias)
+    xa = v.as_array(x, "x")
+    Wa = v.as_array(linear_weight, "linear_weight")
+    ba = None if linear_bias is None else v.as_array(linear_bias, "linear_bias")
     given = {"x": xa, "linear_weight": Wa}
     if ba is not None:
         given["linear_bias"] = ba
-    dtypes = {a.dtype for a in given.values()}
-    io = xa.dtype
+    # Byte order aside (byte-swapped inputs are converted, as cross_entropy
+    # converts them; the outputs are native).
+    dtypes = {a.dtype if a.dtype.isnative else a.dtype.newbyteorder("=") for a in given.values()}
+    io = xa.dtype if xa.dtype.isnative else xa.dtype.newbyteorder("=")
     half = v.half_kind(io)
     if len(dtypes) != 1 or (io not in (np.float32, np.float64) and not half):
         got = ", ".join(f"{k}={a.dtype}" for k, a in given.items())
@@ -423,7 +425,8 @@ def linear_cross_entropy(
     TypeError
         For inputs of different dtypes or not float32/float64, float class
         indices, a non-integer ``chunk_size``, ``num_threads`` or
-        ``ignore_index``.
+        ``ignore_index``, a bool or string for a numeric option, masked
+        arrays and torch tensors that require grad.
     ValueError
         For shape mismatches between ``x``, ``linear_weight``,
         ``linear_bias`` and ``target``, labels outside ``[0, V)``,
@@ -499,8 +502,11 @@ def linear_cross_entropy_with_grad(
     loss : scalar or ndarray
         As :func:`linear_cross_entropy`.
     grad_x : ndarray of x's shape and dtype
+        The gradient with respect to ``x``.
     grad_linear_weight : ndarray of shape (V, d)
+        The gradient with respect to ``linear_weight``.
     grad_linear_bias : ndarray of shape (V,), or None without ``linear_bias``
+        The gradient with respect to ``linear_bias``.
 
     Raises
     ------

@@ -71,11 +71,8 @@ def mean_denominator(spec: LossSpec, m: int) -> float:
     return float(spec.t.shape[0])
 
 
-def bad_label_error(t: NDArray[Any], bad: int, m: int, ignore: int) -> ValueError:
-    return ValueError(
-        f"target contains a label outside [0, {m}) that is not ignore_index="
-        f"{ignore}: {int(t[bad])} at flat position {bad}."
-    )
+def bad_label_error(t: NDArray[Any], bad: int, m: int, ignore: int) -> v.LabelError:
+    return v.LabelError(int(t[bad]), bad, m, ignore)
 
 
 def _run(
@@ -326,7 +323,10 @@ def cross_entropy(
     ------
     TypeError
         For non-numeric, complex or boolean logits, float class indices,
-        non-integer ``axis``, ``num_threads`` or ``ignore_index``.
+        non-integer ``axis``, ``num_threads`` or ``ignore_index``, a bool or
+        string for a numeric option, a masked array (its mask would be
+        ignored: pass ``target.filled(ignore_index)``), or a torch tensor
+        that requires grad (pass ``.detach()``).
     ValueError
         For mismatched shapes, ``m == 0``, labels outside ``[0, m)``, an
         unknown reduction, or an option out of its range; an ``axis`` out

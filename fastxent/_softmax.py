@@ -66,7 +66,7 @@ def log_softmax(
     Parameters
     ----------
     logits : array_like of shape (..., m)
-        float32/float64 computed natively, float16 in float32, integers in
+        Float32/float64 computed natively, float16 in float32, integers in
         float64.
     axis : int, default -1
         The class axis, as in ``scipy.special.log_softmax`` (``axis=1`` for
@@ -88,7 +88,9 @@ def log_softmax(
     ------
     TypeError
         For non-numeric, complex or boolean logits, an ``out`` that is not a
-        NumPy array, or a non-integer ``axis`` or ``num_threads``.
+        NumPy array, a non-integer ``axis`` or ``num_threads``, a masked
+        array (its mask would be ignored) or a torch tensor that requires
+        grad (pass ``.detach()``).
     ValueError
         For 0-d logits, ``m == 0``, an ``out`` of the wrong shape or dtype
         (or not C-contiguous, writeable and native-endian), or
@@ -122,7 +124,7 @@ def softmax(
     Parameters
     ----------
     logits : array_like of shape (..., m)
-        float32/float64 computed natively, float16 in float32, integers in
+        Float32/float64 computed natively, float16 in float32, integers in
         float64.
     axis : int, default -1
         The class axis, as in :func:`log_softmax`.
@@ -162,7 +164,7 @@ def logsumexp(logits: ArrayLike, *, axis: int = -1, num_threads: int | None = No
     Parameters
     ----------
     logits : array_like of shape (..., m)
-        float32/float64 computed natively, float16 in float32, integers in
+        Float32/float64 computed natively, float16 in float32, integers in
         float64.
     axis : int, default -1
         The axis reduced, as in ``scipy.special.logsumexp`` (one integer;

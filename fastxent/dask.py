@@ -243,8 +243,9 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     num_threads: int | None = 1,
 ) -> da.Array:
-    """Softmax cross-entropy of the logits ``x @ W.T + b`` over a dask array
-    of rows ``x``, without forming them (lazy).
+    """Softmax cross-entropy of a linear layer's logits, never formed (lazy).
+
+    The logits are ``x @ W.T + b`` of a dask array of rows ``x``.
 
     Each block of rows runs :func:`fastxent.linear_cross_entropy`; the loss
     is reduced as in :func:`cross_entropy`.
@@ -317,8 +318,9 @@ def linear_cross_entropy_with_grad(
     chunk_size: int | None = None,
     num_threads: int | None = 1,
 ) -> tuple[da.Array, da.Array, da.Array, da.Array | None]:
-    """Loss and gradients of the fused linear cross-entropy over a dask
-    array of rows (lazy).
+    """Loss and gradients of the fused linear cross-entropy (lazy).
+
+    Over a dask array of rows.
 
     Each block of rows runs :func:`fastxent.linear_cross_entropy_with_grad`
     with its gradients divided by the global ``"mean"`` denominator; with
@@ -349,7 +351,9 @@ def linear_cross_entropy_with_grad(
     grad_x : dask array
         Of x's shape, row chunks and dtype.
     grad_linear_weight : dask array of shape (V, d)
+        The gradient with respect to ``linear_weight``.
     grad_linear_bias : dask array of shape (V,), or None without ``linear_bias``
+        The gradient with respect to ``linear_bias``.
 
     Raises
     ------

@@ -136,7 +136,7 @@ def _grad_hess(
     """Validate (with the loss functions' own checks), run the loss kernel
     for its gradient and Hessian outputs, and return ``(grad, hess, shape)``
     with ``grad`` and ``hess`` of shape ``(n, m)``."""
-    z, shape, dtype, half = v.as_logits(raw_scores)
+    z, shape, dtype, half = v.as_logits(raw_scores, "raw_scores")
     n, m = z.shape
     # float16/bfloat16 scores: computed in float32, outputs in their dtype.
     io = np.asarray(raw_scores).dtype if half else dtype
@@ -167,9 +167,7 @@ def _grad_hess(
                 z, t, spec.w, spec.s, None, gk, hk, _NO_IGNORE, spec.eps, 0.0, 0.0, 1.0, nt, half
             )
         if bad >= 0:
-            raise ValueError(
-                f"target contains a label outside [0, {m}): {int(t[bad])} at flat position {bad}."
-            )
+            raise v.LabelError(int(t[bad]), bad, m)
     else:
         _kernels.cross_entropy_probs(
             z, spec.t, spec.w, spec.s, None, gk, hk, spec.eps, 0.0, 0.0, 1.0, nt, half
@@ -207,6 +205,7 @@ def xgboost_multiclass(
     Returns
     -------
     obj : callable ``obj(predt, dtrain) -> (grad, hess)``
+        The objective, for ``xgboost.train(obj=...)``.
 
     Notes
     -----
@@ -294,6 +293,7 @@ def lightgbm_multiclass(
     Returns
     -------
     obj : callable ``obj(preds, train_data) -> (grad, hess)``
+        The objective, for LightGBM's ``params["objective"]``.
 
     Notes
     -----
@@ -395,7 +395,7 @@ def _class_weights(weight: ArrayLike | None) -> FloatArray | None:
     objective); their length is checked against ``k`` at each call."""
     if weight is None:
         return None
-    w = np.array(weight)
+    w = np.array(v.as_array(weight, "weight"))
     if w.ndim != 1:
         raise ValueError(f"weight must be a 1-d array (one weight per class); got shape {w.shape}.")
     return v.class_weight(w, w.shape[0], np.dtype(np.float64))

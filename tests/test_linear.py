@@ -288,6 +288,27 @@ def test_against_pytorch(case):
 FUNCS = [fastxent.linear_cross_entropy, fastxent.linear_cross_entropy_with_grad]
 
 
+@pytest.mark.parametrize("swapped", ["x", "W", "all"])
+@pytest.mark.parametrize("dtype", ["f8", "f4"])
+def test_byte_swapped_inputs_work_as_in_cross_entropy(rng, swapped, dtype):
+    """'>f8' data (e.g. from a big-endian file) is converted, as
+    cross_entropy converts it; results are native and the same."""
+    x, W = rng.standard_normal((7, 4)).astype(dtype), rng.standard_normal((5, 4)).astype(dtype)
+    b, y = rng.standard_normal(5).astype(dtype), rng.integers(0, 5, 7)
+    other = ">" if np.little_endian else "<"
+    sx, sW, sb = (
+        a.astype(other + dtype) if swapped in (k, "all") else a
+        for a, k in ((x, "x"), (W, "W"), (b, "all"))
+    )
+    want = fastxent.linear_cross_entropy_with_grad(x, W, y, linear_bias=b)
+    got = fastxent.linear_cross_entropy_with_grad(sx, sW, y, linear_bias=sb)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.dtype.isnative
+        np.testing.assert_array_equal(g, w)
+    loss = fastxent.linear_cross_entropy(sx, sW, y, linear_bias=sb)
+    assert loss == want[0] and loss.dtype == np.dtype(dtype)
+
+
 @pytest.mark.parametrize("fn", FUNCS)
 @pytest.mark.parametrize(
     "args, kwargs, exc, match",
@@ -320,6 +341,11 @@ FUNCS = [fastxent.linear_cross_entropy, fastxent.linear_cross_entropy_with_grad]
         (("x", "W", "y"), {"reduction": "avg"}, ValueError, r"reduction must be one of"),
         (("x", "W", "y"), {"num_threads": 0}, ValueError, r"num_threads"),
         (("x", "W", "y"), {"label_smoothing": 2.0}, ValueError, r"label_smoothing"),
+        (("x", "W", "y"), {"label_smoothing": True}, TypeError, r"label_smoothing must be a real"),
+        (("x", "W", "y"), {"softcap": "30"}, TypeError, r"softcap must be a real number"),
+        (("x", "W", "y"), {"z_loss": np.False_}, TypeError, r"z_loss must be a real number"),
+        (("x", "W", "y"), {"chunk_size": "2"}, TypeError, r"chunk_size must be None or an integer"),
+        (("x", "W", "y"), {"ignore_index": True}, TypeError, r"ignore_index must be an integer"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_modifies_nothing(fn, args, kwargs, exc, match, rng):

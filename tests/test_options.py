@@ -279,6 +279,25 @@ def test_zero_total_weight_mean_follows_pytorch(what, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("zero", ["weight", "sample_weight"])
+def test_zero_total_weight_gradient_is_zero_only_where_ignored(dtype, zero, rng):
+    """What the README's zero-denominator sentence must say: a "mean" over
+    zero total weight is NaN; an ignored row's gradient is 0, a kept row of
+    weight 0 has a NaN gradient row (0 / 0), as in PyTorch."""
+    z = make_logits(rng, (5, 3), dtype)
+    y = np.array([2, 0, 2, 1, 2])  # rows 0, 2, 4 ignored
+    opts = dict(ignore_index=2)
+    if zero == "weight":
+        opts["weight"] = [0.0, 0.0, 1.0]
+    else:
+        opts["sample_weight"] = np.zeros(5)
+    loss, grad = fastxent.cross_entropy_with_grad(z, y, **opts)
+    assert np.isnan(loss)
+    assert np.all(grad[[0, 2, 4]] == 0)
+    assert np.isnan(grad[[1, 3]]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_negative_class_weights_as_pytorch(dtype):
     """PyTorch accepts negative class weights (its tests draw them from
     [-9, 9]); the issue's example, checked against torch 2.13's values."""
