@@ -44,12 +44,12 @@ class ClassAxis:
         """The target moved like the logits: class probabilities (the
         logits' shape) move their class axis last; class indices (the
         logits' shape without the class axis) are already in place."""
-        t_shape = np.shape(target)
-        if t_shape == self.shape:
-            return np.moveaxis(np.asarray(target), self.ax, -1)
-        if t_shape == self.batch_shape:
-            return target
-        raise ValueError(v.target_shape_message(t_shape, self.shape, self.ax, self.axis))
+        t = v.as_array(target, "target")  # refuses masked arrays, tensors needing grad
+        if t.shape == self.shape:
+            return np.moveaxis(t, self.ax, -1)
+        if t.shape == self.batch_shape:
+            return target  # as given: its messages may name its type (pandas)
+        raise ValueError(v.target_shape_message(t.shape, self.shape, self.ax, self.axis))
 
     def output(self, out: object, dtype: np.dtype[Any]) -> NDArray[Any]:
         """The array of the logits' shape that receives a gradient or a
@@ -86,7 +86,7 @@ def class_axis(logits: ArrayLike, axis: object) -> ClassAxis | None:
         ax = operator.index(axis)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"axis must be an integer (the class axis); got {axis!r}.") from None
-    z = np.asarray(logits)
+    z = v.as_array(logits, "logits")
     if z.ndim == 0:
         return None  # the logits' own check says they need a class axis
     if not -z.ndim <= ax < z.ndim:

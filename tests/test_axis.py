@@ -268,6 +268,29 @@ def test_axis_must_be_an_integer(name, axis):
         FUNCS[name](np.zeros((3, 4)), axis=axis)
 
 
+def test_masked_arrays_and_tensors_needing_grad_are_refused_on_any_axis(rng):
+    z = make_logits(rng, (2, 5, 3))
+    p = np.moveaxis(make_probs(rng, (2, 3, 5)), -1, 1)
+    with pytest.raises(TypeError, match=r"^logits is a masked array"):
+        fastxent.softmax(np.ma.masked_array(z, mask=z > 1), axis=1)
+    with pytest.raises(TypeError, match=r"^target is a masked array"):
+        fastxent.cross_entropy(z, np.ma.masked_array(p, mask=p > 0.5), axis=1)
+    with pytest.raises(TypeError, match=r"^target is a masked array"):
+        fastxent.cross_entropy(z, np.ma.masked_array(np.zeros((2, 3), int)), axis=1)
+
+    class TorchLike:  # a torch tensor that requires grad, as fastxent sees one
+        requires_grad = True
+
+        def __array__(self, dtype=None, copy=None):
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad.")
+
+    TorchLike.__module__ = "torch"
+    with pytest.raises(TypeError, match=r"logits\.detach\(\)"):
+        fastxent.log_softmax(TorchLike(), axis=0)
+    with pytest.raises(TypeError, match=r"target\.detach\(\)"):
+        fastxent.cross_entropy_grad(z, TorchLike(), axis=1)
+
+
 def test_no_class_on_the_axis():
     with pytest.raises(ValueError, match=r"at least one class \(m >= 1\) on axis 1"):
         fastxent.softmax(np.zeros((2, 0, 3)), axis=1)
