@@ -4,10 +4,13 @@ The kernels take rows of classes that are contiguous in memory.  Classes on
 another axis (PyTorch's ``(N, C, L)`` layout with ``axis=1``) are moved last
 in one contiguous copy, the rows are computed there, and a result of the
 logits' shape (a gradient, a softmax) is copied back into an array of the
-logits' shape in C order (the caller's ``out`` when given).  The copies cost
-two passes over the logits, which is what NumPy's ``moveaxis`` followed by
-``ascontiguousarray`` costs a caller; ``axis=-1`` (the default) never comes
-here, so the last-axis path is unchanged.
+logits' shape in C order (the caller's ``out`` when given).  The copies are
+what a caller's ``np.moveaxis`` + ``np.ascontiguousarray`` and the move back
+cost: two transposing copies, which NumPy makes at a fraction of a plain
+copy's bandwidth, so they can cost more than the fused pass itself (a
+transposing copy in C, or a kernel over strided classes, would cut that;
+neither exists yet).  ``axis=-1`` (the default) never comes here, so the
+last-axis path is unchanged.
 """
 
 from __future__ import annotations

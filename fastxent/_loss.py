@@ -211,7 +211,8 @@ _AXIS_DOC = """
         that axis (``logits.shape[:-1]`` reads as that), and the gradient
         the logits' shape, in C order.  Classes off the last axis are
         computed in a contiguous copy with them last, and the gradient is
-        copied back: two extra passes over the logits."""
+        copied back: two transposing copies, which can cost more than the
+        loss itself, so keep the classes last where speed matters."""
 
 _OUT_DOC = """
     out : ndarray, optional

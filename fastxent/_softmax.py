@@ -72,7 +72,9 @@ def log_softmax(
         The class axis, as in ``scipy.special.log_softmax`` (``axis=1`` for
         PyTorch's ``(N, C, ...)`` layout).  Classes off the last axis are
         computed in a contiguous copy with them last and the result copied
-        back into the logits' shape: two extra passes over the logits.
+        back into the logits' shape: two transposing copies, which can cost
+        more than the softmax itself, so keep the classes last where speed
+        matters.
     out : ndarray, optional
         C-contiguous, writeable, of the logits' shape and compute dtype;
         ``out=logits`` works in place.
