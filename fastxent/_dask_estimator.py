@@ -30,14 +30,22 @@ import dask
 import dask.array as da
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
 
 from . import _dask_graph as g
-from . import estimators as _est
-from .estimators import _FLOAT_DTYPES, check_two_classes, data_term
-from .estimators import SoftmaxRegression as _InMemorySoftmaxRegression
+from ._extras import missing
+
+try:
+    from sklearn.utils.class_weight import compute_class_weight
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_is_fitted
+
+    from . import estimators as _est
+    from .estimators import _FLOAT_DTYPES, check_two_classes, data_term
+    from .estimators import SoftmaxRegression as _InMemorySoftmaxRegression
+except ImportError as e:
+    raise missing(
+        "fastxent.dask.SoftmaxRegression", "scikit-learn and SciPy", "sklearn,dask", e
+    ) from e
 
 __all__ = ["SoftmaxRegression"]
 
@@ -94,8 +102,9 @@ random_state, solver, max_iter, verbose, warm_start, n_jobs : as in SoftmaxRegre
         ``class_weight="balanced"`` counts the classes weighted by the
         sample weights (scikit-learn >= 1.6's rule).
     num_threads : int >= 1, default=None
-        Threads of fastxent's kernels in each block; ``None`` means 1 here
-        (Dask runs one block per core).
+        Threads of fastxent's kernels in each block; ``None`` means 1 here,
+        as in the in-memory fit, and for a second reason: Dask runs one
+        block per core.
 
     Attributes
     ----------

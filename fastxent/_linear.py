@@ -337,14 +337,16 @@ _CHUNK_DOC = """
         larger chunks are faster and cost memory.  Results do not depend on
         the thread count for a fixed ``chunk_size``.
     num_threads : int >= 1, optional
-        Threads for fastxent's row kernels between the GEMMs; ``None`` runs
-        them on the calling thread.  The GEMMs, nearly all of the work, run
-        on BLAS's own threads, as BLAS is set (its default, or
-        ``threadpoolctl.threadpool_limits``).  A second thread pool taking
-        turns with BLAS's on the same cores makes both spin-wait (up to 3.4x
-        slower, measured), so give the row kernels threads only when BLAS
-        runs on one.  Results are the same bits at every ``num_threads``;
-        OpenBLAS's own can change in the last bits with its thread count."""
+        Threads for fastxent's row kernels between the GEMMs.  ``None`` runs
+        them on the calling thread, unlike :func:`fastxent.cross_entropy`,
+        where ``None`` is OpenMP's default (all cores unless limited): here
+        the GEMMs, nearly all of the work, run on BLAS's own threads, as
+        BLAS is set (its default, or ``threadpoolctl.threadpool_limits``),
+        and a second thread pool taking turns with BLAS's on the same cores
+        makes both spin-wait, which costs more than the row kernels' threads
+        gain.  Give the row kernels threads only when BLAS runs on one.
+        Results are the same bits at every ``num_threads``; OpenBLAS's own
+        can change in the last bits with its thread count."""
 
 # The loss options as cross_entropy documents them (num_threads is _CHUNK_DOC's).
 _LINEAR_OPTIONS_DOC = _OPTIONS_DOC.split("    num_threads :")[0].rstrip()

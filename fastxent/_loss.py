@@ -7,7 +7,7 @@ from typing import Any, Literal, NamedTuple, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _kernels
+from . import _axis, _kernels
 from . import _validation as v
 from ._typing import FloatArray, FloatScalar
 
@@ -37,12 +37,14 @@ def loss_spec(
     z_loss: float,
     softcap: float | None,
     keep: np.dtype[Any] | None = None,
+    axis_hint: bool = False,
 ) -> LossSpec:
     """Validate the target and every loss option against logits of ``shape``
     computed in ``dtype`` (shared by the loss functions, the fused linear
     cross-entropy and the Dask blocks).  Probabilities of dtype ``keep`` (the
-    logits' half-precision dtype) stay in it, as uint16 bits."""
-    kind, t = v.as_labels_or_probs(target, shape, dtype, keep)
+    logits' half-precision dtype) stay in it, as uint16 bits.  ``axis_hint``:
+    a target of the wrong shape says which ``axis=`` would fit it."""
+    kind, t = v.as_labels_or_probs(target, shape, dtype, keep, axis_hint)
     return LossSpec(
         kind,
         t,
@@ -89,11 +91,21 @@ def _run(
     out: FloatArray | None,
     num_threads: int | None,
     grad_denom: float | None = None,
+    axis: object = -1,
 ) -> tuple[FloatScalar | FloatArray | None, FloatArray | None, float, float]:
     """Validate everything, run one kernel, reduce.  Returns ``(loss, grad,
     total, denominator)``: the last two are the sum of the per-row losses
     and these rows' "mean" denominator.  ``grad_denom`` (a block of a
-    larger batch) divides the gradient instead of the reduction's own."""
+    larger batch) divides the gradient instead of the reduction's own.
+    Classes on another ``axis`` than the last are moved last (see _axis)."""
+    moved, dest = None, None
+    if not _axis.is_last(axis):
+        moved = _axis.class_axis(logits, axis)
+        if moved is not None:
+            # The rows run on the classes moved last; the gradient goes back
+            # into ``dest`` (the caller's ``out``, or a new array) at the end.
+            dest = moved.output(out, _axis.output_dtype(moved.z)) if want_grad else None
+            logits, target, out = moved.z, moved.target(target), None
     reduction = v.check_reduction(reduction)
     z, shape, dtype, half = v.as_logits(logits)
     n, m = z.shape
@@ -110,6 +122,7 @@ def _run(
         z_loss=z_loss,
         softcap=softcap,
         keep=io if half else None,
+        axis_hint=True,
     )
     nt = v.resolve_threads(num_threads, z.size)
 
@@ -149,6 +162,8 @@ def _run(
     if want_grad:
         assert g is not None
         grad = out if out is not None else g.view(io).reshape(shape)
+        if moved is not None and dest is not None:
+            grad = moved.put_back(grad, dest)
     loss: FloatScalar | FloatArray | None = None
     if want_loss:
         if losses is not None:
@@ -187,6 +202,18 @@ _LOGITS_TARGET_DOC = """
         an integer array of the logits' own shape (a one-hot matrix, or 1-d
         logits with one label per element) is an error, not probabilities."""
 
+_AXIS_DOC = """
+    axis : int, default -1
+        The class axis of ``logits``, as in NumPy and SciPy (``axis=1`` for
+        PyTorch's ``(N, C, ...)`` layout).  The shapes above are written for
+        the default: with another axis, class probabilities have the logits'
+        shape, class indices and ``sample_weight`` the logits' shape without
+        that axis (``logits.shape[:-1]`` reads as that), and the gradient
+        the logits' shape, in C order.  Classes off the last axis are
+        computed in a contiguous copy with them last, and the gradient is
+        copied back: two transposing copies, which can cost more than the
+        loss itself, so keep the classes last where speed matters."""
+
 _OUT_DOC = """
     out : ndarray, optional
         C-contiguous, writeable array of the logits' shape and compute dtype
@@ -218,9 +245,13 @@ _OPTIONS_DOC = """
         ``"mean"`` divides the summed loss by the number of (non-ignored)
         samples, or by the total weight when weights are given.
     num_threads : int >= 1, optional
-        Threads to use.  ``None`` uses OpenMP's current default, which
-        honours ``OMP_NUM_THREADS`` and ``threadpoolctl`` limits.  Small
-        inputs run on the calling thread regardless."""
+        Threads to use.  ``None`` uses OpenMP's current default (all cores
+        unless ``OMP_NUM_THREADS`` or a ``threadpoolctl`` limit says fewer),
+        as in every fastxent function that does no matrix product; in
+        :func:`fastxent.linear_cross_entropy` and ``SoftmaxRegression.fit``,
+        whose products run on BLAS's threads, ``None`` is the calling
+        thread instead (their docstrings say why).  Small inputs run on the
+        calling thread regardless."""
 
 
 @overload
@@ -228,6 +259,7 @@ def cross_entropy(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = ...,
     reduction: Literal["mean", "sum"] = ...,
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
@@ -242,6 +274,7 @@ def cross_entropy(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = ...,
     reduction: Literal["none"],
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
@@ -255,6 +288,7 @@ def cross_entropy(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = -1,
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
@@ -266,7 +300,7 @@ def cross_entropy(
 ) -> FloatScalar | FloatArray:
     """Softmax cross-entropy loss of logits against class indices or probabilities.
 
-    For logits ``Z`` of shape ``(..., m)`` (classes last) and
+    For logits ``Z`` of shape ``(..., m)`` (classes last, or on ``axis``) and
     ``lse_i = max_i + log sum_k exp(Z_ik - max_i)``, the per-sample loss is
 
         E_i = lse_i - Z_{i, y_i}                       (class indices y)
@@ -278,6 +312,7 @@ def cross_entropy(
     Parameters
     ----------
     {logits_target}
+    {axis}
     {options}
 
     Returns
@@ -289,13 +324,14 @@ def cross_entropy(
     ------
     TypeError
         For non-numeric, complex or boolean logits, float class indices,
-        non-integer ``num_threads`` or ``ignore_index``, a bool or string
-        for a numeric option, a masked array (its mask would be ignored:
-        pass ``target.filled(ignore_index)``), or a torch tensor that
-        requires grad (pass ``.detach()``).
+        non-integer ``axis``, ``num_threads`` or ``ignore_index``, a bool or
+        string for a numeric option, a masked array (its mask would be
+        ignored: pass ``target.filled(ignore_index)``), or a torch tensor
+        that requires grad (pass ``.detach()``).
     ValueError
         For mismatched shapes, ``m == 0``, labels outside ``[0, m)``, an
-        unknown reduction, or an option out of its range.
+        unknown reduction, or an option out of its range; an ``axis`` out
+        of range is ``numpy.exceptions.AxisError`` (a ValueError).
 
     Examples
     --------
@@ -305,6 +341,12 @@ def cross_entropy(
     0.6699...
     >>> fastxent.cross_entropy(logits, [0, 2], reduction="none").round(4)
     array([0.2413, 1.0986])
+
+    PyTorch's ``(N, C, L)`` layout: classes on axis 1, targets ``(N, L)``.
+
+    >>> z = np.zeros((2, 4, 3))
+    >>> fastxent.cross_entropy(z, np.zeros((2, 3), dtype=int), axis=1).round(4)
+    np.float64(1.3863)
     """
     loss, _, _, _ = _run(
         logits,
@@ -320,6 +362,7 @@ def cross_entropy(
         softcap=softcap,
         out=None,
         num_threads=num_threads,
+        axis=axis,
     )
     assert loss is not None  # want_loss=True
     return loss
@@ -329,6 +372,7 @@ def cross_entropy_grad(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = -1,
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
@@ -349,6 +393,7 @@ def cross_entropy_grad(
     Parameters
     ----------
     {logits_target}
+    {axis}
     {out}
     {options}
 
@@ -371,6 +416,13 @@ def cross_entropy_grad(
     >>> fastxent.cross_entropy_grad(logits, [0, 2], reduction="sum").round(4)
     array([[-0.2144,  0.1753,  0.0391],
            [ 0.3333,  0.3333, -0.6667]])
+
+    Classes on axis 0 (one column per sample): the gradient keeps that layout.
+
+    >>> fastxent.cross_entropy_grad(logits.T, [0, 2], axis=0, reduction="sum").round(4)
+    array([[-0.2144,  0.3333],
+           [ 0.1753,  0.3333],
+           [ 0.0391, -0.6667]])
     """
     _, grad, _, _ = _run(
         logits,
@@ -386,6 +438,7 @@ def cross_entropy_grad(
         softcap=softcap,
         out=out,
         num_threads=num_threads,
+        axis=axis,
     )
     assert grad is not None  # want_grad=True
     return grad
@@ -396,6 +449,7 @@ def cross_entropy_with_grad(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = ...,
     reduction: Literal["mean", "sum"] = ...,
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
@@ -411,6 +465,7 @@ def cross_entropy_with_grad(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = ...,
     reduction: Literal["none"],
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
@@ -425,6 +480,7 @@ def cross_entropy_with_grad(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = -1,
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
@@ -445,6 +501,7 @@ def cross_entropy_with_grad(
     Parameters
     ----------
     {logits_target}
+    {axis}
     {out}
     {options}
 
@@ -482,6 +539,7 @@ def cross_entropy_with_grad(
         softcap=softcap,
         out=out,
         num_threads=num_threads,
+        axis=axis,
     )
     assert loss is not None and grad is not None  # want_loss=want_grad=True
     return loss, grad
@@ -491,6 +549,7 @@ for _f in (cross_entropy, cross_entropy_grad, cross_entropy_with_grad):
     if _f.__doc__:  # None under python -OO
         for _key, _text in (
             ("logits_target", _LOGITS_TARGET_DOC),
+            ("axis", _AXIS_DOC),
             ("out", _OUT_DOC),
             ("options", _OPTIONS_DOC),
         ):

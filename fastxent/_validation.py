@@ -159,13 +159,16 @@ def as_labels_or_probs(
     shape: tuple[int, ...],
     dtype: np.dtype[np.floating[Any]],
     keep: np.dtype[Any] | None = None,
+    axis_hint: bool = False,
 ) -> tuple[Literal["labels", "probs"], NDArray[Any]]:
     """Classify and normalise the target.
 
     Returns ``("labels", int32/int64 1-d array)`` for class indices of shape
     ``shape[:-1]``, or ``("probs", (n, m) array of dtype)`` for class
     probabilities of shape ``shape`` (probabilities of dtype ``keep``, the
-    logits' half-precision dtype, stay in it, viewed as uint16).
+    logits' half-precision dtype, stay in it, viewed as uint16).  A target
+    of another shape is a ValueError; ``axis_hint`` (for the functions that
+    take ``axis=``) says which ``axis=`` would make it fit, if one would.
     """
     t = as_array(target, "target")
     if t.shape == shape[:-1]:
@@ -190,10 +193,40 @@ def as_labels_or_probs(
             )
         t2 = aligned(np.ascontiguousarray(t, dtype=dtype))
         return "probs", t2.reshape(-1, shape[-1])
-    raise ValueError(
-        f"target must have shape {shape[:-1]} (class indices) or {shape} "
-        f"(class probabilities) for logits of shape {shape}; got shape {t.shape}."
+    raise ValueError(target_shape_message(t.shape, shape, len(shape) - 1, -1, axis_hint))
+
+
+def target_shape_message(
+    t_shape: tuple[int, ...],
+    shape: tuple[int, ...],
+    ax: int,
+    axis: object,
+    axis_hint: bool = True,
+) -> str:
+    """The error for a target that fits logits of ``shape`` with the classes
+    on axis ``ax`` (given as ``axis``) neither as class indices nor as class
+    probabilities; with ``axis_hint``, the ``axis=`` under which it would
+    fit as class indices (PyTorch's ``(N, C, L)`` layout has them on 1)."""
+    labels = shape[:ax] + shape[ax + 1 :]
+    where = "" if ax == len(shape) - 1 else f" with the classes on axis={axis}"
+    msg = (
+        f"target must have shape {labels} (class indices) or {shape} "
+        f"(class probabilities) for logits of shape {shape}{where}; got shape {t_shape}."
     )
+    fits = [k for k in range(len(shape)) if k != ax and shape[:k] + shape[k + 1 :] == t_shape]
+    if axis_hint and fits:
+        k = fits[0]
+        if k == len(shape) - 1:
+            msg += (
+                " It is the logits' shape without the last axis: if the classes are "
+                "last, pass axis=-1 (the default)."
+            )
+        else:
+            msg += (
+                f" It is the logits' shape without axis {k}: if the classes are on axis {k} "
+                f"(as in PyTorch's (N, C, ...) layout), pass axis={k}."
+            )
+    return msg
 
 
 def _integer_target_message(dtype: np.dtype[Any], shape: tuple[int, ...]) -> str:

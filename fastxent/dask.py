@@ -45,8 +45,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 from numpy.typing import ArrayLike
+
+from ._extras import missing
+
+try:
+    import dask.array as da
+except ImportError as e:
+    raise missing("fastxent.dask", "Dask (dask[array])", "dask", e) from e
 
 from . import _dask_loss
 

@@ -45,15 +45,21 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import optimize
-from scipy import sparse as sp
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_scalar
-from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.extmath import safe_sparse_dot
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+from ._extras import missing
+
+try:
+    from scipy import optimize
+    from scipy import sparse as sp
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils import check_scalar
+    from sklearn.utils.class_weight import compute_class_weight
+    from sklearn.utils.extmath import safe_sparse_dot
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+except ImportError as e:
+    raise missing("fastxent.estimators", "scikit-learn and SciPy", "sklearn", e) from e
 
 from . import _validation as v
 from ._linear import _linear_run
@@ -222,11 +228,15 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         lbfgs fit it has no effect.  Use ``num_threads`` for fastxent's
         kernels.
     num_threads : int >= 1, default=None
-        Threads for fastxent's row kernels between the matrix products
-        (``None``: the calling thread, as in
-        :func:`fastxent.linear_cross_entropy`).  The products run on the
+        Threads for fastxent's row kernels.  In ``fit``, ``None`` is the
+        calling thread, as in :func:`fastxent.linear_cross_entropy` and
+        unlike :func:`fastxent.cross_entropy` (OpenMP's default, all cores):
+        the products between the row kernels, most of the work, run on the
         threads of SciPy's BLAS, as it is set (threadpoolctl), the BLAS that
-        L-BFGS uses too: one BLAS thread pool in the fit.
+        L-BFGS uses too, and a second thread pool taking turns with BLAS's
+        on the same cores makes both spin-wait.  In ``predict_proba`` and
+        ``predict_log_proba`` (one product, then one softmax), ``None`` is
+        OpenMP's default, as in :func:`fastxent.softmax`.
 
     Attributes
     ----------
