@@ -9,6 +9,12 @@ from typing import TYPE_CHECKING
 
 from ._config import show_config
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
+from ._logprob import (
+    linear_token_logprobs,
+    linear_token_logprobs_vjp,
+    token_logprobs,
+    token_logprobs_vjp,
+)
 from ._loss import cross_entropy, cross_entropy_grad, cross_entropy_with_grad
 from ._softmax import log_softmax, logsumexp, softmax
 from ._version import __version__
@@ -23,10 +29,14 @@ __all__ = [
     "cross_entropy_with_grad",
     "linear_cross_entropy",
     "linear_cross_entropy_with_grad",
+    "linear_token_logprobs",
+    "linear_token_logprobs_vjp",
     "log_softmax",
     "logsumexp",
     "show_config",
     "softmax",
+    "token_logprobs",
+    "token_logprobs_vjp",
 ]
 
 

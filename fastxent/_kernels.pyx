@@ -1674,3 +1674,4 @@ cdef extern from *:
 
 def build_cflags():
     return FASTXENT_BUILD_CFLAGS.decode()
+include "_kernels_logprob.pxi"

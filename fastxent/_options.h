@@ -32,6 +32,10 @@ typedef struct fx_options {
     double uniform_mass; /* epsilon / m: every class's share of the smoothing */
     double unit_scale;   /* 1 / D: the gradient scale of a row of weight 1 */
     int scale_by_reciprocal; /* 1 / D is finite: b = s (1 / D) */
+    /* the log-probability and distillation kernels' (fx_set_temperature) */
+    double temperature;     /* T of softmax(z / T); 1: off */
+    double inv_temperature; /* 1 / T */
+    double beta;            /* the generalised JSD's beta in (0, 1) */
 } fx_options;
 
 static inline fx_options fx_options_for(double label_smoothing, double z_loss, double softcap,
@@ -49,7 +53,34 @@ static inline fx_options fx_options_for(double label_smoothing, double z_loss, d
     o.uniform_mass = m > 0 ? label_smoothing / (double)m : 0.0;
     o.unit_scale = 1.0 / grad_denom;
     o.scale_by_reciprocal = o.unit_scale - o.unit_scale == 0.0;
+    o.temperature = 1.0;
+    o.inv_temperature = 1.0;
+    o.beta = 0.5;
     return o;
+}
+
+/* Temperature: every row is softmax(u) with u = z / T (z after the
+ * soft-cap).  The kernels form the tempered gaps d_k = (z_k - max) (1 / T)
+ * and scale gradients with respect to u by 1 / T; T = 1 multiplies by 1. */
+static inline void fx_set_temperature(fx_options *o, double temperature)
+{
+    o->temperature = temperature;
+    o->inv_temperature = 1.0 / temperature;
+}
+
+static inline double fx_inv_temperature(const fx_options *o)
+{
+    return o->inv_temperature;
+}
+
+static inline void fx_set_beta(fx_options *o, double beta)
+{
+    o->beta = beta;
+}
+
+static inline double fx_beta(const fx_options *o)
+{
+    return o->beta;
 }
 
 /* Target mass.  Class indices: the label's own term (w_label the label's
@@ -117,6 +148,89 @@ static inline fx_row fx_finish_row(const fx_options *o, double s, double b, doub
     loss = o->z_loss != 0.0 ? loss + o->z_loss * r.lse * r.lse : loss;
     r.loss = s * loss;
     r.softmax_weight = b * (Q + 2.0 * o->z_loss * r.lse);
+    return r;
+}
+
+/* The log-probability finisher.  From a row's tempered label gap d_y,
+ * S = sum_k e_k (e_k = exp(d_k)), log_s = log S and edot = sum_k e_k d_k,
+ * with p = softmax(u), log p_k = d_k - log S:
+ *
+ *     logprob = log p_y = d_y - log S
+ *     entropy = -sum_k p_k log p_k = log S - edot / S
+ *
+ * and the gradient with respect to z of gl logprob + ge entropy:
+ *
+ *     du_k = gl [k = y] - p_k (gl + ge (log p_k + entropy))
+ *          = gl [k = y] - (e_k / S) (gl - ge edot / S + ge d_k)
+ *     grad_k = du_k / T * cap'(z_k)
+ *
+ * which the kernel forms as (a e_k)(c + c1 d_k) cap'_k, plus label_grad
+ * cap'_y at the label. */
+typedef struct fx_lp_row {
+    double logprob;
+    double entropy;
+    double a, c, c1;
+    double label_grad;
+} fx_lp_row;
+
+static inline fx_lp_row fx_finish_logprob_row(const fx_options *o, double d_y, double S,
+                                              double log_s, double edot, double gl, double ge)
+{
+    fx_lp_row r;
+    r.logprob = d_y - log_s;
+    r.entropy = log_s - edot / S;
+    r.a = -o->inv_temperature / S;
+    r.c = ge != 0.0 ? gl - ge * edot / S : gl;
+    r.c1 = ge;
+    r.label_grad = gl * o->inv_temperature;
+    return r;
+}
+
+/* The distillation finisher, with P = softmax(t / T) (the teacher),
+ * Q = softmax(s / T) (the student), S_s, S_t their sums of exponentials,
+ * and b the gradient's scale (fx_grad_scale):
+ *
+ *   forward KL(P || Q) = edot / S_t - xdot / S_t - log S_t + log S_s
+ *       (edot = sum_k e^t_k d^t_k, xdot = sum_k e^t_k d^s_k)
+ *       grad_k = b / T (Q_k - P_k):                      a e^s_k - a2 e^t_k
+ *   reverse KL(Q || P) = edot / S_s - xdot / S_s - log S_s + log S_t
+ *       (edot = sum_k e^s_k d^s_k, xdot = sum_k e^s_k d^t_k)
+ *       grad_k = b / T Q_k (log Q_k - log P_k - KL):  a e^s_k (c + d^s_k - d^t_k)
+ *   JSD_beta = beta KL(P || M) + (1 - beta) KL(Q || M), M = beta P + (1 - beta) Q
+ *       (jsd and qgamma = sum_k Q_k gamma_k from fx_jsd_pass, gamma_k =
+ *       (1 - beta)(log Q_k - log M_k))
+ *       grad_k = b / T Q_k (gamma_k - qgamma):          a e^s_k (gamma_k - c)
+ *
+ * None is multiplied by T^2. */
+enum { FX_FORWARD_KL = 0, FX_REVERSE_KL = 1, FX_JSD = 2 };
+
+typedef struct fx_div_row {
+    double loss;
+    double a, a2, c;
+} fx_div_row;
+
+static inline fx_div_row fx_finish_divergence_row(const fx_options *o, int divergence, double b,
+                                                  double S_s, double log_ss, double S_t,
+                                                  double log_st, double edot, double xdot,
+                                                  double jsd, double qgamma)
+{
+    fx_div_row r;
+    double bt = b * o->inv_temperature;
+    r.a2 = 0.0;
+    r.c = 0.0;
+    if (divergence == FX_FORWARD_KL) {
+        r.loss = (edot - xdot) / S_t - log_st + log_ss;
+        r.a = bt / S_s;
+        r.a2 = bt / S_t;
+    } else if (divergence == FX_REVERSE_KL) {
+        r.loss = (edot - xdot) / S_s - log_ss + log_st;
+        r.a = bt / S_s;
+        r.c = log_st - log_ss - r.loss;
+    } else {
+        r.loss = jsd;
+        r.a = bt / S_s;
+        r.c = qgamma;
+    }
     return r;
 }
 

@@ -371,6 +371,7 @@ FX_SCALAR_TRANSPOSE(transpose_d, double, 4)
 #define FX_VL 8
 #define FX_TRANSPOSE transpose_f
 #include "_rowops_t.h"
+#include "_logprob_t.h"
 #undef FX_T
 #undef FX_NAME
 #undef FX_EXP
@@ -387,6 +388,7 @@ FX_SCALAR_TRANSPOSE(transpose_d, double, 4)
 #define FX_VL 4
 #define FX_TRANSPOSE transpose_d
 #include "_rowops_t.h"
+#include "_logprob_t.h"
 #undef FX_T
 #undef FX_NAME
 #undef FX_EXP

@@ -173,4 +173,40 @@ const char *fx_simd_dispatch(void);
 }
 #endif
 
+/* ---- log-probabilities, entropy and distillation (_logprob_t.h) ----
+ * d_k = (z_k - shift) * inv_t, the tempered gap to the row max. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* sum_k exp(d_k); out[k] = exp(d_k) unless NULL (may alias z); *edot =
+ * sum_k e_k d_k and, with z2, *xdot = sum_k e_k d2_k (terms of e_k = 0
+ * skipped) unless NULL. */
+double fx_lp_expsum_f(const float *z, ptrdiff_t n, float shift, float inv_t, float *out,
+                      double *edot, const float *z2, float shift2, double *xdot);
+double fx_lp_expsum_d(const double *z, ptrdiff_t n, double shift, double inv_t, double *out,
+                      double *edot, const double *z2, double shift2, double *xdot);
+/* g[k] = (a g[k]) (c + c1 d1_k + c2 d2_k) cap'_k in place (g holds e_k). */
+void fx_lp_grad_pass_f(float *g, ptrdiff_t n, float a, float c, float c1, const float *z1,
+                       float sh1, float c2, const float *z2, float sh2, float inv_t,
+                       const float *zc, float inv_c);
+void fx_lp_grad_pass_d(double *g, ptrdiff_t n, double a, double c, double c1, const double *z1,
+                       double sh1, double c2, const double *z2, double sh2, double inv_t,
+                       const double *zc, double inv_c);
+/* g[k] = a1 g[k] - a2 e[k]. */
+void fx_lp_axpby_f(float *g, const float *e, ptrdiff_t n, float a1, float a2);
+void fx_lp_axpby_d(double *g, const double *e, ptrdiff_t n, double a1, double a2);
+/* The generalised JSD of a row (see _logprob_t.h); et is overwritten with gamma. */
+double fx_jsd_pass_f(const float *es, float *et, ptrdiff_t n, const float *s, float mxs,
+                     const float *t, float mxt, float inv_t, double log_ss, double log_st,
+                     double inv_ss, double inv_st, double beta, double *qgamma);
+double fx_jsd_pass_d(const double *es, double *et, ptrdiff_t n, const double *s, double mxs,
+                     const double *t, double mxt, double inv_t, double log_ss, double log_st,
+                     double inv_ss, double inv_st, double beta, double *qgamma);
+/* g[k] = a g[k] (gamma[k] - c). */
+void fx_lp_scaled_gap_f(float *g, const float *gamma, ptrdiff_t n, float a, float c);
+void fx_lp_scaled_gap_d(double *g, const double *gamma, ptrdiff_t n, double a, double c);
+#ifdef __cplusplus
+}
+#endif
+
 #endif /* FASTXENT_ROWOPS_H */

@@ -27,10 +27,13 @@ import numpy as np
 __all__ = [
     "cross_entropy",
     "cross_entropy_hessian_diag",
+    "distillation",
     "finite_difference_grad",
     "log_softmax",
     "logsumexp",
     "softmax",
+    "token_logprobs",
+    "token_logprobs_vjp",
     "ulp_distance",
 ]
 
@@ -314,3 +317,88 @@ def ulp_distance(a, b):
     nan_a, nan_b = np.isnan(a), np.isnan(b)
     d = np.where(nan_a & nan_b, 0.0, d)
     return np.where(nan_a ^ nan_b, np.inf, d)
+
+
+# ---- per-token log-probabilities, entropy, distillation ----
+
+
+def _tempered(logits, temperature, softcap):
+    """``u = cap(z) / T`` in float64 and ``cap'(z)`` (1 without a soft-cap)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if softcap is None:
+        return z / temperature, np.ones_like(z)
+    t = np.tanh(z / softcap)
+    return softcap * t / temperature, 1.0 - t * t
+
+
+def _xlogy_rows(p, logq):
+    """sum_j p_j logq_j with 0 * anything = 0."""
+    return np.where(p > 0, p * np.where(p > 0, logq, 0.0), 0.0).sum(-1)
+
+
+def token_logprobs(logits, target, *, temperature=1.0, softcap=None, ignore_index=-100):
+    """``(logp[y], entropy)`` per row, 0 at ignored rows (float64)."""
+    u, _ = _tempered(logits, temperature, softcap)
+    lsm = log_softmax(u)
+    y = np.asarray(target)
+    keep = y != ignore_index
+    safe = np.where(keep, y, 0)
+    lp = np.take_along_axis(lsm, safe[..., None], -1)[..., 0]
+    p = np.exp(lsm)
+    ent = -_xlogy_rows(p, lsm)
+    return np.where(keep, lp, 0.0), np.where(keep, ent, 0.0)
+
+
+def token_logprobs_vjp(
+    logits,
+    target,
+    grad_logprobs,
+    grad_entropy=None,
+    *,
+    temperature=1.0,
+    softcap=None,
+    ignore_index=-100,
+):
+    """d/dz of sum_i gl_i logp_i[y_i] + ge_i H_i, term by term:
+    dlogp_y/du = onehot(y) - p; dH/du_k = -p_k (logp_k + H)."""
+    u, capd = _tempered(logits, temperature, softcap)
+    lsm = log_softmax(u)
+    p = np.exp(lsm)
+    y = np.asarray(target)
+    keep = y != ignore_index
+    onehot = np.zeros_like(u)
+    np.put_along_axis(onehot, np.where(keep, y, 0)[..., None], 1.0, -1)
+    gl = np.asarray(grad_logprobs, dtype=np.float64)[..., None]
+    du = gl * (onehot - p)
+    if grad_entropy is not None:
+        ge = np.asarray(grad_entropy, dtype=np.float64)[..., None]
+        H = -_xlogy_rows(p, lsm)[..., None]
+        du = du - ge * np.where(p > 0, p * (np.where(p > 0, lsm, 0.0) + H), 0.0)
+    return np.where(keep[..., None], du / temperature * capd, 0.0)
+
+
+def distillation(student, teacher, *, divergence="forward_kl", beta=0.5, temperature=1.0):
+    """Per-row divergence (float64) between P = softmax(teacher / T) and
+    Q = softmax(student / T), and its gradient with respect to the
+    student's logits (of the sum of the rows), from the definitions:
+    forward KL(P || Q), reverse KL(Q || P), and beta KL(P || M) +
+    (1 - beta) KL(Q || M) with M = beta P + (1 - beta) Q."""
+    lq = log_softmax(np.asarray(student, dtype=np.float64) / temperature)
+    lp = log_softmax(np.asarray(teacher, dtype=np.float64) / temperature)
+    q, p = np.exp(lq), np.exp(lp)
+    if divergence == "forward_kl":
+        loss = _xlogy_rows(p, lp) - _xlogy_rows(p, lq)
+        dq_logit = q - p  # d/du of KL(P || Q)
+    elif divergence == "reverse_kl":
+        loss = _xlogy_rows(q, lq) - _xlogy_rows(q, lp)
+        r = np.where(q > 0, lq - lp, 0.0)
+        dq_logit = q * (r - loss[..., None])
+    else:
+        m = beta * p + (1 - beta) * q
+        lm = np.log(np.where(m > 0, m, 1.0))
+        loss = beta * (_xlogy_rows(p, lp) - _xlogy_rows(p, lm)) + (1 - beta) * (
+            _xlogy_rows(q, lq) - _xlogy_rows(q, lm)
+        )
+        gam = np.where(q > 0, (1 - beta) * (lq - lm), 0.0)  # dL/dq
+        dq_logit = q * (gam - (q * gam).sum(-1, keepdims=True))
+    return loss, dq_logit / temperature
