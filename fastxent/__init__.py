@@ -8,6 +8,7 @@ keeps -inf and NaN semantics.  See :func:`cross_entropy_with_grad`.
 from typing import TYPE_CHECKING
 
 from ._config import show_config
+from ._distill import distillation_loss_with_grad, linear_distillation_loss_with_grad
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._logprob import (
     linear_token_logprobs,
@@ -27,8 +28,10 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_grad",
     "cross_entropy_with_grad",
+    "distillation_loss_with_grad",
     "linear_cross_entropy",
     "linear_cross_entropy_with_grad",
+    "linear_distillation_loss_with_grad",
     "linear_token_logprobs",
     "linear_token_logprobs_vjp",
     "log_softmax",

@@ -391,7 +391,8 @@ def distillation(student, teacher, *, divergence="forward_kl", beta=0.5, tempera
         dq_logit = q - p  # d/du of KL(P || Q)
     elif divergence == "reverse_kl":
         loss = _xlogy_rows(q, lq) - _xlogy_rows(q, lp)
-        r = np.where(q > 0, lq - lp, 0.0)
+        with np.errstate(invalid="ignore"):  # -inf - -inf where q = 0
+            r = np.where(q > 0, lq - lp, 0.0)
         dq_logit = q * (r - loss[..., None])
     else:
         m = beta * p + (1 - beta) * q
