@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _axis, _kernels
 from . import _validation as v
-from ._logprob import float32_copy, temperature_option
+from ._logprob import GradOut, float32_copy, temperature_option
 from ._typing import FloatArray, FloatScalar
 
 __all__ = ["distillation_loss_with_grad", "linear_distillation_loss_with_grad"]
@@ -197,26 +197,14 @@ def distillation_loss_with_grad(
     temp = temperature_option(temperature, dtype)
     labels, count = _row_mask(target, shape[:-1], ignore_index)
     nt = v.resolve_threads(num_threads, s.size)
-    o = None
-    if out is not None:
-        o = v.check_out(out, shape, io)
-        if not half:
-            s = v.detach_from(s, o)
-            t = t.copy() if np.may_share_memory(t, o) else t
-    g = o if o is not None and not half else np.empty(s.shape, dtype=dtype)
+    g = GradOut(out, shape, s, dtype, io)
+    s = g.detach(s)
+    if g.o is not None and np.may_share_memory(t, g.o):
+        t = t.copy()
     losses = np.empty(s.shape[0], dtype=np.float64)
     grad_denom = count if red == "batchmean" else 1.0
-    _kernels.divergence_rows(s, t, labels, -1, div, b, temp, grad_denom, losses, g, nt)
-    if half:
-        if o is not None:
-            o[...] = g
-            g = o
-        else:
-            g = g.astype(io)
-    grad: FloatArray = out if out is not None else g.reshape(shape)
-    if moved is not None and dest is not None:
-        grad = moved.put_back(grad, dest)
-    return _reduce(losses, count, red, dtype, shape[:-1]), grad
+    _kernels.divergence_rows(s, t, labels, -1, div, b, temp, grad_denom, losses, g.buffer, nt)
+    return _reduce(losses, count, red, dtype, shape[:-1]), g.result(moved, dest)
 
 
 def linear_distillation_loss_with_grad(

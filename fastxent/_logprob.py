@@ -97,6 +97,38 @@ def _logits(
     return z, shape, dtype, io
 
 
+class GradOut:
+    """Where a gradient of logits ``z`` (n, m) goes: the caller's ``out``
+    (checked), or a new array; for float16/bfloat16 (``io`` is not the
+    compute dtype) a float32 buffer converted at the end."""
+
+    def __init__(
+        self, out: Any, shape: tuple[int, ...], z: NDArray[Any], dtype: Any, io: Any
+    ) -> None:
+        self.out, self.shape, self.io = out, shape, io
+        self.half = io != dtype
+        self.o = None if out is None else v.check_out(out, shape, io)
+        direct = self.o is not None and not self.half
+        self.buffer: NDArray[Any] = self.o if direct else np.empty(z.shape, dtype=dtype)
+
+    def detach(self, a: NDArray[Any]) -> NDArray[Any]:
+        """``a`` (an input), copied if it overlaps ``out`` without being it."""
+        return a if self.o is None or self.half else v.detach_from(a, self.o)
+
+    def result(self, moved: Any, dest: Any) -> FloatArray:
+        g = self.buffer
+        if self.half:
+            if self.o is not None:
+                self.o[...] = g
+                g = self.o
+            else:
+                g = g.astype(self.io)
+        grad: FloatArray = self.out if self.out is not None else g.reshape(self.shape)
+        if moved is not None and dest is not None:
+            grad = moved.put_back(grad, dest)
+        return grad
+
+
 def token_logprobs(
     logits: ArrayLike,
     target: ArrayLike,
@@ -276,26 +308,11 @@ def token_logprobs_vjp(
     cap = v.softcap(softcap, dtype)
     temp = temperature_option(temperature, dtype)
     nt = v.resolve_threads(num_threads, z.size)
-    n = z.shape[0]
-    half = io != dtype
-    o = None
-    if out is not None:
-        o = v.check_out(out, shape, io)
-        if not half:
-            z = v.detach_from(z, o)
-    g = o if o is not None and not half else np.empty(z.shape, dtype=dtype)
-    lp = np.empty(n, dtype=np.float64)
-    _kernels.token_logprob_rows(z, labels, ignore, cap, temp, lp, None, gl, ge, g, nt)
-    if half:
-        if o is not None:
-            o[...] = g
-            g = o
-        else:
-            g = g.astype(io)
-    grad: FloatArray = out if out is not None else g.reshape(shape)
-    if moved is not None and dest is not None:
-        grad = moved.put_back(grad, dest)
-    return grad
+    g = GradOut(out, shape, z, dtype, io)
+    z = g.detach(z)
+    lp = np.empty(z.shape[0], dtype=np.float64)
+    _kernels.token_logprob_rows(z, labels, ignore, cap, temp, lp, None, gl, ge, g.buffer, nt)
+    return g.result(moved, dest)
 
 
 def _linear_logprob_run(
