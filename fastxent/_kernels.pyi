@@ -116,3 +116,72 @@ def simd_dispatch() -> str: ...
 def build_cflags() -> str: ...
 
 SERIAL_BELOW: int
+
+# _kernels_logprob.pxi: log-probabilities, entropy, distillation
+def token_logprob_rows(
+    z: _Floating,
+    labels: NDArray[np.int64],
+    ignore_index: int,
+    softcap: float,
+    temperature: float,
+    lp_out: _F64,
+    ent_out: _F64 | None,
+    grad_logprobs: _F64 | None,
+    grad_entropy: _F64 | None,
+    grad_out: _Floating | None,
+    num_threads: int,
+) -> None: ...
+def divergence_rows(
+    student: _Floating,
+    teacher: _Floating,
+    labels: NDArray[np.int64] | None,
+    ignore_index: int,
+    divergence: int,
+    beta: float,
+    temperature: float,
+    grad_denom: float,
+    loss_out: _F64,
+    grad_out: _Floating,
+    num_threads: int,
+) -> None: ...
+def linear_logprob_chunks(
+    x: _Floating,
+    W: _Floating,
+    bias: _Floating | None,
+    labels: NDArray[np.int64],
+    ignore_index: int,
+    softcap: float,
+    temperature: float,
+    lp_out: _F64,
+    ent_out: _F64 | None,
+    grad_logprobs: _F64 | None,
+    grad_entropy: _F64 | None,
+    buf: _Floating,
+    grad_x: _Floating | None,
+    grad_W: _Floating | None,
+    grad_b: _F64 | None,
+    gemm: object,
+    num_threads: int,
+) -> None: ...
+def linear_divergence_chunks(
+    x: _Floating,
+    W: _Floating,
+    bias: _Floating | None,
+    tx: _Floating,
+    tW: _Floating,
+    tbias: _Floating | None,
+    labels: NDArray[np.int64] | None,
+    ignore_index: int,
+    divergence: int,
+    beta: float,
+    temperature: float,
+    grad_denom: float,
+    loss_out: _F64,
+    buf: _Floating,
+    tbuf: _Floating,
+    grad_x: _Floating,
+    grad_W: _Floating,
+    grad_b: _F64 | None,
+    gemm: object,
+    num_threads: int,
+) -> None: ...

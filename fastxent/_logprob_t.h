@@ -20,8 +20,12 @@
  * with d2_k = (z2_k - shift2) * inv_t. */
 FX_INLINE double FX_NAME(lp_expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift, FX_T inv_t,
                                          FX_T *out, double *edot, const FX_T *z2, FX_T shift2,
-                                         double *xdot)
+                                         double *xdot, const int has_out, const int has_e,
+                                         const int has_x)
 {
+    /* has_out, has_e, has_x: literal constants from the dispatch below, so
+     * that each combination is a branch-free loop (a test of a pointer
+     * inside the loop keeps GCC from vectorising the reductions) */
     double acc = 0.0, eacc = 0.0, xacc = 0.0;
     ptrdiff_t nm = n - n % FX_TAIL;
     for (ptrdiff_t k0 = 0; k0 < nm; k0 += FX_SUM_BLOCK) {
@@ -33,39 +37,45 @@ FX_INLINE double FX_NAME(lp_expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
 #pragma omp simd
             for (int j = 0; j < FX_TAIL; ++j) {
                 FX_T d = (z[k + j] - shift) * inv_t;
-                FX_T d2 = z2 ? (z2[k + j] - shift2) * inv_t : (FX_T)0;
+                FX_T d2 = has_x ? (z2[k + j] - shift2) * inv_t : (FX_T)0;
                 FX_T e = FX_EXPNEG(d);
-                if (out)
+                if (has_out)
                     out[k + j] = e;
                 part[j] += e;
-                if (edot)
-                    epart[j] += e != (FX_T)0 ? e * d : (FX_T)0;
-                if (xdot)
-                    xpart[j] += e != (FX_T)0 ? e * d2 : (FX_T)0;
+                /* e d is NaN only as 0 * -inf (a masked class: dropped) or
+                 * for a NaN logit, which makes S NaN anyway.  Testing the
+                 * product, not e != 0, keeps GCC from threading the test
+                 * into the exponential's own select, which left a branch
+                 * that stopped the loop from vectorising. */
+                FX_T ed = e * d, ed2 = e * d2;
+                if (has_e)
+                    epart[j] += ed == ed ? ed : (FX_T)0;
+                if (has_x)
+                    xpart[j] += ed2 == ed2 ? ed2 : (FX_T)0;
             }
         }
         acc += FX_NAME(fold_lanes)(part);
-        if (edot)
+        if (has_e)
             eacc += FX_NAME(fold_lanes)(epart);
-        if (xdot)
+        if (has_x)
             xacc += FX_NAME(fold_lanes)(xpart);
     }
     /* the last n % FX_TAIL elements, in order */
     for (ptrdiff_t k = nm; k < n; ++k) {
         FX_T d = (z[k] - shift) * inv_t;
-        FX_T d2 = z2 ? (z2[k] - shift2) * inv_t : (FX_T)0;
+        FX_T d2 = has_x ? (z2[k] - shift2) * inv_t : (FX_T)0;
         FX_T e = FX_EXPNEG(d);
-        if (out)
+        if (has_out)
             out[k] = e;
         acc += (double)e;
-        if (edot && e != (FX_T)0)
+        if (has_e && e != (FX_T)0)
             eacc += (double)(e * d);
-        if (xdot && e != (FX_T)0)
+        if (has_x && e != (FX_T)0)
             xacc += (double)(e * d2);
     }
-    if (edot)
+    if (has_e)
         *edot = eacc;
-    if (xdot)
+    if (has_x)
         *xdot = xacc;
     return acc;
 }
@@ -74,15 +84,17 @@ FX_CLONES double FX_NAME(fx_lp_expsum)(const FX_T *z, ptrdiff_t n, FX_T shift, F
                                        FX_T *out, double *edot, const FX_T *z2, FX_T shift2,
                                        double *xdot)
 {
-#define FX_LE(OUT, ED, Z2, XD) FX_NAME(lp_expsum_body)(z, n, shift, inv_t, OUT, ED, Z2, shift2, XD)
+#define FX_LE(HO, HE, HX) \
+    FX_NAME(lp_expsum_body)(z, n, shift, inv_t, out, edot, z2, shift2, xdot, HO, HE, HX)
+    int ho = out != NULL, he = edot != NULL;
     if (z2 && xdot) {
-        if (out)
-            return edot ? FX_LE(out, edot, z2, xdot) : FX_LE(out, NULL, z2, xdot);
-        return edot ? FX_LE(NULL, edot, z2, xdot) : FX_LE(NULL, NULL, z2, xdot);
+        if (ho)
+            return he ? FX_LE(1, 1, 1) : FX_LE(1, 0, 1);
+        return he ? FX_LE(0, 1, 1) : FX_LE(0, 0, 1);
     }
-    if (out)
-        return edot ? FX_LE(out, edot, NULL, NULL) : FX_LE(out, NULL, NULL, NULL);
-    return edot ? FX_LE(NULL, edot, NULL, NULL) : FX_LE(NULL, NULL, NULL, NULL);
+    if (ho)
+        return he ? FX_LE(1, 1, 0) : FX_LE(1, 0, 0);
+    return he ? FX_LE(0, 1, 0) : FX_LE(0, 0, 0);
 #undef FX_LE
 }
 
