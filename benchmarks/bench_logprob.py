@@ -56,6 +56,8 @@ def _report(title: str, times: dict, base: str) -> None:
 
 
 def rows(n: int, m: int, nt: int, repeats: int) -> None:
+    if not n:
+        return
     rng = np.random.default_rng(0)
     z = (rng.standard_normal((n, m)) * 3).astype(np.float32)
     t = (rng.standard_normal((n, m)) * 3).astype(np.float32)
@@ -182,6 +184,12 @@ def linear(n: int, d: int, V: int, nt: int, repeats: int) -> None:
                 "linear_token_logprobs_vjp": lambda: fastxent.linear_token_logprobs_vjp(
                     x, W, y, gl
                 ),
+                "linear_token_logprobs_vjp(chunk n/4)": (
+                    lambda: fastxent.linear_token_logprobs_vjp(x, W, y, gl, chunk_size=n // 4)
+                ),
+                "linear_cross_entropy_with_grad": (
+                    lambda: fastxent.linear_cross_entropy_with_grad(x, W, y)
+                ),
                 "4 GEMMs": lambda: gemms(4),
                 "linear_distillation_loss_with_grad": (
                     lambda: fastxent.linear_distillation_loss_with_grad(x, W, tx, tW)
@@ -193,6 +201,8 @@ def linear(n: int, d: int, V: int, nt: int, repeats: int) -> None:
     vjp = times["linear_token_logprobs_vjp"]
     print(f"  linear_token_logprobs_vjp / 3 GEMMs: {vjp / times['3 GEMMs']:.3f}x"
           f"  ({vjp * 1e3:.1f} ms; buffer {r / n:.1%} of the logits)")  # fmt: skip
+    for k in ("linear_token_logprobs_vjp(chunk n/4)", "linear_cross_entropy_with_grad"):
+        print(f"  {k} / 3 GEMMs: {times[k] / times['3 GEMMs']:.3f}x")
     ratio = times["linear_distillation_loss_with_grad"] / times["4 GEMMs"]
     print(f"  linear_distillation_loss_with_grad / 4 GEMMs: {ratio:.3f}x"
           f"  ({times['linear_distillation_loss_with_grad'] * 1e3:.1f} ms; two buffers, "
@@ -206,7 +216,7 @@ def main() -> None:
     p.add_argument("--linear", default="2048x512x32000")
     p.add_argument("--repeats", type=int, default=7)
     a = p.parse_args()
-    n, m = map(int, a.shape.split("x"))
+    n, m = map(int, a.shape.split("x")) if a.shape else (0, 0)
     rows(n, m, a.threads, a.repeats)
     if a.linear:
         ln, d, V = map(int, a.linear.split("x"))
