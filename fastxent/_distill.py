@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _axis, _kernels
+from . import _axis, _kernels, _linear
 from . import _validation as v
 from ._logprob import GradOut, float32_copy, temperature_option
 from ._typing import FloatArray, FloatScalar
@@ -118,6 +118,7 @@ def distillation_loss_with_grad(
     teacher_logits : array_like of the student's shape
         The teacher's logits (converted to the student's compute dtype).
     divergence : {"forward_kl", "reverse_kl", "jsd"}, default "forward_kl"
+        The divergence, as above.
     beta : float in (0, 1), default 0.5
         The generalised JSD's weight (Liger-Kernel's ``beta``); 0.5 is the
         symmetric Jensen-Shannon divergence.  Unused by the KLs.
@@ -132,6 +133,7 @@ def distillation_loss_with_grad(
         and are left out of ``"batchmean"``'s count; other values are not
         used (the class indices of a language model's batch, say).
     ignore_index : int, default -100
+        The value of ``target`` that marks a row that does not count.
     axis : int, default -1
         The class axis, as in :func:`fastxent.cross_entropy`.
     out : ndarray, optional
@@ -143,6 +145,7 @@ def distillation_loss_with_grad(
     Returns
     -------
     loss : scalar of the compute dtype, or ndarray of shape ``student_logits.shape[:-1]``
+        The reduced divergence, or one value per row for ``"none"``.
     grad : ndarray of the student's shape
         The gradient of ``loss`` (of the sum of the rows for ``"none"``)
         with respect to ``student_logits``; ``out`` when given.
@@ -248,19 +251,34 @@ def linear_distillation_loss_with_grad(
         compute dtype).
     teacher_linear_weight : array_like of shape (V, d_teacher)
         The teacher's head.
-    linear_bias, teacher_linear_bias : array_like of shape (V,), optional
-    divergence, beta, temperature, reduction, target, ignore_index
+    linear_bias : array_like of shape (V,), optional
+        The student's bias.
+    teacher_linear_bias : array_like of shape (V,), optional
+        The teacher's bias.
+    divergence : {"forward_kl", "reverse_kl", "jsd"}, default "forward_kl"
         As in :func:`distillation_loss_with_grad`.
-    chunk_size, num_threads
-        As in :func:`fastxent.linear_cross_entropy` (the same default
-        chunk; the row kernels on the calling thread unless asked).
+    beta : float in (0, 1), default 0.5
+        The generalised JSD's weight.
+    temperature : float > 0, default 1.0
+        Divides both heads' logits before the softmax.
+    reduction : {"batchmean", "sum", "none"}, default "batchmean"
+        As in :func:`distillation_loss_with_grad`.
+    target : array_like of int, shape ``x.shape[:-1]``, optional
+        Rows whose target equals ``ignore_index`` do not count.
+    ignore_index : int, default -100
+        The value of ``target`` that marks a row that does not count.
+    {chunk}
 
     Returns
     -------
     loss : scalar or ndarray of shape ``x.shape[:-1]``
+        As :func:`distillation_loss_with_grad` returns it.
     grad_x : ndarray of x's shape and dtype
+        The gradient with respect to ``x``.
     grad_linear_weight : ndarray of shape (V, d)
+        The gradient with respect to ``linear_weight``.
     grad_linear_bias : ndarray of shape (V,), or None without ``linear_bias``
+        The gradient with respect to ``linear_bias``.
 
     Raises
     ------
@@ -281,8 +299,6 @@ def linear_distillation_loss_with_grad(
     >>> bool(np.isclose(loss, ref) and np.allclose(gx, G @ W) and np.allclose(gW, G.T @ x))
     True
     """
-    from . import _linear
-
     div, b, red = _options(divergence, beta, reduction)
     x2, W, bias, x_shape, dtype, io = _linear._check_inputs(x, linear_weight, linear_bias)
     n, d = x2.shape
@@ -333,4 +349,12 @@ def linear_distillation_loss_with_grad(
         gx.reshape(x_shape).astype(io, copy=False),
         gW.astype(io, copy=False),
         None if gb is None else gb.astype(io),
+    )
+
+
+if linear_distillation_loss_with_grad.__doc__:  # None under python -OO
+    from ._linear import _CHUNK_DOC
+
+    linear_distillation_loss_with_grad.__doc__ = linear_distillation_loss_with_grad.__doc__.replace(
+        "    {chunk}", _CHUNK_DOC.strip("\n")
     )

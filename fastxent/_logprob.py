@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _axis, _kernels
+from . import _axis, _kernels, _linear
 from . import _validation as v
 from ._typing import FloatArray
 
@@ -155,26 +155,13 @@ def token_logprobs(
 
     Parameters
     ----------
-    logits : array_like of shape (..., m)
-        Classes on the last axis (or on ``axis``).  float32 and float64 are
-        computed natively, float16 and bfloat16 in float32, integers in
-        float64.
-    target : array_like of int, shape ``logits.shape[:-1]``
-        Class indices in ``[0, m)``, or ``ignore_index``.
-    temperature : float > 0, default 1.0
-        Divides the (soft-capped) logits before the softmax.
-    softcap : float > 0, optional
-        Soft-caps the logits as ``softcap * tanh(logits / softcap)`` first.
-    ignore_index : int, default -100
-        Rows whose target equals it get 0.
+    {logits}
+    {target}
+    {lp_options}
     return_entropy : bool, default False
         Also return each row's entropy.
-    axis : int, default -1
-        The class axis, as in :func:`fastxent.cross_entropy` (classes off
-        the last axis are computed in a contiguous copy).
-    num_threads : int >= 1, optional
-        ``None`` uses OpenMP's default, as :func:`fastxent.cross_entropy`.
-        The results are the same bits at every thread count.
+    {axis}
+    {num_threads}
 
     Returns
     -------
@@ -196,8 +183,8 @@ def token_logprobs(
 
     See Also
     --------
-    token_logprobs_vjp : the gradient with respect to the logits.
-    fastxent.log_softmax : every class's log-probability.
+    token_logprobs_vjp : The gradient with respect to the logits.
+    fastxent.log_softmax : Every class's log-probability.
 
     Examples
     --------
@@ -260,18 +247,19 @@ def token_logprobs_vjp(
 
     Parameters
     ----------
-    logits, target, temperature, softcap, ignore_index, axis
-        As in :func:`token_logprobs`.
+    {logits}
+    {target}
     grad_logprobs : array_like of the target's shape
         The upstream gradient of the log-probabilities.
     grad_entropy : array_like of the target's shape, optional
         The upstream gradient of the entropies; None: 0.
+    {lp_options}
+    {axis}
     out : ndarray, optional
         C-contiguous, writeable, of the logits' shape and dtype (the
         compute dtype; float16/bfloat16 stay in it); ``out=logits`` works
         in place.
-    num_threads : int >= 1, optional
-        As in :func:`token_logprobs`.
+    {num_threads}
 
     Returns
     -------
@@ -331,8 +319,6 @@ def _linear_logprob_run(
     chunk_size: Any,
     num_threads: int | None,
 ) -> tuple[Any, ...]:
-    from . import _linear
-
     x2, W, b, x_shape, dtype, io = _linear._check_inputs(x, linear_weight, linear_bias)
     n, d = x2.shape
     V = W.shape[0]
@@ -396,28 +382,21 @@ def linear_token_logprobs(
 
     Parameters
     ----------
-    x : array_like of shape (..., d)
-        Features, float32 or float64 (float16/bfloat16 computed in float32).
-    linear_weight : array_like of shape (V, d)
-        The head ``W`` (PyTorch's ``F.linear`` convention), of x's dtype.
-    target : array_like of int, shape ``x.shape[:-1]``
-        Class indices in ``[0, V)``, or ``ignore_index``.
+    {head}
+    {lin_target}
     linear_bias : array_like of shape (V,), optional
         The bias ``b``, of x's dtype.
-    temperature, softcap, ignore_index, return_entropy
-        As in :func:`token_logprobs`.
-    chunk_size : int >= 1, optional
-        Rows per chunk, as in :func:`fastxent.linear_cross_entropy` (and
-        the same default).
-    num_threads : int >= 1, optional
-        Threads of the row kernels between the GEMMs; ``None`` runs them on
-        the calling thread, as in :func:`fastxent.linear_cross_entropy`.
+    {lp_options}
+    return_entropy : bool, default False
+        Also return each row's entropy.
+    {chunk}
 
     Returns
     -------
     logprobs : ndarray of shape ``x.shape[:-1]``
+        ``log p[y]`` of each row of ``x @ W.T + b``, 0 at ignored rows.
     entropy : ndarray of shape ``x.shape[:-1]``
-        Only with ``return_entropy=True``.
+        Each row's entropy; only with ``return_entropy=True``.
 
     Raises
     ------
@@ -472,18 +451,25 @@ def linear_token_logprobs_vjp(
 
     Parameters
     ----------
-    x, linear_weight, target, linear_bias
-        As in :func:`linear_token_logprobs`.
-    temperature, softcap, ignore_index, chunk_size, num_threads
-        As in :func:`linear_token_logprobs`.
-    grad_logprobs, grad_entropy
-        As in :func:`token_logprobs_vjp`, of shape ``x.shape[:-1]``.
+    {head}
+    {lin_target}
+    grad_logprobs : array_like of shape ``x.shape[:-1]``
+        The upstream gradient of the log-probabilities.
+    grad_entropy : array_like of shape ``x.shape[:-1]``, optional
+        The upstream gradient of the entropies; None: 0.
+    linear_bias : array_like of shape (V,), optional
+        The bias ``b``, of x's dtype.
+    {lp_options}
+    {chunk}
 
     Returns
     -------
     grad_x : ndarray of x's shape and dtype
+        The gradient with respect to ``x``.
     grad_linear_weight : ndarray of shape (V, d)
+        The gradient with respect to ``linear_weight``.
     grad_linear_bias : ndarray of shape (V,), or None without ``linear_bias``
+        The gradient with respect to ``linear_bias``.
 
     Raises
     ------
@@ -508,3 +494,45 @@ def linear_token_logprobs_vjp(
         num_threads=num_threads,
     )  # fmt: skip
     return gx, gW, gb
+
+
+_DOC = {
+    "logits": """
+    logits : array_like of shape (..., m)
+        Classes on the last axis (or on ``axis``).  float32 and float64 are
+        computed natively, float16 and bfloat16 in float32, integers in
+        float64.""",
+    "target": """
+    target : array_like of int, shape ``logits.shape[:-1]``
+        Class indices in ``[0, m)``, or ``ignore_index``.""",
+    "lp_options": """
+    temperature : float > 0, default 1.0
+        Divides the (soft-capped) logits before the softmax.
+    softcap : float > 0, optional
+        Soft-caps the logits as ``softcap * tanh(logits / softcap)`` first.
+    ignore_index : int, default -100
+        Rows whose target equals it get 0.""",
+    "axis": """
+    axis : int, default -1
+        The class axis, as in :func:`fastxent.cross_entropy` (classes off
+        the last axis are computed in a contiguous copy).""",
+    "num_threads": """
+    num_threads : int >= 1, optional
+        ``None`` uses OpenMP's default, as :func:`fastxent.cross_entropy`.
+        The results are the same bits at every thread count.""",
+    "head": """
+    x : array_like of shape (..., d)
+        Features, float32 or float64 (float16/bfloat16 computed in float32).
+    linear_weight : array_like of shape (V, d)
+        The head ``W`` (PyTorch's ``F.linear`` convention), of x's dtype.""",
+    "lin_target": """
+    target : array_like of int, shape ``x.shape[:-1]``
+        Class indices in ``[0, V)``, or ``ignore_index``.""",
+    "chunk": _linear._CHUNK_DOC,
+}
+
+for _f in (token_logprobs, token_logprobs_vjp, linear_token_logprobs, linear_token_logprobs_vjp):
+    if _f.__doc__:  # None under python -OO
+        for _key, _text in _DOC.items():
+            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
+del _f, _key, _text
