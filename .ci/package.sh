@@ -51,7 +51,8 @@ problems = []
 for name in ["setup.py", "pyproject.toml", "README.md", "CHANGELOG.md", "MANIFEST.in",
              "fastxent/__init__.py", "fastxent/_version.py", "fastxent/_kernels.pyx",
              "fastxent/_kernels.pyi", "fastxent/py.typed", "fastxent/_rowops.c",
-             "fastxent/_rowops.h", "fastxent/_rowops_t.h", "tests/conftest.py"]:
+             "fastxent/_rowops.h", "fastxent/_rowops_t.h", "fastxent/_logprob_t.h",
+             "fastxent/_kernels_logprob.pxi", "tests/conftest.py"]:
     if name not in snames:
         problems.append(f"sdist lacks {name}")
 for name in sorted(snames):
