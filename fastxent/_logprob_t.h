@@ -13,6 +13,9 @@
  * _options.h's (the fx_finish_* functions); these loops only reduce rows.
  */
 
+/* Below this the kernels' exponential is 0 (FX_EXPNEG flushes there). */
+#define FX_LP_EXP_LO (sizeof(FX_T) == 4 ? (FX_T)-87.3365448f : (FX_T)-708.3964185322641)
+
 /* S = sum_k e_k with e_k = exp(d_k), summed like fx_expsum (lanes of the
  * element type per block, blocks in double).  Optionally: out[k] = e_k
  * (out may alias z: each z_k is read before out_k is written), edot =
@@ -42,14 +45,18 @@ FX_INLINE double FX_NAME(lp_expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
                 if (has_out)
                     out[k + j] = e;
                 part[j] += e;
-                /* e d is NaN only as 0 * -inf (a masked class: dropped) or
-                 * for a NaN logit, which makes S NaN anyway.  Testing the
+                /* e d with d clamped where the exponential flushes to 0
+                 * (the clamp it makes itself): 0 for a masked class, where
+                 * 0 * -inf would be NaN, without a select.  The cross term
+                 * is NaN only as 0 * -inf (dropped) or for a NaN logit,
+                 * which makes that row's own sum NaN anyway; testing the
                  * product, not e != 0, keeps GCC from threading the test
-                 * into the exponential's own select, which left a branch
-                 * that stopped the loop from vectorising. */
-                FX_T ed = e * d, ed2 = e * d2;
+                 * into the exponential's select (a branch that stopped
+                 * the loop from vectorising). */
+                FX_T dc = d < FX_LP_EXP_LO ? FX_LP_EXP_LO : d;
+                FX_T ed2 = e * d2;
                 if (has_e)
-                    epart[j] += ed == ed ? ed : (FX_T)0;
+                    epart[j] += e * dc;
                 if (has_x)
                     xpart[j] += ed2 == ed2 ? ed2 : (FX_T)0;
             }
