@@ -79,6 +79,64 @@ def _reduce(
         return dtype.type(np.float64(total) / np.float64(count))
 
 
+def _run(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    divergence: Any,
+    beta: Any,
+    temperature: Any,
+    reduction: Any,
+    target: ArrayLike | None,
+    ignore_index: Any,
+    axis: Any,
+    out: Any,
+    num_threads: Any,
+    grad_denom: float | None = None,
+) -> tuple[Any, FloatArray]:
+    """distillation_loss_with_grad, with the gradient divided by
+    ``grad_denom`` instead of the reduction's own (a Dask block of a
+    larger batch: its global count)."""
+    div, b, red = _options(divergence, beta, reduction)
+    moved, dest = None, None
+    if not _axis.is_last(axis):
+        moved = _axis.class_axis(student_logits, axis)
+        if moved is not None:
+            dest = moved.output(out, _axis.output_dtype(moved.z))
+            t_arr = v.as_array(teacher_logits, "teacher_logits")
+            if t_arr.shape != moved.shape:
+                raise ValueError(
+                    f"teacher_logits must have the student's shape {moved.shape}; "
+                    f"got shape {t_arr.shape}."
+                )
+            student_logits, out = moved.z, None
+            teacher_logits = np.moveaxis(t_arr, moved.ax, -1)
+    s, shape, dtype, half = v.as_logits(student_logits, "student_logits")
+    io = np.asarray(student_logits).dtype if half else dtype
+    if half:
+        s = float32_copy(s, io)
+    t_in = v.as_array(teacher_logits, "teacher_logits")
+    if t_in.shape != shape:
+        raise ValueError(
+            f"teacher_logits must have the student's shape {shape}; got shape {t_in.shape}."
+        )
+    v.compute_dtype(t_in.dtype, "teacher_logits")  # a TypeError for non-numbers
+    with np.errstate(over="ignore"):
+        t = v.aligned(np.ascontiguousarray(t_in, dtype=dtype)).reshape(s.shape)
+    temp = temperature_option(temperature, dtype)
+    labels, count = _row_mask(target, shape[:-1], ignore_index)
+    nt = v.resolve_threads(num_threads, s.size)
+    g = GradOut(out, shape, s, dtype, io)
+    s = g.detach(s)
+    if g.o is not None and np.may_share_memory(t, g.o):
+        t = t.copy()
+    losses = np.empty(s.shape[0], dtype=np.float64)
+    if grad_denom is None:
+        grad_denom = count if red == "batchmean" else 1.0
+    _kernels.divergence_rows(s, t, labels, -1, div, b, temp, grad_denom, losses, g.buffer, nt)
+    return _reduce(losses, count, red, dtype, shape[:-1]), g.result(moved, dest)
+
+
 def distillation_loss_with_grad(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -171,43 +229,11 @@ def distillation_loss_with_grad(
     >>> float(fastxent.distillation_loss_with_grad(s, t, divergence="jsd")[0].round(4))
     0.0282
     """
-    div, b, red = _options(divergence, beta, reduction)
-    moved, dest = None, None
-    if not _axis.is_last(axis):
-        moved = _axis.class_axis(student_logits, axis)
-        if moved is not None:
-            dest = moved.output(out, _axis.output_dtype(moved.z))
-            t_arr = v.as_array(teacher_logits, "teacher_logits")
-            if t_arr.shape != moved.shape:
-                raise ValueError(
-                    f"teacher_logits must have the student's shape {moved.shape}; "
-                    f"got shape {t_arr.shape}."
-                )
-            student_logits, out = moved.z, None
-            teacher_logits = np.moveaxis(t_arr, moved.ax, -1)
-    s, shape, dtype, half = v.as_logits(student_logits, "student_logits")
-    io = np.asarray(student_logits).dtype if half else dtype
-    if half:
-        s = float32_copy(s, io)
-    t_in = v.as_array(teacher_logits, "teacher_logits")
-    if t_in.shape != shape:
-        raise ValueError(
-            f"teacher_logits must have the student's shape {shape}; got shape {t_in.shape}."
-        )
-    v.compute_dtype(t_in.dtype, "teacher_logits")  # a TypeError for non-numbers
-    with np.errstate(over="ignore"):
-        t = v.aligned(np.ascontiguousarray(t_in, dtype=dtype)).reshape(s.shape)
-    temp = temperature_option(temperature, dtype)
-    labels, count = _row_mask(target, shape[:-1], ignore_index)
-    nt = v.resolve_threads(num_threads, s.size)
-    g = GradOut(out, shape, s, dtype, io)
-    s = g.detach(s)
-    if g.o is not None and np.may_share_memory(t, g.o):
-        t = t.copy()
-    losses = np.empty(s.shape[0], dtype=np.float64)
-    grad_denom = count if red == "batchmean" else 1.0
-    _kernels.divergence_rows(s, t, labels, -1, div, b, temp, grad_denom, losses, g.buffer, nt)
-    return _reduce(losses, count, red, dtype, shape[:-1]), g.result(moved, dest)
+    return _run(
+        student_logits, teacher_logits, divergence=divergence, beta=beta,
+        temperature=temperature, reduction=reduction, target=target,
+        ignore_index=ignore_index, axis=axis, out=out, num_threads=num_threads,
+    )  # fmt: skip
 
 
 def linear_distillation_loss_with_grad(

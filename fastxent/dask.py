@@ -55,6 +55,7 @@ except ImportError as e:
     raise missing("fastxent.dask", "Dask (dask[array])", "dask", e) from e
 
 from . import _dask_loss
+from ._dask_logprob import distillation_loss_with_grad, token_logprobs
 
 if TYPE_CHECKING:
     from ._dask_estimator import SoftmaxRegression
@@ -65,8 +66,10 @@ __all__ = [
     "SoftmaxRegression",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "distillation_loss_with_grad",
     "linear_cross_entropy",
     "linear_cross_entropy_with_grad",
+    "token_logprobs",
 ]
 
 
