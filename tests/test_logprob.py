@@ -306,3 +306,22 @@ def test_linear_errors():
         fastxent.linear_token_logprobs_vjp(x, W, np.zeros(4, int), np.ones(2))
     with pytest.raises(ValueError, match="chunk_size"):
         fastxent.linear_token_logprobs(x, W, np.zeros(4, int), chunk_size=0)
+
+
+def test_linear_half_precision_in_float32():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 9, 5)).astype(np.float16)
+    W = rng.standard_normal((13, 5)).astype(np.float16)
+    y = rng.integers(0, 13, size=(2, 9))
+    gl = rng.standard_normal((2, 9))
+    lp = fastxent.linear_token_logprobs(x, W, y)
+    ref = fastxent.linear_token_logprobs(x.astype(np.float32), W.astype(np.float32), y)
+    assert lp.dtype == np.float32
+    np.testing.assert_array_equal(lp, ref)
+    gx, gW, _ = fastxent.linear_token_logprobs_vjp(x, W, y, gl)
+    rx, rW, _ = fastxent.linear_token_logprobs_vjp(
+        x.astype(np.float32), W.astype(np.float32), y, gl
+    )
+    assert gx.dtype == gW.dtype == np.float16
+    np.testing.assert_array_equal(gx, rx.astype(np.float16))
+    np.testing.assert_array_equal(gW, rW.astype(np.float16))
