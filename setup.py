@@ -165,7 +165,7 @@ def _inputs_digest(ext, compiler_type):
     inputs = sorted(
         os.path.join(folder, name)
         for name in os.listdir(folder)
-        if name.endswith((".pyx", ".pxd", ".c", ".h")) and name != "_kernels.c"
+        if name.endswith((".pyx", ".pxd", ".pxi", ".c", ".h")) and name != "_kernels.c"
     )
     for path in inputs + [os.path.join(HERE, "setup.py")]:
         h.update(os.path.basename(path).encode() + b"\0" + open(path, "rb").read())
@@ -198,7 +198,16 @@ extensions = [
         "fastxent._kernels",
         sources=["fastxent/_kernels.pyx", "fastxent/_rowops.c"],
         # Headers too: a change to them must rebuild the objects.
-        depends=["fastxent/_rowops.h", "fastxent/_rowops_t.h", "fastxent/_governor.h"],
+        depends=[
+            "fastxent/_rowops.h",
+            "fastxent/_rowops_t.h",
+            "fastxent/_governor.h",
+            "fastxent/_options.h",
+            "fastxent/_kernels.pxd",
+            "fastxent/_kernels_half.pxi",
+            "fastxent/_kernels_linear.pxi",
+            "fastxent/_kernels_hooks.pxi",
+        ],
         # NumPy's C API checks the arrays at the kernel entry points (see
         # _kernels.pyx); no deprecated API is used.
         include_dirs=["fastxent", numpy.get_include()],
