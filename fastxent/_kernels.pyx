@@ -781,7 +781,7 @@ cdef int _take_common(Arrays *a, object z, object class_weight,
 
 cdef tuple _run_loss(const floating *z, const label_t *labels,
                      const floating *target, const Arrays *a,
-                     int64_t ignore_index, double smoothing, double zloss,
+                     int64_t ignore_index, double label_smoothing, double z_loss,
                      double softcap, double grad_denom, int num_threads):
     """One loss kernel call: class indices (``labels``) or probabilities
     (``target``).  Returns ``(bad, total, denominator)``."""
@@ -804,7 +804,7 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
             denom = <double>n
         if bad < 0:
             # NaN: divide the gradient by this call's own "mean" denominator.
-            opt = fx_options_for(smoothing, zloss, softcap,
+            opt = fx_options_for(label_smoothing, z_loss, softcap,
                            denom if grad_denom != grad_denom else grad_denom, m)
             if floating is float and a.half:
                 # Reduced losses: the per-row values go to a buffer of our own.
@@ -839,9 +839,10 @@ def cross_entropy_labels(
     object loss_out,
     object grad_out,
     object hess_out,
+    *,
     int64_t ignore_index,
-    double smoothing,
-    double zloss,
+    double label_smoothing,
+    double z_loss,
     double softcap,
     double grad_denom,
     int num_threads,
@@ -882,14 +883,14 @@ def cross_entropy_labels(
     if ft == cnp.NPY_FLOAT or half:
         if lt == cnp.NPY_INT32:
             return _run_loss(<float *>a.z, <int32_t *>a.labels, <float *>NULL, &a,
-                             ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
+                             ignore_index, label_smoothing, z_loss, softcap, grad_denom, num_threads)
         return _run_loss(<float *>a.z, <int64_t *>a.labels, <float *>NULL, &a,
-                         ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
+                         ignore_index, label_smoothing, z_loss, softcap, grad_denom, num_threads)
     if lt == cnp.NPY_INT32:
         return _run_loss(<double *>a.z, <int32_t *>a.labels, <double *>NULL, &a,
-                         ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
+                         ignore_index, label_smoothing, z_loss, softcap, grad_denom, num_threads)
     return _run_loss(<double *>a.z, <int64_t *>a.labels, <double *>NULL, &a,
-                     ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
+                     ignore_index, label_smoothing, z_loss, softcap, grad_denom, num_threads)
 
 
 def cross_entropy_probs(
@@ -900,8 +901,9 @@ def cross_entropy_probs(
     object loss_out,
     object grad_out,
     object hess_out,
-    double smoothing,
-    double zloss,
+    *,
+    double label_smoothing,
+    double z_loss,
     double softcap,
     double grad_denom,
     int num_threads,
@@ -924,9 +926,9 @@ def cross_entropy_probs(
         raise TypeError("fastxent._kernels: target must be an array")
     if ft == cnp.NPY_FLOAT or half:
         return _run_loss(<float *>a.z, <int64_t *>NULL, <float *>a.target, &a,
-                         0, smoothing, zloss, softcap, grad_denom, num_threads)
+                         0, label_smoothing, z_loss, softcap, grad_denom, num_threads)
     return _run_loss(<double *>a.z, <int64_t *>NULL, <double *>a.target, &a,
-                     0, smoothing, zloss, softcap, grad_denom, num_threads)
+                     0, label_smoothing, z_loss, softcap, grad_denom, num_threads)
 
 
 def mean_denominator(object labels, object class_weight, object sample_weight,

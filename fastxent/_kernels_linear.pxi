@@ -134,7 +134,7 @@ def linear_cross_entropy_chunks(
     object x, object W, object bias, object labels, object target,
     object class_weight, object sample_weight, object buf, object loss_out,
     object grad_x, object grad_W, object grad_b, object gemm,
-    int64_t ignore_index, double smoothing, double zloss, double softcap,
+    *, int64_t ignore_index, double label_smoothing, double z_loss, double softcap,
     double grad_denom, int num_threads,
 ):
     """Per-row losses of ``x @ W.T + bias`` into ``loss_out`` (n,) float64,
@@ -200,7 +200,7 @@ def linear_cross_entropy_chunks(
     fn = PyCapsule_GetPointer(gemm, PyCapsule_GetName(gemm))
     if n == 0:
         return 0.0
-    opt = fx_options_for(smoothing, zloss, softcap, grad_denom, V)
+    opt = fx_options_for(label_smoothing, z_loss, softcap, grad_denom, V)
     with nogil:
         if ft == cnp.NPY_FLOAT:
             if lt == cnp.NPY_INT32:

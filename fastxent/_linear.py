@@ -24,7 +24,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _kernels
 from . import _validation as v
-from ._loss import _OPTIONS_DOC, loss_spec, mean_denominator, reduce_total
+from ._loss import _OPTIONS_DOC, reduce_total
+from ._spec import loss_spec
 from ._typing import FloatArray, FloatScalar
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
@@ -238,7 +239,7 @@ def _linear_run(
     reduction: object,
     weight: ArrayLike | None,
     sample_weight: ArrayLike | None,
-    ignore_index: int,
+    ignore_index: int | None,
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
@@ -276,7 +277,7 @@ def _linear_run(
     nt = v.resolve_threads(num_threads, n * V) if num_threads is not None else 1
     # Every label is checked (and the "mean" denominator summed) before any
     # GEMM runs, so bad input costs nothing and leaves nothing half done.
-    denom = mean_denominator(spec, V)
+    denom = spec.mean_denominator(V)
     if grad_denom is None:
         grad_denom = denom if reduction == "mean" else 1.0
 
@@ -289,14 +290,15 @@ def _linear_run(
     total = 0.0
     if n:
         buf = np.empty((r, V), dtype=dtype)
-        labels = spec.t if spec.kind == "labels" else None
-        probs = spec.t if spec.kind == "probs" else None
+        labels = spec.target if spec.target_kind == "labels" else None
+        probs = spec.target if spec.target_kind == "probs" else None
         # BLAS threads its GEMMs as it is set to (threadpoolctl); num_threads
         # is the row kernels' (the two take turns, never run at once).
         total = _kernels.linear_cross_entropy_chunks(
-            x2, W, b, labels, probs, spec.w, spec.s, buf, losses, gx, gW, gb,
-            _gemm_capsule(dtype.char), spec.ignore, spec.eps, spec.zl, spec.cap,
-            grad_denom, nt,
+            x2, W, b, labels, probs, spec.weight, spec.sample_weight, buf, losses, gx, gW, gb,
+            _gemm_capsule(dtype.char), ignore_index=spec.kernel_ignore_index,
+            label_smoothing=spec.label_smoothing, z_loss=spec.z_loss, softcap=spec.softcap,
+            grad_denom=grad_denom, num_threads=nt,
         )  # fmt: skip
         del buf
 
@@ -362,7 +364,7 @@ def linear_cross_entropy(
     reduction: Literal["mean", "sum"] = ...,
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -379,7 +381,7 @@ def linear_cross_entropy(
     reduction: Literal["none"],
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -395,7 +397,7 @@ def linear_cross_entropy(
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -473,7 +475,7 @@ def linear_cross_entropy_with_grad(
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,

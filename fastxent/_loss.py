@@ -2,77 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _axis, _kernels
+from . import _axis
 from . import _validation as v
+from ._spec import loss_spec
 from ._typing import FloatArray, FloatScalar
-
-
-class LossSpec(NamedTuple):
-    """A validated target and loss options, for rows of ``m`` classes."""
-
-    kind: Literal["labels", "probs"]
-    t: NDArray[Any]  # (n,) int32/int64 labels, or (n, m) probabilities
-    ignore: int
-    eps: float
-    zl: float
-    cap: float
-    w: FloatArray | None
-    s: NDArray[np.float64] | None
-
-
-def loss_spec(
-    target: ArrayLike,
-    shape: tuple[int, ...],
-    dtype: np.dtype[np.floating[Any]],
-    *,
-    weight: ArrayLike | None,
-    sample_weight: ArrayLike | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    keep: np.dtype[Any] | None = None,
-    axis_hint: bool = False,
-) -> LossSpec:
-    """Validate the target and every loss option against logits of ``shape``
-    computed in ``dtype`` (shared by the loss functions, the fused linear
-    cross-entropy and the Dask blocks).  Probabilities of dtype ``keep`` (the
-    logits' half-precision dtype) stay in it, as uint16 bits.  ``axis_hint``:
-    a target of the wrong shape says which ``axis=`` would fit it."""
-    kind, t = v.as_labels_or_probs(target, shape, dtype, keep, axis_hint)
-    return LossSpec(
-        kind,
-        t,
-        v.ignore_index(ignore_index, kind),
-        v.float_option(label_smoothing, "label_smoothing", 0.0, 1.0),
-        v.float_option(z_loss, "z_loss", 0.0),
-        v.softcap(softcap, dtype),
-        v.class_weight(weight, shape[-1], dtype),
-        v.sample_weight(sample_weight, shape[:-1]),
-    )
-
-
-def mean_denominator(spec: LossSpec, m: int) -> float:
-    """The "mean" denominator of these rows: ``sum_i s_i w[y_i]`` over the
-    kept rows for class indices (after checking every label), ``sum_i s_i``
-    (or ``n``) for probabilities."""
-    if spec.kind == "labels":
-        bad, denom = _kernels.mean_denominator(spec.t, spec.w, spec.s, spec.ignore, m)
-        if bad >= 0:
-            raise bad_label_error(spec.t, bad, m, spec.ignore)
-        return float(denom)
-    if spec.s is not None:
-        return float(_kernels.pairwise_sum(spec.s))
-    return float(spec.t.shape[0])
-
-
-def bad_label_error(t: NDArray[Any], bad: int, m: int, ignore: int) -> v.LabelError:
-    return v.LabelError(int(t[bad]), bad, m, ignore)
 
 
 def _run(
@@ -84,7 +22,7 @@ def _run(
     reduction: object,
     weight: ArrayLike | None,
     sample_weight: ArrayLike | None,
-    ignore_index: int,
+    ignore_index: int | None,
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
@@ -111,7 +49,7 @@ def _run(
     n, m = z.shape
     # float16/bfloat16 logits: computed in float32, gradient in their dtype.
     io = np.asarray(logits).dtype if half else dtype
-    kind, t, ignore, eps, zl, cap, w, s = loss_spec(
+    spec = loss_spec(
         target,
         shape,
         dtype,
@@ -135,9 +73,17 @@ def _run(
             # Only exact aliasing with the logits is an in-place update; any
             # other overlap would have the kernel read what it just wrote.
             z = v.detach_from(z, g)
-            t = t.copy() if np.may_share_memory(t, g) else t
-            w = w.copy() if w is not None and np.may_share_memory(w, g) else w
-            s = s.copy() if s is not None and np.may_share_memory(s, g) else s
+            spec = spec._replace(
+                **{
+                    name: a.copy()
+                    for name, a in (
+                        ("target", spec.target),
+                        ("weight", spec.weight),
+                        ("sample_weight", spec.sample_weight),
+                    )
+                    if a is not None and np.may_share_memory(a, g)
+                }
+            )
         if half:
             g = g.view(np.uint16)
 
@@ -147,16 +93,9 @@ def _run(
     if grad_denom is None:
         # NaN: the kernel divides the gradient by the "mean" denominator it sums.
         grad_denom = np.nan if reduction == "mean" else 1.0
-    if kind == "labels":
-        bad, total, denom = _kernels.cross_entropy_labels(
-            z, t, w, s, losses, g, None, ignore, eps, zl, cap, grad_denom, nt, half
-        )
-        if bad >= 0:
-            raise bad_label_error(t, bad, m, ignore)
-    else:
-        _, total, denom = _kernels.cross_entropy_probs(
-            z, t, w, s, losses, g, None, eps, zl, cap, grad_denom, nt, half
-        )
+    total, denom = spec.run(
+        z, loss_out=losses, grad_out=g, grad_denom=grad_denom, num_threads=nt, half=half
+    )
 
     grad: FloatArray | None = None
     if want_grad:
@@ -263,7 +202,7 @@ def cross_entropy(
     reduction: Literal["mean", "sum"] = ...,
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -278,7 +217,7 @@ def cross_entropy(
     reduction: Literal["none"],
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -292,7 +231,7 @@ def cross_entropy(
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -376,7 +315,7 @@ def cross_entropy_grad(
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -453,7 +392,7 @@ def cross_entropy_with_grad(
     reduction: Literal["mean", "sum"] = ...,
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -469,7 +408,7 @@ def cross_entropy_with_grad(
     reduction: Literal["none"],
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -484,7 +423,7 @@ def cross_entropy_with_grad(
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
