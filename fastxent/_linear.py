@@ -22,9 +22,9 @@ from typing import Any, Literal, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _kernels
+from . import _docs, _kernels
 from . import _validation as v
-from ._loss import _OPTIONS_DOC, reduce_total
+from ._loss import reduce_total
 from ._spec import loss_spec
 from ._typing import FloatArray, FloatScalar
 
@@ -350,8 +350,8 @@ _CHUNK_DOC = """
         Results are the same bits at every ``num_threads``; OpenBLAS's own
         can change in the last bits with its thread count."""
 
-# The loss options as cross_entropy documents them (num_threads is _CHUNK_DOC's).
-_LINEAR_OPTIONS_DOC = _OPTIONS_DOC.split("    num_threads :")[0].rstrip()
+_docs.register("linear", _LINEAR_DOC)
+_docs.register("chunk", _CHUNK_DOC)
 
 
 @overload
@@ -545,12 +545,7 @@ def linear_cross_entropy_with_grad(
     return loss, gx, gW, gb
 
 
+# The loss options as cross_entropy documents them (num_threads is "chunk"'s).
 for _f in (linear_cross_entropy, linear_cross_entropy_with_grad):
-    if _f.__doc__:  # None under python -OO
-        for _key, _text in (
-            ("linear", _LINEAR_DOC),
-            ("options", _LINEAR_OPTIONS_DOC),
-            ("chunk", _CHUNK_DOC),
-        ):
-            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
-del _f, _key, _text
+    _docs.fill(_f, options="loss_options")
+del _f

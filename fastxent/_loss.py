@@ -7,7 +7,7 @@ from typing import Any, Literal, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _axis
+from . import _axis, _docs
 from . import _validation as v
 from ._spec import loss_spec
 from ._typing import FloatArray, FloatScalar
@@ -127,70 +127,6 @@ def reduce_total(
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         value = dtype.type(np.float64(total) / np.float64(denom))
     return value
-
-
-_LOGITS_TARGET_DOC = """
-    logits : array_like of shape (..., m)
-        Classes on the last axis.  float32 and float64 are computed natively,
-        float16 in float32 and integer arrays in float64.
-    target : array_like
-        Either class indices: an *integer* array of shape ``logits.shape[:-1]``
-        with values in ``[0, m)`` (or ``ignore_index``); or class
-        probabilities: a *floating-point* array of shape ``logits.shape``
-        (rows need not sum to 1).  Integer targets are always class indices:
-        an integer array of the logits' own shape (a one-hot matrix, or 1-d
-        logits with one label per element) is an error, not probabilities."""
-
-_AXIS_DOC = """
-    axis : int, default -1
-        The class axis of ``logits``, as in NumPy and SciPy (``axis=1`` for
-        PyTorch's ``(N, C, ...)`` layout).  The shapes above are written for
-        the default: with another axis, class probabilities have the logits'
-        shape, class indices and ``sample_weight`` the logits' shape without
-        that axis (``logits.shape[:-1]`` reads as that), and the gradient
-        the logits' shape, in C order.  Classes off the last axis are
-        computed in a contiguous copy with them last, and the gradient is
-        copied back: two transposing copies, which can cost more than the
-        loss itself, so keep the classes last where speed matters."""
-
-_OUT_DOC = """
-    out : ndarray, optional
-        C-contiguous, writeable array of the logits' shape and compute dtype
-        that receives the gradient.  ``out=logits`` computes in place."""
-
-_OPTIONS_DOC = """
-    weight : array_like of shape (m,), optional
-        Finite class weights ``w`` (PyTorch's ``weight``; negative weights
-        are allowed, with PyTorch's semantics).
-    sample_weight : array_like of shape ``logits.shape[:-1]``, optional
-        Finite per-sample weights ``s`` (scikit-learn's ``sample_weight``,
-        negative allowed): each sample's loss and gradient are multiplied
-        by ``s_i`` and ``"mean"`` divides by ``sum_i s_i w[y_i]``.  A
-        ``"mean"`` denominator of 0 gives NaN or +-inf, as in PyTorch.
-    ignore_index : int, default -100
-        Class-index targets equal to it contribute no loss and no gradient
-        and are left out of the ``"mean"`` denominator.  Not allowed (other
-        than the default) with class-probability targets.
-    label_smoothing : float in [0, 1], default 0.0
-        PyTorch's label smoothing ``eps``: the target becomes
-        ``(1 - eps) * onehot(y) + eps / m`` (with class weights applied as
-        PyTorch does).
-    z_loss : float >= 0, default 0.0
-        Adds ``z_loss * lse_i**2`` to each (non-ignored) sample's loss.
-    softcap : float > 0, optional
-        Soft-caps the logits as ``softcap * tanh(logits / softcap)`` before
-        the softmax (the gradient includes the chain rule).
-    reduction : {"mean", "sum", "none"}, default "mean"
-        ``"mean"`` divides the summed loss by the number of (non-ignored)
-        samples, or by the total weight when weights are given.
-    num_threads : int >= 1, optional
-        Threads to use.  ``None`` uses OpenMP's current default (all cores
-        unless ``OMP_NUM_THREADS`` or a ``threadpoolctl`` limit says fewer),
-        as in every fastxent function that does no matrix product; in
-        :func:`fastxent.linear_cross_entropy` and ``SoftmaxRegression.fit``,
-        whose products run on BLAS's threads, ``None`` is the calling
-        thread instead (their docstrings say why).  Small inputs run on the
-        calling thread regardless."""
 
 
 @overload
@@ -485,12 +421,5 @@ def cross_entropy_with_grad(
 
 
 for _f in (cross_entropy, cross_entropy_grad, cross_entropy_with_grad):
-    if _f.__doc__:  # None under python -OO
-        for _key, _text in (
-            ("logits_target", _LOGITS_TARGET_DOC),
-            ("axis", _AXIS_DOC),
-            ("out", _OUT_DOC),
-            ("options", _OPTIONS_DOC),
-        ):
-            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
-del _f, _key, _text
+    _docs.fill(_f)
+del _f

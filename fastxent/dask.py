@@ -58,8 +58,7 @@ from . import _dask_loss
 
 if TYPE_CHECKING:
     from ._dask_estimator import SoftmaxRegression
-from ._linear import _LINEAR_DOC
-from ._loss import _LOGITS_TARGET_DOC, _OPTIONS_DOC
+from . import _docs
 
 __all__ = [
     "SoftmaxRegression",
@@ -392,22 +391,11 @@ def linear_cross_entropy_with_grad(
     )
 
 
-_DASK_OPTIONS_DOC = _OPTIONS_DOC.replace(
-    "    num_threads : int >= 1, optional\n", "    num_threads : int >= 1 or None, default 1\n"
-)
-_LINEAR_OPTIONS_DOC = _OPTIONS_DOC.split("    num_threads :")[0].rstrip()
-
 for _f, _opts in (
-    (cross_entropy, _DASK_OPTIONS_DOC),
-    (cross_entropy_with_grad, _DASK_OPTIONS_DOC),
-    (linear_cross_entropy, _LINEAR_OPTIONS_DOC),
-    (linear_cross_entropy_with_grad, _LINEAR_OPTIONS_DOC),
+    (cross_entropy, "dask_options"),
+    (cross_entropy_with_grad, "dask_options"),
+    (linear_cross_entropy, "loss_options"),
+    (linear_cross_entropy_with_grad, "loss_options"),
 ):
-    if _f.__doc__:  # None under python -OO
-        for _key, _text in (
-            ("logits_target", _LOGITS_TARGET_DOC),
-            ("linear", _LINEAR_DOC),
-            ("options", _opts),
-        ):
-            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
-del _f, _opts, _key, _text
+    _docs.fill(_f, options=_opts)
+del _f, _opts
