@@ -47,18 +47,18 @@ from typing import TYPE_CHECKING, Any
 
 from numpy.typing import ArrayLike
 
-from ._extras import missing
+from .._extras import missing
 
 try:
     import dask.array as da
 except ImportError as e:
     raise missing("fastxent.dask", "Dask (dask[array])", "dask", e) from e
 
-from . import _dask_loss
+from . import _loss as _dask_loss
 
 if TYPE_CHECKING:
-    from ._dask_estimator import SoftmaxRegression
-from . import _docs
+    from ._estimator import SoftmaxRegression
+from .. import _docs
 
 __all__ = [
     "SoftmaxRegression",
@@ -72,7 +72,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # SoftmaxRegression needs scikit-learn and SciPy: imported on first use.
     if name == "SoftmaxRegression":
-        from ._dask_estimator import SoftmaxRegression
+        from ._estimator import SoftmaxRegression
 
         return SoftmaxRegression
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,11 +11,11 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import _dask_graph as g
-from . import _kernels, _loss
-from . import _validation as v
-from ._linear import _check_inputs, _linear_run
-from ._spec import loss_spec
+from . import _graph as g
+from .. import _kernels, _loss
+from .. import _validation as v
+from .._linear import _check_inputs, _linear_run
+from .._spec import loss_spec
 
 __all__ = ["linear_graph", "loss_graph"]
 
@@ -364,7 +364,7 @@ def linear_graph(
         None if bd is None else np.empty(b_shape, b_dtype),
     )
     if chunk_size is not None:
-        from ._linear import _chunk_size
+        from .._linear import _chunk_size
 
         _chunk_size(chunk_size, 1, 1, 1, 1)
     V, d = W_shape
