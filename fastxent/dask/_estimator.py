@@ -31,8 +31,8 @@ import dask.array as da
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _graph as g
 from .._extras import missing
+from . import _graph as g
 
 try:
     from sklearn.utils.class_weight import compute_class_weight

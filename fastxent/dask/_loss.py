@@ -11,11 +11,11 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import _graph as g
 from .. import _kernels, _loss
 from .. import _validation as v
 from .._linear import _check_inputs, _linear_run
 from .._spec import loss_spec
+from . import _graph as g
 
 __all__ = ["linear_graph", "loss_graph"]
 
