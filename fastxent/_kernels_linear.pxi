@@ -11,7 +11,7 @@
 # reached through the function pointers its module exports, so this module
 # needs SciPy neither to build nor to import.  BLAS runs its own threads
 # inside each GEMM (sharing the packed operands among them, which GEMMs
-# split into tiles on our threads could not: measured 1.3-1.4x slower); the
+# split into tiles on our threads could not, and were slower); the
 # row kernels run ours between GEMMs, never both at once.  All arrays are
 # row-major; the GEMMs are written for column-major BLAS as the transposed
 # products.

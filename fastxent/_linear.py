@@ -272,8 +272,8 @@ def _linear_run(
     r = _chunk_size(chunk_size, n, V, d, dtype.itemsize)
     # The row kernels run on the calling thread unless asked: BLAS's threads
     # and an OpenMP team taking turns on the same cores each spin-wait while
-    # the other works (measured up to 3.4x slower on 2 cores), and next to the
-    # GEMMs the row kernels are a few per cent of the time.
+    # the other works (benchmarks/bench_linear.py --threads shows it), and
+    # next to the GEMMs the row kernels are a few per cent of the time.
     nt = v.resolve_threads(num_threads, n * V) if num_threads is not None else 1
     # Every label is checked (and the "mean" denominator summed) before any
     # GEMM runs, so bad input costs nothing and leaves nothing half done.

@@ -1,4 +1,4 @@
-"""Loss options (issue 3): weight, sample_weight, ignore_index,
+"""Loss options: weight, sample_weight, ignore_index,
 label_smoothing, z_loss, softcap -- each alone and combined, for all three
 functions, both dtypes, every reduction and both target kinds, against the
 float64 reference, finite differences, and the semantics they promise

@@ -1,6 +1,6 @@
 """Bad input: a ValueError/TypeError whose message says what was expected,
 nothing modified (inputs and ``out``), never a crash -- for every public
-function the argument applies to (issue 2 "Bad input", issue 3 "Validation")."""
+function the argument applies to (the "bad input" and option-validation promises)."""
 
 import numpy as np
 import pytest
@@ -376,7 +376,7 @@ def test_error_after_out_check_leaves_out_alone(name):
     raises_unchanged(ValueError, r"label outside", LOSS_FUNCS[name], z, np.array([0, 1, 9]), out=z)
 
 
-# ---- loss options (issue 3) ----
+# ---- loss options ----
 
 
 @pytest.mark.parametrize("name", list(LOSS_FUNCS))
