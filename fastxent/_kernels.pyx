@@ -1,6 +1,3 @@
-# cython: language_level=3
-# cython: boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False, freethreading_compatible=True
 """Compiled kernels of fastxent.
 
 Design

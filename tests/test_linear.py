@@ -135,7 +135,8 @@ def test_every_option(dtype, options, reduction, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_large_vocabulary_and_features(dtype, rng):
-    """V of the general row kernel, several GEMM tiles (V > 2048, d > 128)."""
+    """V beyond the tile kernel's limit (the row kernel), in several chunks
+    and in one."""
     x, W, b, t = make_problem(rng, (70,), 200, 4500, dtype)
     check(x, W, t, b, chunk_size=32, label_smoothing=0.1)
     check(x, W, t, b, chunk_size=None, reduction="sum")
@@ -147,19 +148,24 @@ def test_chunk_sizes_agree(chunk_size, rng):
     check(x, W, t, b, chunk_size=chunk_size)
 
 
-def test_small_vocabulary_many_rows_uses_partial_products(rng):
-    """Few classes and features, many rows per chunk: grad_W is summed from
-    partial products over row tiles (the estimator's case)."""
+def test_small_vocabulary_many_rows_in_one_chunk(rng):
+    """Few classes and features, many rows (the estimator's case): the
+    default chunk takes all 5 000 rows, so each GEMM sums over all of them
+    at once (grad_W = G.T @ x with an inner dimension of 5 000)."""
     x, W, b, t = make_problem(rng, (5000,), 20, 7, np.float64)
+    for itemsize in (4, 8):
+        assert fastxent._linear.default_chunk_size(5000, 7, 20, itemsize) == 5000
     check(x, W, t, b)
     check(x.astype(np.float32), W.astype(np.float32), t, b.astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_identical_at_every_thread_count(dtype, rng):
-    """Same bits for a fixed chunk_size at any num_threads: the row kernels
-    and the GEMM tiles (each single-threaded BLAS) do not depend on it."""
-    x, W, b, t = make_problem(rng, (3000,), 150, 2500, dtype)
+    """Same bits for a fixed chunk_size at any num_threads: num_threads is
+    the row kernels' (here the row kernel, V beyond the tile kernel's limit,
+    each chunk large enough to be split among the threads), and the GEMMs
+    run on BLAS's threads whatever it is."""
+    x, W, b, t = make_problem(rng, (1000,), 16, 2500, dtype)
     for chunk in (None, 300):
         first = fastxent.linear_cross_entropy_with_grad(
             x, W, t, linear_bias=b, chunk_size=chunk, num_threads=1
