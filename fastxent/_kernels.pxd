@@ -32,7 +32,7 @@ cdef extern from "_governor.h" nogil:
     int fx_gov_serial()
     void fx_gov_report(double t0, const double *busy, Py_ssize_t T)
     void fx_gov_reset()
-    void fx_span(Py_ssize_t c, Py_ssize_t T, Py_ssize_t n, Py_ssize_t *lo, Py_ssize_t *hi)
+    Py_ssize_t fx_span_start(Py_ssize_t c, Py_ssize_t T, Py_ssize_t n)
     long long fx_gov_waits
     long long fx_gov_backoff_ns
     long long fx_gov_serial_until_ns

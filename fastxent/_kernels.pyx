@@ -547,7 +547,8 @@ cdef int _run_tile_kernel(
         t0 = fx_wtime()
         for c in prange(num_threads, schedule='static', num_threads=num_threads):
             tc = fx_wtime()
-            fx_span(c, num_threads, nblocks, &lo, &hi)
+            lo = fx_span_start(c, num_threads, nblocks)
+            hi = fx_span_start(c + 1, num_threads, nblocks)
             for blk in range(lo, hi):
                 raced += _tile_kernel_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
                                             hess, ignore_index, block_sums, kernel)
@@ -639,7 +640,8 @@ cdef int _run_row_kernel(
         # one chunk of rows per thread, timed (see _governor.h)
         for c in prange(num_threads, schedule='static'):
             tc = fx_wtime()
-            fx_span(c, num_threads, n, &lo, &hi)
+            lo = fx_span_start(c, num_threads, n)
+            hi = fx_span_start(c + 1, num_threads, n)
             if opt.softcap == 0 or scratch != NULL:
                 for i in range(lo, hi):
                     loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
@@ -1001,7 +1003,8 @@ cdef void _softmax_run(const floating *z, const Arrays *a, bint take_log,
     t0 = fx_wtime()
     for c in prange(num_threads, schedule='static', num_threads=num_threads):
         tc = fx_wtime()
-        fx_span(c, num_threads, n, &lo, &hi)
+        lo = fx_span_start(c, num_threads, n)
+        hi = fx_span_start(c + 1, num_threads, n)
         for i in range(lo, hi):
             v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
             if lse != NULL:

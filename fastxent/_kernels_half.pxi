@@ -89,7 +89,8 @@ cdef int _half_loss_rows(
         # one chunk of blocks per thread, timed (see _governor.h)
         for c in prange(num_threads, schedule='static'):
             tc = fx_wtime()
-            fx_span(c, num_threads, nb, &lo, &hi)
+            lo = fx_span_start(c, num_threads, nb)
+            hi = fx_span_start(c + 1, num_threads, nb)
             for blk in range(lo, hi):
                 if buf == NULL:
                     break
@@ -147,7 +148,8 @@ cdef int _half_softmax_rows(const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize
         # one chunk of blocks per thread, timed (see _governor.h)
         for c in prange(num_threads, schedule='static'):
             tc = fx_wtime()
-            fx_span(c, num_threads, nb, &lo, &hi)
+            lo = fx_span_start(c, num_threads, nb)
+            hi = fx_span_start(c + 1, num_threads, nb)
             if buf != NULL:
                 for blk in range(lo, hi):
                     _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
