@@ -22,14 +22,15 @@ from fastxent import _kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP_PY = os.path.join(ROOT, "setup.py")
+PYX = os.path.join(ROOT, "fastxent", "_kernels.pyx")
 
 
 @pytest.fixture
 def setup_py(monkeypatch):
     """setup.py's namespace, loaded without running ``setup()`` (and with a
     stand-in for Cython, a build requirement the test extras lack)."""
-    if not os.path.exists(SETUP_PY):
-        pytest.skip("not a source checkout (no setup.py beside tests/)")
+    if not os.path.exists(SETUP_PY) or not os.path.exists(PYX):
+        pytest.skip("not a source checkout (no setup.py and fastxent/ beside tests/)")
     setuptools = pytest.importorskip("setuptools")
     monkeypatch.setattr(setuptools, "setup", lambda **kwargs: None)
     cython = types.ModuleType("Cython")
@@ -91,11 +92,11 @@ def test_cache_key_covers_the_compiler_version(setup_py, monkeypatch, tmp_path):
 
 def test_cython_directives_set_once():
     """setup.py's CYTHON_DIRECTIVES is the only place: no "# cython:"
-    header in the .pyx files."""
-    folder = os.path.join(ROOT, "fastxent")
-    pyx = [n for n in os.listdir(folder) if n.endswith((".pyx", ".pxd"))]
-    if not pyx:
+    header in the Cython sources (.pyx, .pxd, .pxi)."""
+    folder = os.path.dirname(PYX)
+    if not os.path.exists(PYX):
         pytest.skip("no Cython sources beside the tests")
+    pyx = [n for n in os.listdir(folder) if n.endswith((".pyx", ".pxd", ".pxi"))]
     for name in pyx:
         with open(os.path.join(folder, name), encoding="utf-8") as f:
             assert not re.search(r"^#\s*cython:", f.read(), re.MULTILINE), name
