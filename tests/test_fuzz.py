@@ -211,8 +211,8 @@ def _weight_problem(value, name, shape, cd=None):
 
 def _linear_problems(case):
     """The fused linear functions' contract: x, W (V, d) and b (V,) of one
-    native float dtype (float16 computed in float32; integers and a
-    non-native byte order are refused), x of shape (..., d), V >= 1,
+    float dtype, any byte order (float16 computed in float32; integers are
+    refused), x of shape (..., d), V >= 1,
     ``chunk_size`` None or an integer >= 1, and the loss's contract on the
     ``x.shape[:-1] + (V,)`` logits."""
     kw = dict(case.kwargs)
@@ -225,8 +225,9 @@ def _linear_problems(case):
     if missing:
         return [f"{', '.join(missing)}: not an array"]
     xa, Wa = arrays["x"], arrays["W"]
-    dtypes = {a.dtype for a in arrays.values()}
-    if len(dtypes) != 1 or xa.dtype not in FLOAT_DTYPES:
+    # byte order does not matter (non-native arrays are copied to native)
+    dtypes = {a.dtype.newbyteorder("=") for a in arrays.values()}
+    if len(dtypes) != 1 or xa.dtype.newbyteorder("=") not in FLOAT_DTYPES:
         return [f"dtypes {sorted(map(str, dtypes))}"]
     if xa.ndim == 0 or Wa.ndim != 2:
         return [f"shapes x {xa.shape}, W {Wa.shape}"]
@@ -294,7 +295,9 @@ def problems(case):
         else:
             why.append(f"target: shape {t.shape}")
         ignore = kw.get("ignore_index", -100)
-        if not _is_int(ignore) or not INT64_MIN <= operator.index(ignore) <= INT64_MAX:
+        if ignore is None:  # no label is ignored
+            pass
+        elif not _is_int(ignore) or not INT64_MIN <= operator.index(ignore) <= INT64_MAX:
             why.append(f"ignore_index {ignore!r}")
         elif kind == "probs" and operator.index(ignore) != -100:
             why.append("ignore_index with probabilities")
@@ -1007,7 +1010,9 @@ def _check_linear_result(case, result):
     x, W = np.asarray(case.logits), np.asarray(case.W)
     b = case.kwargs.get("linear_bias")
     b = None if b is None else np.asarray(b)
-    io, cd = x.dtype, compute_dtype(x.dtype)
+    # results in native byte order, whatever the inputs'
+    io = x.dtype.newbyteorder("=")
+    cd = compute_dtype(io)
     batch, (V, d) = x.shape[:-1], W.shape
     loss = result
     with_grad = case.fn == "linear_cross_entropy_with_grad"
