@@ -1,5 +1,5 @@
 """Fused linear + cross-entropy: time and peak memory against the GEMM floor,
-the unfused NumPy composition and PyTorch's two paths.
+the unfused NumPy composition and PyTorch's three paths.
 
 For each shape (n tokens, d features, V classes) and dtype, every
 implementation runs forward + backward (the loss and the gradients with
@@ -12,23 +12,32 @@ resident memory is its own:
 * ``numpy``: the unfused composition ``L = x @ W.T``, fastxent's loss and
   gradient in place, ``G @ W``, ``G.T @ x`` (NumPy's matmul);
 * ``fastxent``: :func:`fastxent.linear_cross_entropy_with_grad` with the
-  default chunk size, and ``fastxent-1024`` with ``chunk_size=1024``;
+  default chunk size; ``fastxent-R`` with ``chunk_size=R`` (any R, e.g.
+  ``fastxent-1024``);
 * ``torch``: ``F.linear`` + ``F.cross_entropy`` and ``backward()``;
-  ``torch-fused``: PyTorch's ``F.linear_cross_entropy`` (2.13+) and
-  ``backward()``; both skipped when torch is not installed.
+  ``torch-fused``: PyTorch's ``F.linear_cross_entropy`` (2.13+), its
+  reference path (``options=None``), and ``backward()``; ``torch-chunked``:
+  the same with ``options=torch.nn.LinearCrossEntropyOptions()``, its
+  batch-chunked path with its per-device defaults; all three skipped when
+  torch is not installed.
 
-Time is the median of ``--repeats`` calls after one warm-up.  Memory is the
-process's peak resident set (VmHWM) during the calls minus its resident
-set before them, less what the call returns (grad_x and grad_W): the
-memory an implementation needs above its inputs and outputs.  The report
-divides each time by the floor's and each memory by the n x V logits'
-size.  Run::
+Time is the median of ``--repeats`` calls after one warm-up (the range is
+printed too).  Memory is the peak resident set of the calls: after the
+inputs are built and the warm-up call is freed, the process's peak (VmHWM)
+is reset to its resident set (on Linux, ``5`` written to
+``/proc/self/clear_refs``) and read after the calls; ``peak`` is that peak
+minus the resident set before the calls, i.e. the call's own memory with
+its outputs (for the floor: with its preallocated logits and outputs), and
+``extra`` is ``peak`` less the gradients returned (grad_x and grad_W): the
+working memory beyond the outputs.  The report divides each time by the
+floor's and each memory by the n x V logits' size.  Run::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_linear.py --threads 2
 
-(``--shapes 2048x512x32000``, ``--dtypes float32 float64``, ``--json FILE``).
-The machine is shared: take the ratios of one run, and rerun before
-believing a difference under ~10 %.
+(``--shapes 2048x512x32000``, ``--dtypes float32 float64``, ``--impls
+gemms fastxent torch-chunked``, ``--json FILE``).  The machine is shared:
+take the ratios of one run, and rerun before believing a difference under
+~10 %.
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ import sys
 import time
 
 DEFAULT_SHAPES = ["2048x512x32000", "4096x1024x32000", "8192x256x128256"]
-IMPLS = ["gemms", "numpy", "fastxent", "fastxent-1024", "torch", "torch-fused"]
+IMPLS = [
+    "gemms", "numpy", "fastxent", "fastxent-1024", "torch", "torch-fused", "torch-chunked",
+]  # fmt: skip
 
 
 def _status(key: str) -> int:
@@ -69,6 +80,7 @@ def child(impl: str, n: int, d: int, V: int, dtype: str, threads: int, repeats: 
     W = (rng.standard_normal((V, d), dtype=np.float32) / np.sqrt(d)).astype(dtype)
     y = rng.integers(0, V, n)
     out_bytes = x.nbytes + W.nbytes  # grad_x and grad_W
+    prealloc = 0
 
     if impl == "gemms":
         from scipy.linalg import blas
@@ -84,7 +96,7 @@ def child(impl: str, n: int, d: int, V: int, dtype: str, threads: int, repeats: 
             gemm(1.0, W.T, L.T, c=gx.T, overwrite_c=1)
             gemm(1.0, x.T, L.T, trans_b=1, c=gW.T, overwrite_c=1)
 
-        out_bytes += L.nbytes  # preallocated: not the floor's working memory
+        prealloc = L.nbytes + gx.nbytes + gW.nbytes  # made before the reset: added back
     elif impl == "numpy":
         from threadpoolctl import threadpool_limits
 
@@ -99,7 +111,7 @@ def child(impl: str, n: int, d: int, V: int, dtype: str, threads: int, repeats: 
     elif impl.startswith("fastxent"):
         import fastxent
 
-        chunk = 1024 if impl == "fastxent-1024" else None
+        chunk = int(impl.split("-")[1]) if "-" in impl else None
         limits = None
 
         def run():
@@ -113,6 +125,8 @@ def child(impl: str, n: int, d: int, V: int, dtype: str, threads: int, repeats: 
         torch.set_num_threads(threads)
         xt, Wt, yt = torch.from_numpy(x), torch.from_numpy(W), torch.from_numpy(y)
         limits = None
+        # None: the reference path; an options object opts in to the chunked one.
+        options = torch.nn.LinearCrossEntropyOptions() if impl == "torch-chunked" else None
 
         def run():
             xx = xt.detach().requires_grad_(True)
@@ -120,7 +134,7 @@ def child(impl: str, n: int, d: int, V: int, dtype: str, threads: int, repeats: 
             if impl == "torch":
                 loss = F.cross_entropy(F.linear(xx, WW), yt)
             else:
-                loss = F.linear_cross_entropy(xx, WW, yt)
+                loss = F.linear_cross_entropy(xx, WW, yt, options=options)
             loss.backward()
             return loss, xx.grad, WW.grad
 
@@ -142,10 +156,12 @@ def child(impl: str, n: int, d: int, V: int, dtype: str, threads: int, repeats: 
     peak = _status("VmHWM")
     if limits is not None:
         limits.restore_original_limits()
+    peak_bytes = max(0, peak - rss0) + prealloc
     return {
         "seconds": statistics.median(times),
         "all_seconds": times,
-        "extra_bytes": max(0, peak - rss0 - (0 if impl == "gemms" else out_bytes)),
+        "peak_bytes": peak_bytes,
+        "extra_bytes": max(0, peak_bytes - out_bytes),
     }
 
 
@@ -155,10 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
+    p.add_argument("--impls", nargs="+", default=IMPLS, help=f"of {IMPLS} or fastxent-R")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for impl in args.impls:
+        if impl not in IMPLS and not (impl.startswith("fastxent-") and impl[9:].isdigit()):
+            p.error(f"--impls: {impl!r} is not one of {IMPLS} or fastxent-R (R an integer)")
     if args.child:
         impl, n, d, V, dtype, threads, repeats = args.child
         print(json.dumps(child(impl, int(n), int(d), int(V), dtype, int(threads), int(repeats))))
@@ -195,9 +214,11 @@ def _print_row(n: int, d: int, V: int, dtype: str, row: dict) -> None:
     print(f"{n} x {d} x {V} {dtype} (logits {logits / 2**20:.0f} MiB)")
     for impl, r in row.items():
         ratio = f"{r['seconds'] / floor:5.2f}x floor" if floor else ""
+        spread = f"[{min(r['all_seconds']):.3f}-{max(r['all_seconds']):.3f}]"
         print(
-            f"  {impl:>14s}: {r['seconds']:8.3f} s {ratio}   extra memory "
-            f"{r['extra_bytes'] / 2**20:8.1f} MiB = {r['extra_bytes'] / logits:6.1%} of the logits"
+            f"  {impl:>14s}: {r['seconds']:8.3f} s {spread:>15s} {ratio}   peak "
+            f"{r['peak_bytes'] / 2**20:8.1f} MiB, extra {r['extra_bytes'] / 2**20:8.1f} MiB"
+            f" = {r['extra_bytes'] / logits:6.1%} of the logits"
         )
     sys.stdout.flush()
 
