@@ -171,6 +171,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="processes per implementation, the implementations in turn (order reversed "
+        "every other round): the time is the median of the rounds' medians",
+    )  # fmt: skip
     p.add_argument("--impls", nargs="+", default=IMPLS, help=f"of {IMPLS} or fastxent-R")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
@@ -187,25 +192,40 @@ def main(argv: list[str] | None = None) -> None:
     for shape in args.shapes:
         n, d, V = (int(s) for s in shape.split("x"))
         for dtype in args.dtypes:
-            row = {}
-            for impl in args.impls:
-                cmd = [sys.executable, __file__, "--child", impl, str(n), str(d), str(V), dtype,
-                       str(args.threads), str(args.repeats)]  # fmt: skip
-                # A fixed mmap threshold: glibc otherwise raises it after a large
-                # block is freed and keeps the next ones of that size resident.
-                env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-                res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if res.returncode != 0:
-                    last = (res.stderr.strip().splitlines() or ["?"])[-1]
-                    print(f"  {impl}: skipped ({last})", file=sys.stderr)
-                    continue
-                row[impl] = json.loads(res.stdout.strip().splitlines()[-1])
+            runs: dict[str, list[dict]] = {}
+            for k in range(args.rounds):
+                for impl in args.impls if k % 2 == 0 else args.impls[::-1]:
+                    cmd = [sys.executable, __file__, "--child", impl, str(n), str(d), str(V),
+                           dtype, str(args.threads), str(args.repeats)]  # fmt: skip
+                    # A fixed mmap threshold: glibc otherwise raises it after a large
+                    # block is freed and keeps the next ones of that size resident.
+                    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+                    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    if res.returncode != 0:
+                        last = (res.stderr.strip().splitlines() or ["?"])[-1]
+                        print(f"  {impl}: skipped ({last})", file=sys.stderr)
+                        continue
+                    out = res.stdout.strip().splitlines()[-1]
+                    runs.setdefault(impl, []).append(json.loads(out))
+            row = {impl: _merge(runs[impl]) for impl in args.impls if impl in runs}
+            for impl, r in row.items():
                 records.append({"n": n, "d": d, "V": V, "dtype": dtype, "impl": impl,
-                                "threads": args.threads, **row[impl]})  # fmt: skip
+                                "threads": args.threads, **r})  # fmt: skip
             _print_row(n, d, V, dtype, row)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"threads": args.threads, "results": records}, f, indent=1)
+
+
+def _merge(runs: list[dict]) -> dict:
+    """One implementation's rounds: the median of their median times (and
+    every call's time), the largest of their peaks."""
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "all_seconds": [t for r in runs for t in r["all_seconds"]],
+        "peak_bytes": max(r["peak_bytes"] for r in runs),
+        "extra_bytes": max(r["extra_bytes"] for r in runs),
+    }
 
 
 def _print_row(n: int, d: int, V: int, dtype: str, row: dict) -> None:
