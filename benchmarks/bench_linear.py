@@ -109,10 +109,17 @@ def child(impl: str, n: int, d: int, V: int, dtype: str, threads: int, repeats: 
             fastxent.cross_entropy_with_grad(L, y, out=L, num_threads=threads)
             return L @ W, L.T @ x
     elif impl.startswith("fastxent"):
+        from threadpoolctl import threadpool_limits
+
         import fastxent
 
         chunk = int(impl.split("-")[1]) if "-" in impl else None
-        limits = None
+        # BLAS (the GEMMs) at the thread count given, as for the floor: SciPy's
+        # BLAS loaded first (fastxent loads it on the first call), or the
+        # limit would miss it.
+        from scipy.linalg import cython_blas  # noqa: F401
+
+        limits = threadpool_limits(limits=threads, user_api="blas")
 
         def run():
             return fastxent.linear_cross_entropy_with_grad(
@@ -147,11 +154,12 @@ def child(impl: str, n: int, d: int, V: int, dtype: str, threads: int, repeats: 
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     rss0 = _status("VmRSS")
     _reset_peak()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = run()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         del result
     peak = _status("VmHWM")
     if limits is not None:
@@ -160,6 +168,7 @@ def child(impl: str, n: int, d: int, V: int, dtype: str, threads: int, repeats: 
     return {
         "seconds": statistics.median(times),
         "all_seconds": times,
+        "cpu_seconds": statistics.median(cpu),
         "peak_bytes": peak_bytes,
         "extra_bytes": max(0, peak_bytes - out_bytes),
     }
@@ -223,6 +232,7 @@ def _merge(runs: list[dict]) -> dict:
     return {
         "seconds": statistics.median(r["seconds"] for r in runs),
         "all_seconds": [t for r in runs for t in r["all_seconds"]],
+        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
         "peak_bytes": max(r["peak_bytes"] for r in runs),
         "extra_bytes": max(r["extra_bytes"] for r in runs),
     }
@@ -231,9 +241,12 @@ def _merge(runs: list[dict]) -> dict:
 def _print_row(n: int, d: int, V: int, dtype: str, row: dict) -> None:
     logits = n * V * (4 if dtype == "float32" else 8)
     floor = row.get("gemms", {}).get("seconds")
+    cpu_floor = row.get("gemms", {}).get("cpu_seconds")
     print(f"{n} x {d} x {V} {dtype} (logits {logits / 2**20:.0f} MiB)")
     for impl, r in row.items():
         ratio = f"{r['seconds'] / floor:5.2f}x floor" if floor else ""
+        if cpu_floor:  # CPU time: less disturbed by a busy machine (at 1 thread)
+            ratio += f" (CPU {r['cpu_seconds'] / cpu_floor:5.2f}x)"
         spread = f"[{min(r['all_seconds']):.3f}-{max(r['all_seconds']):.3f}]"
         print(
             f"  {impl:>14s}: {r['seconds']:8.3f} s {spread:>15s} {ratio}   peak "
