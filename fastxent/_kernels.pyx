@@ -596,7 +596,7 @@ cdef inline double _one_row(
     else:
         y = target + i * m
     return row_kernel(z + i * m, m, label, y, w,
-                             sw[i] if sw != NULL else 1.0, opt, g, h, scratch)
+                      sw[i] if sw != NULL else 1.0, opt, g, h, scratch)
 
 
 cdef int _run_row_kernel(
@@ -804,7 +804,7 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
         if bad < 0:
             # NaN: divide the gradient by this call's own "mean" denominator.
             opt = fx_options_for(label_smoothing, z_loss, softcap,
-                           denom if grad_denom != grad_denom else grad_denom, m)
+                                 denom if grad_denom != grad_denom else grad_denom, m)
             if floating is float and a.half:
                 # Reduced losses: the per-row values go to a buffer of our own.
                 if rows == NULL:
@@ -882,7 +882,8 @@ def cross_entropy_labels(
     if ft == cnp.NPY_FLOAT or half:
         if lt == cnp.NPY_INT32:
             return _run_loss(<float *>a.z, <int32_t *>a.labels, <float *>NULL, &a,
-                             ignore_index, label_smoothing, z_loss, softcap, grad_denom, num_threads)
+                             ignore_index, label_smoothing, z_loss, softcap, grad_denom,
+                             num_threads)
         return _run_loss(<float *>a.z, <int64_t *>a.labels, <float *>NULL, &a,
                          ignore_index, label_smoothing, z_loss, softcap, grad_denom, num_threads)
     if lt == cnp.NPY_INT32:

@@ -1,4 +1,5 @@
-# Part of fastxent/_kernels.pyx (included there): test hooks: the kernels and their primitives reached directly.
+# Part of fastxent/_kernels.pyx (included there): test hooks, the kernels
+# and their primitives reached directly.
 
 cdef double _unchecked_rows(const floating *z, const int64_t *labels, const Arrays *a,
                             int64_t ignore_index, int num_threads) except? -1:

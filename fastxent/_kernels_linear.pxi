@@ -1,4 +1,5 @@
-# Part of fastxent/_kernels.pyx (included there): the fused linear + cross-entropy chunk loop and its entry point.
+# Part of fastxent/_kernels.pyx (included there): the fused linear +
+# cross-entropy chunk loop and its entry point.
 
 # ---- the fused linear + cross-entropy: x @ W.T consumed in row chunks ----
 #
