@@ -24,18 +24,16 @@ and options are checked when the function is traced.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 
-try:
-    import jax
-    import jax.numpy as jnp
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        'fastxent.jax needs JAX: pip install "fastxent[jax]" (or pip install jax).'
-    ) from exc
+if importlib.util.find_spec("jax") is None:  # pragma: no cover - depends on the environment
+    raise ImportError('fastxent.jax needs JAX: pip install "fastxent[jax]" (or pip install jax).')
+import jax
+import jax.numpy as jnp
 
 from . import _validation as v
 from ._linear import _linear_run
@@ -90,8 +88,12 @@ def _check_weights(weight: Any, sample_weight: Any, m: int, batch: tuple[int, ..
         )
 
 
-def _loss_shape(reduction: str, batch: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(batch if reduction == "none" else (), dtype)
+def _struct(shape: tuple[int, ...], dtype: Any) -> Any:
+    return jax.ShapeDtypeStruct(shape, dtype)  # type: ignore[no-untyped-call]
+
+
+def _loss_shape(reduction: str, batch: tuple[int, ...], dtype: Any) -> Any:
+    return _struct(batch if reduction == "none" else (), dtype)
 
 
 def _upstream(g: Any, reduction: str, extra: int = 1) -> Any:
@@ -107,7 +109,7 @@ def _upstream(g: Any, reduction: str, extra: int = 1) -> Any:
 def _cross_entropy_fn(
     reduction: str, ignore_index: int, eps: float, zl: float, cap: float | None
 ) -> Callable[..., Any]:
-    options = dict(
+    options: dict[str, Any] = dict(
         reduction=reduction,
         ignore_index=ignore_index,
         label_smoothing=eps,
@@ -125,7 +127,7 @@ def _cross_entropy_fn(
 
     def call(z: Any, t: Any, w: Any, s: Any, grad: bool) -> Any:
         loss = _loss_shape(reduction, z.shape[:-1], z.dtype)
-        shapes = (loss, jax.ShapeDtypeStruct(z.shape, z.dtype)) if grad else loss
+        shapes = (loss, _struct(z.shape, z.dtype)) if grad else loss
         return jax.pure_callback(
             functools.partial(host, grad=grad), shapes, z, t, w, s, vmap_method=_VMAP
         )
@@ -246,7 +248,7 @@ def _linear_fn(
     cap: float | None,
     chunk_size: int | None,
 ) -> Callable[..., Any]:
-    options = dict(
+    options: dict[str, Any] = dict(
         ignore_index=ignore_index,
         label_smoothing=eps,
         z_loss=zl,
@@ -279,7 +281,7 @@ def _linear_fn(
 
     def call(x: Any, W: Any, b: Any, t: Any, w: Any, s: Any, ct: Any, grad: bool) -> Any:
         loss = _loss_shape(reduction, x.shape[:-1], x.dtype)
-        grads = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, W, b) if a is not None)
+        grads = tuple(_struct(a.shape, a.dtype) for a in (x, W, b) if a is not None)
         shapes = loss if not grad else grads if ct is not None else (loss, *grads)
         return jax.pure_callback(
             functools.partial(host, grad=grad), shapes, x, W, b, t, w, s, ct, vmap_method=_VMAP

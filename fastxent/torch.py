@@ -36,16 +36,16 @@ as ``ValueError``/``TypeError``/``RuntimeError`` before anything is written.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Literal
 
 import numpy as np
 
-try:
-    import torch
-except ImportError as exc:  # pragma: no cover - depends on the environment
+if importlib.util.find_spec("torch") is None:  # pragma: no cover - depends on the environment
     raise ImportError(
         'fastxent.torch needs PyTorch: pip install "fastxent[torch]" (or pip install torch).'
-    ) from exc
+    )
+import torch
 
 from . import _validation as v
 from ._linear import _linear_run
@@ -70,7 +70,8 @@ def _bfloat16() -> np.dtype[Any]:
             "bfloat16 tensors need ml_dtypes (NumPy has no bfloat16): "
             'pip install "fastxent[ml_dtypes]" (or pip install ml_dtypes).'
         ) from exc
-    return np.dtype(ml_dtypes.bfloat16)
+    dtype: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return dtype
 
 
 def _np(t: torch.Tensor) -> np.ndarray[Any, Any]:
@@ -404,7 +405,8 @@ def cross_entropy(
         None if softcap is None else float(softcap),
         compute_grad,
     )
-    return loss.reshape(batch) if reduction == "none" else loss
+    result: torch.Tensor = loss.reshape(batch) if reduction == "none" else loss
+    return result
 
 
 class CrossEntropyLoss(torch.nn.Module):
@@ -830,4 +832,5 @@ def linear_cross_entropy(
         compute_grad and reduction != "none",
         input.requires_grad,
     )
-    return loss.reshape(batch) if reduction == "none" else loss
+    result: torch.Tensor = loss.reshape(batch) if reduction == "none" else loss
+    return result
