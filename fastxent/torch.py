@@ -95,6 +95,17 @@ def _torch(a: Any, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(a).to(dtype)
 
 
+def _empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor, in memory NumPy allocates: NumPy advises
+    the kernel to back large buffers with transparent huge pages, torch's
+    CPU allocator does not, and a fresh gradient the size of the logits is
+    written once, so its first-touch page faults would cost more than the
+    kernel (the same reason the NumPy functions are fast when they allocate)."""
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(np.empty(shape, np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.empty(shape, torch.empty((), dtype=dtype).numpy().dtype))
+
+
 # ---------------------------------------------------------------------------
 # Checks shared by the wrappers (before any op runs, so also under compile)
 
@@ -226,7 +237,7 @@ def _cross_entropy_op(
     )
     t = _np(target)
     if compute_grad:
-        grad = torch.empty(logits.shape, dtype=logits.dtype)
+        grad = _empty(logits.shape, logits.dtype)
         loss, _ = _np_cross_entropy_with_grad(z, t, out=_np(grad), **kw)
     else:
         grad = logits.new_empty((0,))
@@ -255,6 +266,9 @@ def _(
 def _cross_entropy_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     ctx.options = inputs[4:]
     ctx.mark_non_differentiable(output[1])
+    # No upstream gradient is ever given for the gradient output: without
+    # this, autograd would fill a full-size tensor of zeros for it.
+    ctx.set_materialize_grads(False)
     _keep_gradients(ctx, (output[1],), inputs[:4])
 
 
@@ -265,6 +279,8 @@ def _cross_entropy_backward(ctx: Any, grad_loss: torch.Tensor, _unused: Any) -> 
             "differentiated: call fastxent.torch.cross_entropy, which asks for the "
             "gradient when the logits require one."
         )
+    if grad_loss is None:  # the loss took no part in what is differentiated
+        return (None,) * 10
     # "none": one upstream value per sample, broadcast along the classes.
     upstream = grad_loss.unsqueeze(-1) if ctx.options[1] == "none" else grad_loss
     if ctx.traced:
@@ -389,9 +405,11 @@ def cross_entropy(
 
     # Classes last, rows flattened: a view of (N, C) and (C,) inputs, one copy
     # of (N, C, d1, ...) inputs (movedim, then the reshape copies).
-    z = input.movedim(cdim, -1).reshape(-1, C)
-    t = target.movedim(cdim, -1).reshape(-1, C) if probs else target.reshape(-1)
-    sw = None if sample_weight is None else sample_weight.reshape(-1)
+    z, t, sw = input, target, sample_weight
+    if input.dim() != 2:
+        z = input.movedim(cdim, -1).reshape(-1, C)
+        t = target.movedim(cdim, -1).reshape(-1, C) if probs else target.reshape(-1)
+        sw = None if sample_weight is None else sample_weight.reshape(-1)
     compute_grad = input.requires_grad and torch.is_grad_enabled()
     loss, _ = torch.ops.fastxent.cross_entropy(
         z.contiguous(),
@@ -679,6 +697,7 @@ def _linear_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     ctx.options = inputs[6:]
     ctx.has_bias = inputs[3] is not None
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # (as for the cross-entropy's gradient output)
     if inputs[7] == "none":
         # Computed in the backward, where the upstream gradient is known.
         ctx.traced = False
@@ -690,6 +709,8 @@ def _linear_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
 def _linear_backward(ctx: Any, grad_loss: torch.Tensor, *_unused: Any) -> tuple[Any, ...]:
     ignore_index, reduction, eps, zl, cap, chunk_size, computed, grad_input = ctx.options
     need_x = ctx.needs_input_grad[0]
+    if grad_loss is None:  # the loss took no part in what is differentiated
+        return (None,) * 14
     if reduction == "none":
         x, W, target, b, weight, sw = ctx.saved_tensors
         gx, gW, gb = torch.ops.fastxent.linear_cross_entropy_backward(

@@ -200,6 +200,22 @@ def test_zero_copy(monkeypatch):
     assert seen["out"] == z.grad.data_ptr()
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_backward_does_no_full_size_work(scale):
+    # loss.backward() returns the forward's gradient as it is; a scaled loss
+    # multiplies it in place.  No zeros for the gradient output, no copy.
+    z = torch.randn(64, 10, requires_grad=True)
+    loss = fxt.cross_entropy(z, _labels((64,), 10)) * scale
+    with torch.profiler.profile(record_shapes=True) as prof:
+        loss.backward()
+    full = [
+        (e.name, e.input_shapes)
+        for e in prof.events()
+        if e.name.startswith("aten::") and [64, 10] in e.input_shapes and e.name != "aten::detach"
+    ]
+    assert [name for name, _ in full] == ([] if scale == 1.0 else ["aten::mul_"]), full
+
+
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "no_requires_grad"])
 def test_no_gradient_computed_without_grad(monkeypatch, mode):
     def fail(*args, **kwargs):
