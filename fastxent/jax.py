@@ -2,7 +2,10 @@
 
 :func:`cross_entropy` and :func:`linear_cross_entropy` take JAX arrays with
 optax's convention (classes on the last axis) and run fastxent's fused CPU
-kernels through ``jax.pure_callback``, wrapped in ``jax.custom_vjp``:
+kernels in a host callback wrapped in ``jax.custom_vjp``: with JAX >= 0.7,
+``jax.experimental.buffer_callback``, whose kernels read XLA's input buffers
+and write their results straight into XLA's output buffers; with older JAX,
+``jax.pure_callback``, which copies the results:
 
 * the forward of a differentiated call computes the loss and the gradient
   in one fused pass and keeps the gradient as the residual; the backward
@@ -14,11 +17,11 @@ kernels through ``jax.pure_callback``, wrapped in ``jax.custom_vjp``:
 * float32 and float64 (the latter with ``jax_enable_x64``) are computed
   natively, float16 and bfloat16 in float32.
 
-The arrays cross between XLA and NumPy as the callback mechanism does it
-(on the CPU, a copy of the gradient into XLA's buffer).  Bad labels are
-found while the callback runs, and are reported as the runtime error that
-JAX raises for a failed callback, with fastxent's message in it; shapes
-and options are checked when the function is traced.
+The backward scales the saved gradient in place in its own buffer, and
+not at all when the cotangent is 1.  Bad labels are found while the
+callback runs, and are reported as the runtime error that JAX raises for a
+failed callback, with fastxent's message in it; shapes and options are
+checked when the function is traced.
 """
 
 from __future__ import annotations
@@ -101,6 +104,90 @@ def _upstream(g: Any, reduction: str, extra: int = 1) -> Any:
     return g.reshape(g.shape + (1,) * extra) if reduction == "none" else g
 
 
+_buffer_callback: Any
+try:  # JAX >= 0.7: a callback that writes into XLA's own output buffers
+    from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
+except ImportError:  # pragma: no cover - older JAX: pure_callback, which copies the results
+    _buffer_callback = None
+
+_MADV_HUGEPAGE = 14
+_HUGE_ABOVE = 4 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def _madvise() -> Any:
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):  # pragma: no cover - an unusual libc
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return fn
+
+
+def _advise_huge_pages(a: np.ndarray[Any, Any]) -> None:
+    """Ask Linux to back the whole pages of a large, not yet written output
+    buffer with transparent huge pages, as NumPy does for the arrays it
+    allocates: XLA's allocator does not, and a gradient the size of the
+    logits, written once, would otherwise spend more in first-touch page
+    faults than in the kernel.  Advice only: nothing is read or moved."""
+    madvise = _madvise() if a.nbytes >= _HUGE_ABOVE else None
+    if madvise is not None:
+        p = a.__array_interface__["data"][0]
+        start, end = (p + 4095) & ~4095, (p + a.nbytes) & ~4095
+        madvise(start, end - start, _MADV_HUGEPAGE)
+
+
+def _call(host: Callable[..., None], shapes: tuple[Any, ...], *args: Any) -> Any:
+    """Run ``host(outs, *args)``, which fills the NumPy arrays ``outs`` (one
+    per ``shapes``) from the NumPy arrays ``args`` (None stays None), as a
+    JAX computation; under ``vmap`` once per batch element."""
+    present = [i for i, a in enumerate(args) if a is not None]
+
+    def numpy_args(given: Any) -> list[Any]:
+        full: list[Any] = [None] * len(args)
+        for i, a in zip(present, given, strict=True):
+            full[i] = np.asarray(a)
+        return full
+
+    given = [args[i] for i in present]
+    if _buffer_callback is not None:
+
+        def in_place(ctx: Any, out: Any, *arrays: Any) -> None:
+            host([np.asarray(o) for o in out], *numpy_args(arrays))
+
+        return _buffer_callback(in_place, shapes, vmap_method=_VMAP)(*given)
+
+    def returning(*arrays: Any) -> tuple[np.ndarray[Any, Any], ...]:
+        outs = [np.empty(sd.shape, sd.dtype) for sd in shapes]
+        host(outs, *numpy_args(arrays))
+        return tuple(outs)
+
+    return jax.pure_callback(returning, shapes, *given, vmap_method=_VMAP)
+
+
+def _scaled(g: Any, ct: Any, reduction: str) -> Any:
+    """``g`` times the upstream cotangent ``ct`` (one per sample under
+    ``"none"``): in place in ``g``'s buffer, which the backward owns, and
+    not at all when ``ct`` is 1 (``jax.grad`` of the loss itself)."""
+    ct = _upstream(ct, reduction).astype(g.dtype)
+    if _buffer_callback is None:  # pragma: no cover - older JAX
+        return g * ct
+
+    def scale(ctx: Any, out: Any, g_in: Any, c: Any) -> None:
+        c = np.asarray(c)
+        if c.size != 1 or c.reshape(()) != 1:
+            np.multiply(np.asarray(out), c, out=np.asarray(out))
+
+    return _buffer_callback(
+        scale, _struct(g.shape, g.dtype), vmap_method=_VMAP, input_output_aliases={0: 0}
+    )(g, ct)
+
+
 # ---------------------------------------------------------------------------
 # cross_entropy
 
@@ -117,20 +204,20 @@ def _cross_entropy_fn(
         softcap=cap,
     )
 
-    def host(z: Any, t: Any, w: Any, s: Any, *, grad: bool) -> Any:
-        z = np.asarray(z)
+    def host(outs: list[Any], z: Any, t: Any, w: Any, s: Any) -> None:
         kw = dict(options, weight=w, sample_weight=s)
-        if not grad:
-            return np.asarray(_np_cross_entropy(z, np.asarray(t), **kw), dtype=z.dtype)
-        loss, g = _np_cross_entropy_with_grad(z, np.asarray(t), **kw)
-        return np.asarray(loss, dtype=z.dtype), g
+        if len(outs) == 1:
+            outs[0][...] = _np_cross_entropy(z, t, **kw)
+            return
+        loss, g = outs
+        _advise_huge_pages(g)
+        loss[...], _ = _np_cross_entropy_with_grad(z, t, out=g, **kw)
 
     def call(z: Any, t: Any, w: Any, s: Any, grad: bool) -> Any:
         loss = _loss_shape(reduction, z.shape[:-1], z.dtype)
-        shapes = (loss, _struct(z.shape, z.dtype)) if grad else loss
-        return jax.pure_callback(
-            functools.partial(host, grad=grad), shapes, z, t, w, s, vmap_method=_VMAP
-        )
+        shapes = (loss, _struct(z.shape, z.dtype)) if grad else (loss,)
+        out = _call(host, shapes, z, t, w, s)
+        return out if grad else out[0]
 
     @jax.custom_vjp
     def f(z: Any, t: Any, w: Any, s: Any) -> Any:
@@ -141,7 +228,7 @@ def _cross_entropy_fn(
         return loss, g
 
     def f_bwd(g: Any, ct: Any) -> Any:
-        return (g * _upstream(ct, reduction).astype(g.dtype), None, None, None)
+        return (_scaled(g, ct, reduction), None, None, None)
 
     f.defvjp(f_fwd, f_bwd)
     return f
@@ -257,11 +344,11 @@ def _linear_fn(
         num_threads=None,
     )
 
-    def host(x: Any, W: Any, b: Any, t: Any, w: Any, s: Any, ct: Any, *, grad: bool) -> Any:
-        x = np.asarray(x)
+    def host(outs: list[Any], x: Any, W: Any, b: Any, t: Any, w: Any, s: Any, ct: Any) -> None:
+        grad = len(outs) > 1 or ct is not None
         if ct is not None:  # the backward of "none": the cotangents weight the samples
-            ct = np.asarray(ct, dtype=np.float64)
-            s = ct if s is None else ct * np.asarray(s)
+            ct = ct.astype(np.float64)
+            s = ct if s is None else ct * s
         loss, gx, gW, gb, _, _ = _linear_run(
             x,
             W,
@@ -273,19 +360,18 @@ def _linear_fn(
             sample_weight=s,
             **options,
         )
-        loss = np.asarray(loss, dtype=x.dtype)
-        if not grad:
-            return loss
-        grads = (gx, gW) if gb is None else (gx, gW, gb)
-        return grads if ct is not None else (loss, *grads)
+        results = [] if ct is not None else [loss]
+        if grad:
+            results += [gx, gW] if gb is None else [gx, gW, gb]
+        for out, r in zip(outs, results, strict=True):
+            out[...] = r
 
     def call(x: Any, W: Any, b: Any, t: Any, w: Any, s: Any, ct: Any, grad: bool) -> Any:
         loss = _loss_shape(reduction, x.shape[:-1], x.dtype)
         grads = tuple(_struct(a.shape, a.dtype) for a in (x, W, b) if a is not None)
-        shapes = loss if not grad else grads if ct is not None else (loss, *grads)
-        return jax.pure_callback(
-            functools.partial(host, grad=grad), shapes, x, W, b, t, w, s, ct, vmap_method=_VMAP
-        )
+        shapes = (loss,) if not grad else grads if ct is not None else (loss, *grads)
+        out = _call(host, shapes, x, W, b, t, w, s, ct)
+        return out if grad else out[0]
 
     @jax.custom_vjp
     def f(x: Any, W: Any, b: Any, t: Any, w: Any, s: Any) -> Any:

@@ -272,7 +272,9 @@ def _cross_entropy_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None
     _keep_gradients(ctx, (output[1],), inputs[:4])
 
 
-def _cross_entropy_backward(ctx: Any, grad_loss: torch.Tensor, _unused: Any) -> tuple[Any, ...]:
+def _cross_entropy_backward(
+    ctx: Any, grad_loss: torch.Tensor | None, _unused: Any
+) -> tuple[Any, ...]:
     if not ctx.options[-1]:
         raise RuntimeError(
             "torch.ops.fastxent.cross_entropy ran with compute_grad=False and cannot be "
@@ -706,7 +708,7 @@ def _linear_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         _keep_gradients(ctx, tuple(output[1:]), inputs[:6])
 
 
-def _linear_backward(ctx: Any, grad_loss: torch.Tensor, *_unused: Any) -> tuple[Any, ...]:
+def _linear_backward(ctx: Any, grad_loss: torch.Tensor | None, *_unused: Any) -> tuple[Any, ...]:
     ignore_index, reduction, eps, zl, cap, chunk_size, computed, grad_input = ctx.options
     need_x = ctx.needs_input_grad[0]
     if grad_loss is None:  # the loss took no part in what is differentiated
