@@ -200,17 +200,7 @@ def _scale(gs: tuple[torch.Tensor, ...], upstream: torch.Tensor, owned: bool) ->
 # torch.ops.fastxent.cross_entropy
 
 
-@torch.library.custom_op(
-    "fastxent::cross_entropy",
-    mutates_args=(),
-    device_types="cpu",
-    schema=(
-        "(Tensor logits, Tensor target, Tensor? weight, Tensor? sample_weight, "
-        "int ignore_index, str reduction, float label_smoothing, float z_loss, "
-        "float? softcap, bool compute_grad) -> (Tensor, Tensor)"
-    ),
-)
-def _cross_entropy_op(
+def _cross_entropy_impl(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
@@ -243,6 +233,42 @@ def _cross_entropy_op(
         grad = logits.new_empty((0,))
         loss = _np_cross_entropy(z, t, **kw)
     return _torch(loss, logits.dtype), grad
+
+
+@torch.library.custom_op(
+    "fastxent::cross_entropy",
+    mutates_args=(),
+    device_types="cpu",
+    schema=(
+        "(Tensor logits, Tensor target, Tensor? weight, Tensor? sample_weight, "
+        "int ignore_index, str reduction, float label_smoothing, float z_loss, "
+        "float? softcap, bool compute_grad) -> (Tensor, Tensor)"
+    ),
+)
+def _cross_entropy_op(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    sample_weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _cross_entropy_impl(
+        logits,
+        target,
+        weight,
+        sample_weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        compute_grad,
+    )
 
 
 @_cross_entropy_op.register_fake
@@ -296,6 +322,36 @@ def _cross_entropy_backward(
 
 
 _cross_entropy_op.register_autograd(_cross_entropy_backward, setup_context=_cross_entropy_setup)
+
+
+class _EagerCrossEntropy(torch.autograd.Function):
+    """The same forward and backward as the registered operator, for eager
+    calls on plain tensors: the dispatcher's round trip through the custom
+    operator costs more than the kernel on small batches."""
+
+    @staticmethod
+    def forward(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return _cross_entropy_impl(*args)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        _cross_entropy_setup(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        return _cross_entropy_backward(ctx, *grads)
+
+
+def _plain_eager(*tensors: torch.Tensor | None) -> bool:
+    """Whether an eager call on these tensors may skip the dispatcher: plain
+    CPU tensors, no compilation, no tracing or other dispatch mode."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return (
+        not torch.compiler.is_compiling()
+        and _get_current_dispatch_mode() is None
+        and all(t is None or type(t) is torch.Tensor for t in tensors)
+    )
 
 
 def cross_entropy(
@@ -413,7 +469,7 @@ def cross_entropy(
         t = target.movedim(cdim, -1).reshape(-1, C) if probs else target.reshape(-1)
         sw = None if sample_weight is None else sample_weight.reshape(-1)
     compute_grad = input.requires_grad and torch.is_grad_enabled()
-    loss, _ = torch.ops.fastxent.cross_entropy(
+    args = (
         z.contiguous(),
         t,
         weight,
@@ -425,6 +481,12 @@ def cross_entropy(
         None if softcap is None else float(softcap),
         compute_grad,
     )
+    if not _plain_eager(input, target, weight, sample_weight):
+        loss, _ = torch.ops.fastxent.cross_entropy(*args)
+    elif compute_grad:
+        loss, _ = _EagerCrossEntropy.apply(*args)  # type: ignore[no-untyped-call]
+    else:
+        loss, _ = _cross_entropy_impl(*args)
     result: torch.Tensor = loss.reshape(batch) if reduction == "none" else loss
     return result
 

@@ -450,6 +450,22 @@ def test_torch_compile_fullgraph(backend, reduction):
         _close(g, h, torch.float32)
 
 
+def test_fake_tensors_go_through_the_operator():
+    # Under a dispatch mode (here fake tensors, as in export and tracing) the
+    # registered operator and its fake kernel run, not the eager shortcut.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        z = torch.empty(5, 4, 3, requires_grad=True)
+        y = torch.zeros(5, 3, dtype=torch.long)
+        loss = fxt.cross_entropy(z, y, reduction="none")
+        assert loss.shape == (5, 3)
+        loss.sum().backward()
+        assert z.grad.shape == z.shape
+        x, W = torch.empty(6, 2, requires_grad=True), torch.empty(7, 2, requires_grad=True)
+        assert fxt.linear_cross_entropy(x, W, torch.zeros(6, dtype=torch.long)).shape == ()
+
+
 def test_training_loop_matches_torch():
     def train(loss_fn):
         torch.manual_seed(1)
