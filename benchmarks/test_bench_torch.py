@@ -10,7 +10,7 @@ the same), measured side by side in one run:
   requires grad, then ``backward()``), ``torch`` (``F.cross_entropy``, then
   ``backward()``) and ``fastxent_alloc`` (``fastxent.cross_entropy_with_grad``
   on the same memory, gradient allocated: what the front end calls);
-- group ``adapter-linear-2048x512x32000-float32``: ``fastxent_torch_linear``
+- group ``adapter-linear-1024x256x32000-float32``: ``fastxent_torch_linear``
   (``fastxent.torch.linear_cross_entropy`` + ``backward()``, gradients for
   the features and the head) against ``fastxent_linear``
   (``fastxent.linear_cross_entropy_with_grad`` on the same arrays), and
@@ -48,7 +48,7 @@ fxt = pytest.importorskip("fastxent.torch")
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 SHAPES = [(4096, 32000), (64, 10)]
-LINEAR = (2048, 512, 32000)
+LINEAR = (1024, 256, 32000)
 
 
 @pytest.fixture(scope="module", autouse=True)
