@@ -106,6 +106,20 @@ def test_vmap(reduction):
         np.testing.assert_allclose(g(z, y), gr(z, y), rtol=2e-5, atol=1e-6)
 
 
+def test_vmap_of_a_per_sample_cotangent():
+    z, y = _data((3, 5, 4))
+    ct = jax.random.normal(jax.random.key(1), (3, 5))
+
+    def vjp(loss_fn):
+        def one(z, y, c):
+            return jax.vjp(lambda t: loss_fn(t, y, reduction="none"), z)[1](c)[0]
+
+        return one
+
+    ours = jax.jit(jax.vmap(vjp(fxj.cross_entropy)))(z, y, ct)
+    np.testing.assert_allclose(ours, jax.vmap(vjp(reference))(z, y, ct), rtol=2e-5, atol=1e-6)
+
+
 def test_fastxent_options_match_numpy():
     import fastxent
 
