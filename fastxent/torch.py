@@ -46,6 +46,7 @@ if importlib.util.find_spec("torch") is None:  # pragma: no cover - depends on t
         'fastxent.torch needs PyTorch: pip install "fastxent[torch]" (or pip install torch).'
     )
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import _validation as v
 from ._linear import _linear_run
@@ -329,13 +330,13 @@ class _EagerCrossEntropy(torch.autograd.Function):
     calls on plain tensors: the dispatcher's round trip through the custom
     operator costs more than the kernel on small batches."""
 
+    # forward(ctx, ...) rather than a separate setup_context: apply() then
+    # binds no signature, a cost of its own on small batches.
     @staticmethod
-    def forward(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return _cross_entropy_impl(*args)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        _cross_entropy_setup(ctx, inputs, output)
+    def forward(ctx: Any, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        output = _cross_entropy_impl(*args)
+        _cross_entropy_setup(ctx, args, output)
+        return output
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
@@ -345,8 +346,6 @@ class _EagerCrossEntropy(torch.autograd.Function):
 def _plain_eager(*tensors: torch.Tensor | None) -> bool:
     """Whether an eager call on these tensors may skip the dispatcher: plain
     CPU tensors, no compilation, no tracing or other dispatch mode."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return (
         not torch.compiler.is_compiling()
         and _get_current_dispatch_mode() is None
