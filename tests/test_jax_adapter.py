@@ -120,6 +120,31 @@ def test_vmap_of_a_per_sample_cotangent():
     np.testing.assert_allclose(ours, jax.vmap(vjp(reference))(z, y, ct), rtol=2e-5, atol=1e-6)
 
 
+def test_pure_callback_path_of_older_jax(monkeypatch):
+    # JAX without jax.experimental.buffer_callback runs the same host code
+    # through jax.pure_callback (results copied, the backward a plain multiply).
+    monkeypatch.setattr(fxj, "_buffer_callback", None)
+    fxj._cross_entropy_fn.cache_clear()
+    fxj._linear_fn.cache_clear()
+    try:
+        z, y = _data((7, 5))
+        for reduction in ("mean", "none"):
+            a, ga = _grads(
+                lambda t, r=reduction: fxj.cross_entropy(t, y, reduction=r), z, reduction
+            )
+            b, gb = _grads(lambda t, r=reduction: reference(t, y, reduction=r), z, reduction)
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+            np.testing.assert_allclose(ga, gb, rtol=2e-5, atol=1e-6)
+        W = jax.random.normal(jax.random.key(2), (5, 5))
+        g = jax.grad(lambda W: fxj.linear_cross_entropy(z, W, y))(W)
+        np.testing.assert_allclose(
+            g, jax.grad(lambda W: reference(z @ W.T, y))(W), rtol=2e-4, atol=1e-6
+        )
+    finally:
+        fxj._cross_entropy_fn.cache_clear()
+        fxj._linear_fn.cache_clear()
+
+
 def test_fastxent_options_match_numpy():
     import fastxent
 
