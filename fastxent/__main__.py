@@ -182,6 +182,16 @@ def _names(allowed: Sequence[str], what: str) -> Any:
     return parse
 
 
+_DTYPES = ("float32", "float64")
+
+
+def _gb(nbytes: int) -> str:
+    """Bytes in GB (MB below 0.1 GB), for the memory notes."""
+    if nbytes < 100e6:
+        return f"{max(1, round(nbytes / 1e6))} MB"
+    return f"{nbytes / 1e9:.1f} GB"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastxent",
@@ -205,20 +215,30 @@ def _parser() -> argparse.ArgumentParser:
         "scikit-learn writes into gradient_out= and is compared with out=. Each time is "
         "the median of --repeats timings after a warm-up. 'of floor' is copy time / "
         "fastxent out= time, with the copy on 1 thread or split over the same number "
-        "of threads, whichever is faster.",
-        epilog="Example: python -m fastxent bench --compare torch,sklearn --plot bench.png",
+        "of threads, whichever is faster. Memory: the cases run one at a time and each "
+        "holds about three arrays of the logits' size (torch and JAX add about three "
+        "more, scikit-learn one): the default shapes need about "
+        f"{_gb(cb.peak_bytes(cb.DEFAULT_SHAPES, _DTYPES))} "
+        f"({_gb(cb.peak_bytes(cb.DEFAULT_SHAPES, _DTYPES, cb.PEERS))} with --compare "
+        f"torch or jax), --large about {_gb(cb.peak_bytes(cb.LARGE_SHAPES, _DTYPES))} "
+        f"({_gb(cb.peak_bytes(cb.LARGE_SHAPES, _DTYPES, cb.PEERS))} with torch or jax), "
+        "--quick a few MB. The run prints its estimate before it starts.",
+        epilog="Examples: python -m fastxent bench --quick (a few seconds); "
+        "python -m fastxent bench --compare torch,sklearn --plot bench.png",
     )
     b.add_argument(
         "--shapes",
         type=_shapes,
         default=None,
         metavar="NxM,...",
-        help="logits shapes (default: " + ",".join(f"{n}x{m}" for n, m in cb.DEFAULT_SHAPES) + ")",
+        help="logits shapes (default: "
+        + ",".join(f"{n}x{m}" for n, m in cb.DEFAULT_SHAPES)
+        + "; overrides --quick and --large)",
     )
     b.add_argument(
         "--dtypes",
         type=_names(("float32", "float64"), "dtype"),
-        default=["float32", "float64"],
+        default=list(_DTYPES),
         metavar="D,...",
         help="float32 and/or float64 (default: both)",
     )
@@ -236,10 +256,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="R",
         help="timings per measurement, median reported (default: 5)",
     )
-    b.add_argument(
+    size = b.add_mutually_exclusive_group()
+    size.add_argument(
         "--quick",
         action="store_true",
         help="tiny shapes and 3 repeats: a smoke run of a few seconds",
+    )
+    size.add_argument(
+        "--large",
+        action="store_true",
+        help="the benchmark suite's shapes ("
+        + ",".join(f"{n}x{m}" for n, m in cb.LARGE_SHAPES)
+        + f"): about {_gb(cb.peak_bytes(cb.LARGE_SHAPES, _DTYPES))} of memory",
     )
     b.add_argument(
         "--compare",
@@ -261,7 +289,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    shapes = args.shapes or (cb.QUICK_SHAPES if args.quick else cb.DEFAULT_SHAPES)
+    sizes = cb.QUICK_SHAPES if args.quick else cb.LARGE_SHAPES if args.large else None
+    shapes = args.shapes or sizes or cb.DEFAULT_SHAPES
     repeats = 3 if args.quick and args.repeats == 5 else args.repeats
     if repeats < 1:
         print("error: --repeats must be at least 1", file=sys.stderr)
@@ -283,6 +312,19 @@ def _bench(args: argparse.Namespace) -> int:
             notes.append(f"note: {name} {version}")
     if "jax" in peers:
         notes.append("note: jax uses XLA's own thread pool (all cores) in every row")
+    need = cb.peak_bytes(shapes, args.dtypes, peers)
+    notes.append(
+        f"note: needs about {_gb(need)} of memory (the largest case"
+        + ("; --quick: a few seconds" if not args.quick and not args.shapes else "")
+        + ("; --large: the benchmark suite's shapes" if shapes is cb.DEFAULT_SHAPES else "")
+        + ")"
+    )
+    total = cb.physical_memory()
+    if total is not None and need > total // 2:
+        notes.append(
+            f"warning: that is more than half of this machine's {_gb(total)} of memory; "
+            "pass smaller --shapes (or leave out --large) if it swaps"
+        )
     show_config()
     print(f"machine: {cb.machine()}")
     for line in notes:

@@ -55,8 +55,18 @@ from numpy.typing import NDArray
 from ._config import config
 from ._loss import cross_entropy_with_grad
 
-#: The shapes of the core benchmarks (benchmarks/): (rows n, classes m).
+#: The default shapes, (rows n, classes m): few to many classes, each case's
+#: working set (see :func:`case_bytes`) well under 1 GB, so that the default
+#: run fits a laptop.
 DEFAULT_SHAPES: list[tuple[int, int]] = [
+    (100_000, 10),
+    (65_536, 100),
+    (16_384, 1_000),
+    (512, 32_000),
+]
+#: ``--large``: the shapes of the core benchmarks (benchmarks/), whose
+#: biggest float64 case holds GBs.
+LARGE_SHAPES: list[tuple[int, int]] = [
     (100_000, 10),
     (65_536, 100),
     (16_384, 1_000),
@@ -65,6 +75,16 @@ DEFAULT_SHAPES: list[tuple[int, int]] = [
 #: ``--quick``: tiny shapes, for the tests and a first look.
 QUICK_SHAPES: list[tuple[int, int]] = [(2_000, 10), (500, 100), (64, 1_000)]
 PEERS: tuple[str, ...] = ("torch", "jax", "sklearn")
+#: Arrays of the logits' size a case holds throughout: the logits and the
+#: out= gradient.
+CASE_ARRAYS = 2
+#: Arrays of the logits' size a timed call adds: fastxent allocating its
+#: gradient, NumPy its shifted copy; torch its saved log-softmax, the
+#: gradient and a temporary of backward; JAX the logits copied to its device,
+#: the gradient and a temporary; scikit-learn its preallocated gradient_out.
+CALL_ARRAYS = {"fastxent_alloc": 1, "numpy": 1, "torch": 3, "jax": 3, "sklearn": 1}
+#: Per-row temporaries (labels, row maxima, sums, ...), in 8-byte values per row.
+ROW_VALUES = 8
 #: A timing of a fast call loops it until at least this long.
 MIN_TIMING_S = 0.02
 #: Logits are standard normal times this (a softmax that is neither flat nor one-hot).
@@ -235,6 +255,31 @@ def make_case(n: int, m: int, dtype: str, seed: int = 0) -> tuple[NDArray[Any], 
     z *= LOGIT_SCALE
     y = rng.integers(0, m, size=n).astype(np.intp)
     return z, y
+
+
+def case_bytes(n: int, m: int, dtype: str, peers: Sequence[str] = ()) -> int:
+    """Estimated peak bytes of one case of ``run_bench``: the arrays of the
+    logits' size it holds throughout (``CASE_ARRAYS``) and those of the
+    hungriest timed call (``CALL_ARRAYS``, NumPy's or a peer's), and the
+    per-row temporaries.  Cases and calls run one after the other, so a
+    run's peak is its largest case's."""
+    arrays = CASE_ARRAYS + max(CALL_ARRAYS[c] for c in ("numpy", *peers))
+    return arrays * n * m * np.dtype(dtype).itemsize + ROW_VALUES * 8 * n
+
+
+def peak_bytes(
+    shapes: Sequence[tuple[int, int]], dtypes: Sequence[str], peers: Sequence[str] = ()
+) -> int:
+    """Estimated peak bytes of ``run_bench`` over these cases (the largest case)."""
+    return max((case_bytes(n, m, dt, peers) for n, m in shapes for dt in dtypes), default=0)
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory, where the OS says (None elsewhere)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _jobs(threads: Sequence[int], peers: Sequence[str]) -> list[tuple[str, int]]:
@@ -431,8 +476,23 @@ def machine() -> str:
     return f"{model}, {cores} usable cores"
 
 
+def _ms(seconds: float) -> str:
+    """A time in ms with three significant digits."""
+    return f"{seconds * 1e3:.3g} ms"
+
+
 def plot(path: str, records: list[Timing], peers: Sequence[str]) -> None:
-    """Bars of effective GB/s per implementation, and the np.copyto floor, per case."""
+    """Save :func:`figure` to ``path`` (a PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(records, peers)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(records: list[Timing], peers: Sequence[str]) -> Any:
+    """Bars of effective GB/s per implementation on a log axis, each labelled
+    with its time, and the np.copyto floor, per case; a matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -459,7 +519,15 @@ def plot(path: str, records: list[Timing], peers: Sequence[str]) -> None:
         x = np.arange(len(sub))
         for i, impl in enumerate(impls):
             gbs = [r["bytes"] / r["times"][impl] / 1e9 for r in sub]
-            ax.bar(x - 0.4 + width * (i + 0.5), gbs, width, label=labels.get(impl, impl))
+            bars = ax.bar(x - 0.4 + width * (i + 0.5), gbs, width, label=labels.get(impl, impl))
+            # Each bar's time, since the bandwidth alone hides the slow ones.
+            ax.bar_label(
+                bars,
+                [_ms(r["times"][impl]) for r in sub],
+                rotation=90,
+                fontsize=5,
+                padding=2,
+            )
         floor = [r["bytes"] / r["times"]["copy"] / 1e9 for r in sub]
         ax.scatter(
             x,
@@ -471,8 +539,11 @@ def plot(path: str, records: list[Timing], peers: Sequence[str]) -> None:
             label="np.copyto floor",
         )
         ax.set_xticks(x, [f"{r['n']}x{r['m']}, {r['threads']}T" for r in sub], fontsize=7)
-        ax.set_ylabel(f"{dt}: GB/s")
-        ax.grid(axis="y", alpha=0.3)
+        # A log axis: peers at a few GB/s stay readable beside tens of GB/s.
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{dt}: GB/s (log)")
+        ax.margins(y=0.25)
+        ax.grid(axis="y", which="both", alpha=0.3)
     axes[0, 0].legend(
         fontsize=7,
         ncol=len(impls) + 1,
@@ -483,9 +554,8 @@ def plot(path: str, records: list[Timing], peers: Sequence[str]) -> None:
     )
     fig.suptitle(
         "mean cross-entropy loss + gradient: effective bandwidth (logits read + "
-        f"gradient written)\n{machine()}",
+        f"gradient written; bars labelled with ms per call)\n{machine()}",
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig

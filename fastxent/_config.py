@@ -38,11 +38,12 @@ def config() -> BuildConfig:
 
 
 def show_config(file: TextIO | None = None) -> None:
-    """Print fastxent's version, OpenMP status, default thread count, the SIMD
-    variant in use and the compiler flags it was built with.
+    """Print the version, OpenMP status, threads, SIMD variant and build flags.
 
-    Include its output in bug reports.  :func:`config` returns the same facts
-    as a dict.
+    That is: fastxent's version, whether OpenMP is on, the default thread
+    count, the SIMD variant in use and the compiler flags it was built with.
+    Include its output in bug reports.  ``fastxent._config.config()``
+    returns the same facts as a dict.
 
     Parameters
     ----------

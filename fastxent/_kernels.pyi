@@ -29,9 +29,10 @@ def cross_entropy_labels(
     loss_out: _F64 | None,
     grad_out: _Values | None,
     hess_out: _Values | None,
+    *,
     ignore_index: int,
-    smoothing: float,
-    zloss: float,
+    label_smoothing: float,
+    z_loss: float,
     softcap: float,
     grad_denom: float,
     num_threads: int,
@@ -45,8 +46,9 @@ def cross_entropy_probs(
     loss_out: _F64 | None,
     grad_out: _Values | None,
     hess_out: _Values | None,
-    smoothing: float,
-    zloss: float,
+    *,
+    label_smoothing: float,
+    z_loss: float,
     softcap: float,
     grad_denom: float,
     num_threads: int,
@@ -74,9 +76,10 @@ def linear_cross_entropy_chunks(
     grad_W: _Floating | None,
     grad_b: _F64 | None,
     gemm: object,
+    *,
     ignore_index: int,
-    smoothing: float,
-    zloss: float,
+    label_smoothing: float,
+    z_loss: float,
     softcap: float,
     grad_denom: float,
     num_threads: int,
@@ -89,6 +92,14 @@ def softmax_rows(
     num_threads: int,
     half: int = ...,
 ) -> None: ...
+def loss_rows_unchecked(
+    z: _Floating,
+    labels: NDArray[np.int64],
+    loss_out: _F64 | None,
+    grad_out: _Floating | None,
+    ignore_index: int,
+    num_threads: int,
+) -> float: ...
 def exp_array(x: _Floating, out: _Floating) -> None: ...
 def expneg_array(x: _Floating, out: _Floating) -> None: ...
 def tanh_array(x: _Floating, out: _Floating) -> None: ...
@@ -97,6 +108,12 @@ def half_to_float(src: NDArray[np.uint16], dst: NDArray[np.float32], bf16: bool)
 def float_to_half(src: NDArray[np.float32], dst: NDArray[np.uint16], bf16: bool) -> None: ...
 def openmp_enabled() -> bool: ...
 def max_threads() -> int: ...
+def default_threads() -> int: ...
+def force_kernel(name: str) -> str: ...
+def kernel_for(labels: bool, m: int, softcap: float, dtype: str) -> str: ...
+def governor_state() -> tuple[int, float, float]: ...
+def governor_reset() -> None: ...
+def governor_report(started_ago: float, busy: list[float]) -> None: ...
 def forked_child() -> bool: ...
 def simd_dispatch() -> str: ...
 def build_cflags() -> str: ...

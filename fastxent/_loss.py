@@ -2,78 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _kernels
+from . import _axis, _docs
 from . import _validation as v
+from ._spec import loss_spec
 from ._typing import FloatArray, FloatScalar
-
-
-class LossSpec(NamedTuple):
-    """A validated target and loss options, for rows of ``m`` classes."""
-
-    kind: Literal["labels", "probs"]
-    t: NDArray[Any]  # (n,) int32/int64 labels, or (n, m) probabilities
-    ignore: int
-    eps: float
-    zl: float
-    cap: float
-    w: FloatArray | None
-    s: NDArray[np.float64] | None
-
-
-def loss_spec(
-    target: ArrayLike,
-    shape: tuple[int, ...],
-    dtype: np.dtype[np.floating[Any]],
-    *,
-    weight: ArrayLike | None,
-    sample_weight: ArrayLike | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    keep: np.dtype[Any] | None = None,
-) -> LossSpec:
-    """Validate the target and every loss option against logits of ``shape``
-    computed in ``dtype`` (shared by the loss functions, the fused linear
-    cross-entropy and the Dask blocks).  Probabilities of dtype ``keep`` (the
-    logits' half-precision dtype) stay in it, as uint16 bits."""
-    kind, t = v.as_labels_or_probs(target, shape, dtype, keep)
-    return LossSpec(
-        kind,
-        t,
-        v.ignore_index(ignore_index, kind),
-        v.float_option(label_smoothing, "label_smoothing", 0.0, 1.0),
-        v.float_option(z_loss, "z_loss", 0.0),
-        v.softcap(softcap, dtype),
-        v.class_weight(weight, shape[-1], dtype),
-        v.sample_weight(sample_weight, shape[:-1]),
-    )
-
-
-def mean_denominator(spec: LossSpec, m: int) -> float:
-    """The "mean" denominator of these rows: ``sum_i s_i w[y_i]`` over the
-    kept rows for class indices (after checking every label), ``sum_i s_i``
-    (or ``n``) for probabilities."""
-    if spec.kind == "labels":
-        bad, denom = _kernels.mean_denominator(spec.t, spec.w, spec.s, spec.ignore, m)
-        if bad >= 0:
-            raise bad_label_error(spec.t, bad, m, spec.ignore)
-        return float(denom)
-    if spec.s is not None:
-        return float(_kernels.pairwise_sum(spec.s))
-    return float(spec.t.shape[0])
-
-
-def bad_label_error(t: NDArray[Any], bad: int, m: int, ignore: int) -> ValueError:
-    return ValueError(
-        f"target contains a label outside [0, {m}) that is not ignore_index="
-        f"{ignore}: {int(t[bad])} at flat position {bad}."
-    )
 
 
 def _run(
@@ -85,24 +22,34 @@ def _run(
     reduction: object,
     weight: ArrayLike | None,
     sample_weight: ArrayLike | None,
-    ignore_index: int,
+    ignore_index: int | None,
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
     out: FloatArray | None,
     num_threads: int | None,
     grad_denom: float | None = None,
+    axis: object = -1,
 ) -> tuple[FloatScalar | FloatArray | None, FloatArray | None, float, float]:
     """Validate everything, run one kernel, reduce.  Returns ``(loss, grad,
     total, denominator)``: the last two are the sum of the per-row losses
     and these rows' "mean" denominator.  ``grad_denom`` (a block of a
-    larger batch) divides the gradient instead of the reduction's own."""
+    larger batch) divides the gradient instead of the reduction's own.
+    Classes on another ``axis`` than the last are moved last (see _axis)."""
+    moved, dest = None, None
+    if not _axis.is_last(axis):
+        moved = _axis.class_axis(logits, axis)
+        if moved is not None:
+            # The rows run on the classes moved last; the gradient goes back
+            # into ``dest`` (the caller's ``out``, or a new array) at the end.
+            dest = moved.output(out, _axis.output_dtype(moved.z)) if want_grad else None
+            logits, target, out = moved.z, moved.target(target), None
     reduction = v.check_reduction(reduction)
     z, shape, dtype, half = v.as_logits(logits)
     n, m = z.shape
     # float16/bfloat16 logits: computed in float32, gradient in their dtype.
     io = np.asarray(logits).dtype if half else dtype
-    kind, t, ignore, eps, zl, cap, w, s = loss_spec(
+    spec = loss_spec(
         target,
         shape,
         dtype,
@@ -113,6 +60,7 @@ def _run(
         z_loss=z_loss,
         softcap=softcap,
         keep=io if half else None,
+        axis_hint=True,
     )
     nt = v.resolve_threads(num_threads, z.size)
 
@@ -125,9 +73,17 @@ def _run(
             # Only exact aliasing with the logits is an in-place update; any
             # other overlap would have the kernel read what it just wrote.
             z = v.detach_from(z, g)
-            t = t.copy() if np.may_share_memory(t, g) else t
-            w = w.copy() if w is not None and np.may_share_memory(w, g) else w
-            s = s.copy() if s is not None and np.may_share_memory(s, g) else s
+            spec = spec._replace(
+                **{
+                    name: a.copy()
+                    for name, a in (
+                        ("target", spec.target),
+                        ("weight", spec.weight),
+                        ("sample_weight", spec.sample_weight),
+                    )
+                    if a is not None and np.may_share_memory(a, g)
+                }
+            )
         if half:
             g = g.view(np.uint16)
 
@@ -137,21 +93,16 @@ def _run(
     if grad_denom is None:
         # NaN: the kernel divides the gradient by the "mean" denominator it sums.
         grad_denom = np.nan if reduction == "mean" else 1.0
-    if kind == "labels":
-        bad, total, denom = _kernels.cross_entropy_labels(
-            z, t, w, s, losses, g, None, ignore, eps, zl, cap, grad_denom, nt, half
-        )
-        if bad >= 0:
-            raise bad_label_error(t, bad, m, ignore)
-    else:
-        _, total, denom = _kernels.cross_entropy_probs(
-            z, t, w, s, losses, g, None, eps, zl, cap, grad_denom, nt, half
-        )
+    total, denom = spec.run(
+        z, loss_out=losses, grad_out=g, grad_denom=grad_denom, num_threads=nt, half=half
+    )
 
     grad: FloatArray | None = None
     if want_grad:
         assert g is not None
         grad = out if out is not None else g.view(io).reshape(shape)
+        if moved is not None and dest is not None:
+            grad = moved.put_back(grad, dest)
     loss: FloatScalar | FloatArray | None = None
     if want_loss:
         if losses is not None:
@@ -178,63 +129,16 @@ def reduce_total(
     return value
 
 
-_LOGITS_TARGET_DOC = """
-    logits : array_like of shape (..., m)
-        Classes on the last axis.  float32 and float64 are computed natively,
-        float16 in float32 and integer arrays in float64.
-    target : array_like
-        Either class indices: an *integer* array of shape ``logits.shape[:-1]``
-        with values in ``[0, m)`` (or ``ignore_index``); or class
-        probabilities: a *floating-point* array of shape ``logits.shape``
-        (rows need not sum to 1).  Integer targets are always class indices:
-        an integer array of the logits' own shape (a one-hot matrix, or 1-d
-        logits with one label per element) is an error, not probabilities."""
-
-_OUT_DOC = """
-    out : ndarray, optional
-        C-contiguous, writeable array of the logits' shape and compute dtype
-        that receives the gradient.  ``out=logits`` computes in place."""
-
-_OPTIONS_DOC = """
-    weight : array_like of shape (m,), optional
-        Finite class weights ``w`` (PyTorch's ``weight``; negative weights
-        are allowed, with PyTorch's semantics).
-    sample_weight : array_like of shape ``logits.shape[:-1]``, optional
-        Finite per-sample weights ``s`` (scikit-learn's ``sample_weight``,
-        negative allowed): each sample's loss and gradient are multiplied
-        by ``s_i`` and ``"mean"`` divides by ``sum_i s_i w[y_i]``.  A
-        ``"mean"`` denominator of 0 gives NaN or +-inf, as in PyTorch.
-    ignore_index : int, default -100
-        Class-index targets equal to it contribute no loss and no gradient
-        and are left out of the ``"mean"`` denominator.  Not allowed (other
-        than the default) with class-probability targets.
-    label_smoothing : float in [0, 1], default 0.0
-        PyTorch's label smoothing ``eps``: the target becomes
-        ``(1 - eps) * onehot(y) + eps / m`` (with class weights applied as
-        PyTorch does).
-    z_loss : float >= 0, default 0.0
-        Adds ``z_loss * lse_i**2`` to each (non-ignored) sample's loss.
-    softcap : float > 0, optional
-        Soft-caps the logits as ``softcap * tanh(logits / softcap)`` before
-        the softmax (the gradient includes the chain rule).
-    reduction : {"mean", "sum", "none"}, default "mean"
-        ``"mean"`` divides the summed loss by the number of (non-ignored)
-        samples, or by the total weight when weights are given.
-    num_threads : int >= 1, optional
-        Threads to use.  ``None`` uses OpenMP's current default, which
-        honours ``OMP_NUM_THREADS`` and ``threadpoolctl`` limits.  Small
-        inputs run on the calling thread regardless."""
-
-
 @overload
 def cross_entropy(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = ...,
     reduction: Literal["mean", "sum"] = ...,
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -245,10 +149,11 @@ def cross_entropy(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = ...,
     reduction: Literal["none"],
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -258,10 +163,11 @@ def cross_entropy(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = -1,
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -269,7 +175,7 @@ def cross_entropy(
 ) -> FloatScalar | FloatArray:
     """Softmax cross-entropy loss of logits against class indices or probabilities.
 
-    For logits ``Z`` of shape ``(..., m)`` (classes last) and
+    For logits ``Z`` of shape ``(..., m)`` (classes last, or on ``axis``) and
     ``lse_i = max_i + log sum_k exp(Z_ik - max_i)``, the per-sample loss is
 
         E_i = lse_i - Z_{i, y_i}                       (class indices y)
@@ -281,6 +187,7 @@ def cross_entropy(
     Parameters
     ----------
     {logits_target}
+    {axis}
     {options}
 
     Returns
@@ -292,10 +199,14 @@ def cross_entropy(
     ------
     TypeError
         For non-numeric, complex or boolean logits, float class indices,
-        non-integer ``num_threads`` or ``ignore_index``.
+        non-integer ``axis``, ``num_threads`` or ``ignore_index``, a bool or
+        string for a numeric option, a masked array (its mask would be
+        ignored: pass ``target.filled(ignore_index)``), or a torch tensor
+        that requires grad (pass ``.detach()``).
     ValueError
         For mismatched shapes, ``m == 0``, labels outside ``[0, m)``, an
-        unknown reduction, or an option out of its range.
+        unknown reduction, or an option out of its range; an ``axis`` out
+        of range is ``numpy.exceptions.AxisError`` (a ValueError).
 
     Examples
     --------
@@ -305,6 +216,12 @@ def cross_entropy(
     0.6699...
     >>> fastxent.cross_entropy(logits, [0, 2], reduction="none").round(4)
     array([0.2413, 1.0986])
+
+    PyTorch's ``(N, C, L)`` layout: classes on axis 1, targets ``(N, L)``.
+
+    >>> z = np.zeros((2, 4, 3))
+    >>> fastxent.cross_entropy(z, np.zeros((2, 3), dtype=int), axis=1).round(4)
+    np.float64(1.3863)
     """
     loss, _, _, _ = _run(
         logits,
@@ -320,6 +237,7 @@ def cross_entropy(
         softcap=softcap,
         out=None,
         num_threads=num_threads,
+        axis=axis,
     )
     assert loss is not None  # want_loss=True
     return loss
@@ -329,10 +247,11 @@ def cross_entropy_grad(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = -1,
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -349,6 +268,7 @@ def cross_entropy_grad(
     Parameters
     ----------
     {logits_target}
+    {axis}
     {out}
     {options}
 
@@ -371,6 +291,13 @@ def cross_entropy_grad(
     >>> fastxent.cross_entropy_grad(logits, [0, 2], reduction="sum").round(4)
     array([[-0.2144,  0.1753,  0.0391],
            [ 0.3333,  0.3333, -0.6667]])
+
+    Classes on axis 0 (one column per sample): the gradient keeps that layout.
+
+    >>> fastxent.cross_entropy_grad(logits.T, [0, 2], axis=0, reduction="sum").round(4)
+    array([[-0.2144,  0.3333],
+           [ 0.1753,  0.3333],
+           [ 0.0391, -0.6667]])
     """
     _, grad, _, _ = _run(
         logits,
@@ -386,6 +313,7 @@ def cross_entropy_grad(
         softcap=softcap,
         out=out,
         num_threads=num_threads,
+        axis=axis,
     )
     assert grad is not None  # want_grad=True
     return grad
@@ -396,10 +324,11 @@ def cross_entropy_with_grad(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = ...,
     reduction: Literal["mean", "sum"] = ...,
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -411,10 +340,11 @@ def cross_entropy_with_grad(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = ...,
     reduction: Literal["none"],
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -425,10 +355,11 @@ def cross_entropy_with_grad(
     logits: ArrayLike,
     target: ArrayLike,
     *,
+    axis: int = -1,
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -445,6 +376,7 @@ def cross_entropy_with_grad(
     Parameters
     ----------
     {logits_target}
+    {axis}
     {out}
     {options}
 
@@ -482,17 +414,12 @@ def cross_entropy_with_grad(
         softcap=softcap,
         out=out,
         num_threads=num_threads,
+        axis=axis,
     )
     assert loss is not None and grad is not None  # want_loss=want_grad=True
     return loss, grad
 
 
 for _f in (cross_entropy, cross_entropy_grad, cross_entropy_with_grad):
-    if _f.__doc__:  # None under python -OO
-        for _key, _text in (
-            ("logits_target", _LOGITS_TARGET_DOC),
-            ("out", _OUT_DOC),
-            ("options", _OPTIONS_DOC),
-        ):
-            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
-del _f, _key, _text
+    _docs.fill(_f)
+del _f

@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "_options.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -98,30 +100,27 @@ void fx_hess_pass_d(const double *e, ptrdiff_t n, double inv_s, double c, double
 void fx_scale_f(float *g, ptrdiff_t n, float a);
 void fx_scale_d(double *g, ptrdiff_t n, double a);
 
-/* 1 if every z[k] is -inf and every target mass q[k] is 0, else 0; q[k]
- * as in the row kernel: (1 - smoothing) w[label] [k == label] + smoothing/m w[k]
- * for a class index label >= 0, w[k] ((1 - smoothing) y[k] + smoothing/m) for
- * probabilities y (label < 0).  w may be NULL (all 1). */
+/* 1 if every z[k] is -inf and every target mass q[k] is 0 (_options.h),
+ * else 0: class indices for label >= 0, probabilities y for label < 0.  w
+ * may be NULL (all 1). */
 int fx_masked_without_mass_f(const float *z, ptrdiff_t m, ptrdiff_t label,
-                             const float *y, const float *w, double smoothing);
+                             const float *y, const float *w, const fx_options *o);
 int fx_masked_without_mass_d(const double *z, ptrdiff_t m, ptrdiff_t label,
-                             const double *y, const double *w, double smoothing);
+                             const double *y, const double *w, const fx_options *o);
 
 /* (sum_k b q[k] + 2 zloss lse b) / S with b multiplied into each term:
  * the gradient's softmax coefficient for a row whose b = s / denominator is
  * not finite, so that its inf/NaN pattern is PyTorch's. */
 double fx_softmax_coef_f(double b, ptrdiff_t m, ptrdiff_t label, const float *y,
-                         const float *w, double smoothing, double zloss, double lse,
-                         double S);
+                         const float *w, const fx_options *o, double lse, double S);
 double fx_softmax_coef_d(double b, ptrdiff_t m, ptrdiff_t label, const double *y,
-                         const double *w, double smoothing, double zloss, double lse,
-                         double S);
+                         const double *w, const fx_options *o, double lse, double S);
 
 /* Rows per block of the small-m kernel, and the largest m it takes. */
 #define FX_TILE_ROWS 64
 #define FX_SMALL_M_MAX 128
 
-/* Fused loss (+ gradient) for R <= FX_TILE_ROWS rows of m <= FX_SMALL_M_MAX
+/* The tile kernel: fused loss (+ gradient) for R <= FX_TILE_ROWS rows of m <= FX_SMALL_M_MAX
  * classes with class-index targets.  The block is transposed into a tile
  * so that every step (max, exp, sums, log, loss, gradient) is vectorised
  * across rows instead of along a short row.  labels points at R int32 or
@@ -131,18 +130,17 @@ double fx_softmax_coef_d(double b, ptrdiff_t m, ptrdiff_t label, const double *y
  * any reduction) and, if g is not NULL, the R x m gradient divided by
  * grad_denom, and if h is not NULL (with g, no z-loss) the Hessian
  * diagonal likewise.  Same per-row formula as the general row kernel, no
- * soft-cap. */
-void fx_small_labels_f(const float *z, ptrdiff_t R, ptrdiff_t m,
-                       const void *labels, int labels_64bit,
-                       long long ignore_index, const float *w,
-                       const double *sw, double smoothing, double zloss,
-                       double grad_denom, double *loss_out, float *g, float *h);
-void fx_small_labels_d(const double *z, ptrdiff_t R, ptrdiff_t m,
-                       const void *labels, int labels_64bit,
-                       long long ignore_index, const double *w,
-                       const double *sw, double smoothing, double zloss,
-                       double grad_denom, double *loss_out, double *g,
-                       double *h);
+ * soft-cap.  Returns the number of rows whose label was outside [0, m)
+ * when read here (only a data race makes one): their loss and gradient
+ * are NaN, never an out-of-bounds access. */
+int fx_tile_kernel_f(const float *z, ptrdiff_t R, ptrdiff_t m, const void *labels,
+                     int labels_64bit, long long ignore_index, const float *w,
+                     const double *sw, const fx_options *o, double *loss_out, float *g,
+                     float *h);
+int fx_tile_kernel_d(const double *z, ptrdiff_t R, ptrdiff_t m, const void *labels,
+                     int labels_64bit, long long ignore_index, const double *w,
+                     const double *sw, const fx_options *o, double *loss_out, double *g,
+                     double *h);
 
 /* Half precision: dst[k] = src[k] widened to float32 (exact), or narrowed
  * from float32 rounding to nearest even (overflow to infinity, NaN stays a
@@ -151,16 +149,14 @@ void fx_small_labels_d(const double *z, ptrdiff_t R, ptrdiff_t m,
 void fx_half_to_float(const uint16_t *src, ptrdiff_t n, float *dst, int bf16);
 void fx_float_to_half(const float *src, ptrdiff_t n, uint16_t *dst, int bf16);
 
-/* fx_small_labels for m = 2, one exp and one log1p a row, on the
+/* fx_tile_kernel for m = 2, one exp and one log1p a row, on the
  * interleaved logits (same arguments without m). */
-void fx_binary_labels_f(const float *z, ptrdiff_t R, const void *labels, int labels_64bit,
-                        long long ignore_index, const float *w, const double *sw,
-                        double smoothing, double zloss, double grad_denom,
-                        double *loss_out, float *g, float *h);
-void fx_binary_labels_d(const double *z, ptrdiff_t R, const void *labels, int labels_64bit,
-                        long long ignore_index, const double *w, const double *sw,
-                        double smoothing, double zloss, double grad_denom,
-                        double *loss_out, double *g, double *h);
+int fx_two_class_kernel_f(const float *z, ptrdiff_t R, const void *labels, int labels_64bit,
+                          long long ignore_index, const float *w, const double *sw,
+                          const fx_options *o, double *loss_out, float *g, float *h);
+int fx_two_class_kernel_d(const double *z, ptrdiff_t R, const void *labels, int labels_64bit,
+                          long long ignore_index, const double *w, const double *sw,
+                          const fx_options *o, double *loss_out, double *g, double *h);
 
 /* How many of the n labels (int64 if labels_64bit, else int32) equal
  * ignore_index; *out_of_range: how many others lie outside [0, m). */

@@ -178,7 +178,8 @@ FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
         for (ptrdiff_t k = k0; k < k1; k += FX_TAIL) {
 #pragma omp simd
             for (int j = 0; j < FX_TAIL; ++j) {
-                FX_T d = z[k + j] - shift; /* read before out (maybe z) is written */
+                FX_T zk = z[k + j]; /* read before out (maybe z) is written */
+                FX_T d = zk - shift;
                 FX_T e = FX_EXPNEG(d);
                 if (out)
                     out[k + j] = e;
@@ -193,11 +194,14 @@ FX_INLINE double FX_NAME(expsum_body)(const FX_T *z, ptrdiff_t n, FX_T shift,
                     part[j] += e;
                 }
                 if (tdot) {
-                    /* In double: a large weight times a large logit gap must
-                     * not overflow float32 before the mean divides it down. */
+                    /* In double, gap included: a logit gap beyond the
+                     * element type's range (3e38 - -3e38 in float32) and a
+                     * large weight times a large gap must not overflow
+                     * before the mean divides them down. */
                     double q = (double)((w ? w[k + j] : (FX_T)1) *
                                         (y ? alpha * y[k + j] + beta : beta));
-                    dpart[j] += q != 0.0 ? q * (double)d : 0.0;
+                    double dd = (double)zk - (double)shift;
+                    dpart[j] += q != 0.0 ? q * dd : 0.0;
                     qpart[j] += q;
                 }
             }
@@ -394,15 +398,14 @@ FX_CLONES void FX_NAME(fx_scale)(FX_T *g, ptrdiff_t n, FX_T a)
  * where the arithmetic would give -inf - -inf = NaN.  Scalar: it runs only
  * for rows whose max is -inf. */
 int FX_NAME(fx_masked_without_mass)(const FX_T *z, ptrdiff_t m, ptrdiff_t label,
-                                    const FX_T *y, const FX_T *w, double smoothing)
+                                    const FX_T *y, const FX_T *w, const fx_options *o)
 {
-    const double beta = smoothing / (double)m;
     for (ptrdiff_t k = 0; k < m; ++k) {
         if (!(z[k] == -(FX_T)INFINITY))
             return 0;
         double wk = w ? (double)w[k] : 1.0;
-        double q = label >= 0 ? wk * ((k == label ? 1.0 - smoothing : 0.0) + beta)
-                              : wk * ((1.0 - smoothing) * (double)y[k] + beta);
+        double q = label >= 0 ? (k == label ? fx_label_mass(o, wk) : 0.0) + fx_uniform_mass(o, wk)
+                              : fx_prob_mass(o, wk, (double)y[k]);
         if (q != 0.0)
             return 0; /* NaN target mass too */
     }
@@ -416,22 +419,20 @@ int FX_NAME(fx_masked_without_mass)(const FX_T *z, ptrdiff_t m, ptrdiff_t label,
  * which differentiates each term on its own, gets inf - inf or 0 * inf =
  * NaN; this keeps the gradient's inf/NaN pattern PyTorch's. */
 double FX_NAME(fx_softmax_coef)(double b, ptrdiff_t m, ptrdiff_t label, const FX_T *y,
-                                const FX_T *w, double smoothing, double zloss,
-                                double lse, double S)
+                                const FX_T *w, const fx_options *o, double lse, double S)
 {
-    const double beta = smoothing / (double)m;
     double total = 0.0;
     if (label >= 0) {
-        total = b * ((1.0 - smoothing) * (w ? (double)w[label] : 1.0));
-        if (smoothing > 0.0)
+        total = b * fx_label_mass(o, w ? (double)w[label] : 1.0);
+        if (o->label_smoothing > 0.0)
             for (ptrdiff_t k = 0; k < m; ++k)
-                total += b * (beta * (w ? (double)w[k] : 1.0));
+                total += b * fx_uniform_mass(o, w ? (double)w[k] : 1.0);
     } else {
         for (ptrdiff_t k = 0; k < m; ++k)
-            total += b * ((w ? (double)w[k] : 1.0) * ((1.0 - smoothing) * (double)y[k] + beta));
+            total += b * fx_prob_mass(o, w ? (double)w[k] : 1.0, (double)y[k]);
     }
-    if (zloss != 0.0)
-        total += b * (2.0 * zloss * lse);
+    if (o->z_loss != 0.0)
+        total += b * (2.0 * o->z_loss * lse);
     return total / S;
 }
 
@@ -507,13 +508,37 @@ FX_INLINE void FX_NAME(tile_out)(const FX_T *tile, ptrdiff_t R, ptrdiff_t m, FX_
             g[r * m + j] = tile[j * TR + r];
 }
 
-FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
-                                        const void *labels, int labels_64bit,
-                                        long long ignore_index, const FX_T *w,
-                                        const double *sw, double smoothing,
-                                        double zloss, double grad_denom,
-                                        double *loss_out, FX_T *g, FX_T *h)
+/* NaN outputs for the rows whose label (read again: these rows are rare,
+ * and only a data race makes them) is outside [0, m) and not ignore_index;
+ * returns how many there are (at least 1: the caller saw one). */
+static int FX_NAME(fx_mark_raced_rows)(const void *labels, int labels_64bit,
+                                       long long ignore_index, ptrdiff_t R, ptrdiff_t m,
+                                       double *loss_out, FX_T *g, FX_T *h)
 {
+    int count = 0;
+    for (ptrdiff_t r = 0; r < R; ++r) {
+        int64_t lab = labels_64bit ? ((const int64_t *)labels)[r]
+                                   : (int64_t)((const int32_t *)labels)[r];
+        if (lab == (int64_t)ignore_index || (lab >= 0 && lab < (int64_t)m))
+            continue;
+        ++count;
+        loss_out[r] = NAN;
+        for (ptrdiff_t j = 0; g && j < m; ++j)
+            g[r * m + j] = (FX_T)NAN;
+        for (ptrdiff_t j = 0; h && j < m; ++j)
+            h[r * m + j] = (FX_T)NAN;
+    }
+    return count > 0 ? count : 1;
+}
+
+FX_CLONES int FX_NAME(fx_tile_kernel)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
+                                       const void *labels, int labels_64bit,
+                                       long long ignore_index, const FX_T *w,
+                                       const double *sw, const fx_options *o,
+                                       double *loss_out, FX_T *g, FX_T *h)
+{
+    const fx_options opt = *o; /* a local copy: no output store can change it */
+    o = &opt;
     enum { TR = FX_TILE_ROWS };
     /* column-major: tile[j * TR + r], FX_VL spare columns for tile_in/out */
     FX_T tile[(FX_SMALL_M_MAX + FX_VL) * TR];
@@ -522,20 +547,28 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
     double dot[TR], Q[TR], coef[TR], sr[TR], ignd[TR], lse_r[TR];
     int32_t y[TR]; /* m <= FX_SMALL_M_MAX: 32-bit compares vectorise better */
     int32_t ign[TR];
-    const double beta = smoothing / (double)m;
+    const double smoothing = o->label_smoothing;
     double qs_total = 0.0;
+    int raced = 0; /* labels out of range here, though checked before */
 
     for (ptrdiff_t r = 0; r < R; ++r) {
+        /* Each label is read once.  The caller checked the range, but
+         * another thread may have written the array since: such a row is
+         * computed as ignored and its outputs set to NaN below, so that a
+         * data race never turns into an index out of bounds. */
         int64_t lab = labels_64bit ? ((const int64_t *)labels)[r]
                                    : (int64_t)((const int32_t *)labels)[r];
         int ig = lab == (int64_t)ignore_index;
+        int bad = (!ig) & ((lab < 0) | (lab >= (int64_t)m)); /* no branches: vectorises */
+        raced += bad;
+        ig |= bad;
         int64_t yy = ig ? 0 : lab;
         double s = sw ? sw[r] : 1.0;
         ign[r] = ig;
         ignd[r] = ig;
         y[r] = (int32_t)yy;
         sr[r] = ig ? 0.0 : s;
-        coef[r] = (1.0 - smoothing) * (w ? (double)w[yy] : 1.0);
+        coef[r] = fx_label_mass(o, w ? (double)w[yy] : 1.0);
         mx[r] = -(FX_T)INFINITY;
         zt[r] = 0;
     }
@@ -559,7 +592,7 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
     if (any_masked) {
         for (ptrdiff_t r = 0; r < R; ++r) {
             if (mx[r] == -(FX_T)INFINITY && !ign[r] &&
-                FX_NAME(fx_masked_without_mass)(z + r * m, m, y[r], NULL, w, smoothing)) {
+                FX_NAME(fx_masked_without_mass)(z + r * m, m, y[r], NULL, w, o)) {
                 ign[r] = 1;
                 ignd[r] = 1.0;
             }
@@ -575,7 +608,7 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
     }
     if (smoothing > 0.0) {
         for (ptrdiff_t j = 0; j < m; ++j) {
-            double q = beta * (w ? (double)w[j] : 1.0);
+            double q = fx_uniform_mass(o, w ? (double)w[j] : 1.0);
             qs_total += q;
             if (q == 0.0)
                 continue;
@@ -602,40 +635,33 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
      * here: one reciprocal of the row sum serves a and the Hessian, and the
      * gradient scale b = s / D multiplies by a reciprocal of D taken once,
      * unless that overflows (a subnormal or zero D), where it divides. */
-    const double inv_denom = 1.0 / grad_denom;
+    double bs[TR];
+    fx_grad_scales(o, sr, R, bs);
     int odd = 0; /* a row whose b is not finite */
-#define FX_TILE_COEFS(BR)                                                   \
-    _Pragma("omp simd reduction(| : odd)")                                  \
-    for (ptrdiff_t r = 0; r < R; ++r) {                                      \
-        double q = Q[r] + qs_total;                                          \
-        double sum = (double)S[r], inv_sum = 1.0 / sum;                      \
-        double log_s = log_inl(sum);                                         \
-        double lse = (double)mx[r] + log_s;                                  \
-        double loss = q * log_s - dot[r];                                    \
-        loss = zloss != 0.0 ? loss + zloss * lse * lse : loss;               \
-        loss_out[r] = ignd[r] != 0.0 ? 0.0 : sr[r] * loss;                   \
-        double br = (BR);                                                    \
-        b[r] = (FX_T)br;                                                     \
-        a[r] = (FX_T)(br * (q + 2.0 * zloss * lse) * inv_sum);               \
-        c[r] = (FX_T)coef[r];                                                \
-        lse_r[r] = lse;                                                      \
-        hs[r] = (FX_T)inv_sum;                                               \
-        hc[r] = (FX_T)(br * q);                                              \
-        odd |= ignd[r] == 0.0 && !(br - br == 0.0);                          \
+#pragma omp simd reduction(| : odd)
+    for (ptrdiff_t r = 0; r < R; ++r) {
+        double q = Q[r] + qs_total;
+        double sum = (double)S[r], inv_sum = 1.0 / sum;
+        double br = bs[r];
+        fx_row row = fx_finish_row(o, sr[r], br, (double)mx[r], log_inl(sum), q, dot[r]);
+        loss_out[r] = ignd[r] != 0.0 ? 0.0 : row.loss;
+        b[r] = (FX_T)br;
+        a[r] = (FX_T)(row.softmax_weight * inv_sum);
+        c[r] = (FX_T)coef[r];
+        lse_r[r] = row.lse;
+        hs[r] = (FX_T)inv_sum;
+        hc[r] = (FX_T)(br * q);
+        odd |= ignd[r] == 0.0 && !(br - br == 0.0);
     }
-    if (inv_denom - inv_denom == 0.0) {
-        FX_TILE_COEFS(sr[r] * inv_denom)
-    } else {
-        FX_TILE_COEFS(sr[r] / grad_denom)
-    }
-#undef FX_TILE_COEFS
     if (!g)
-        return;
+        return raced ? FX_NAME(fx_mark_raced_rows)(labels, labels_64bit, ignore_index, R, m,
+                                                   loss_out, NULL, NULL)
+                     : 0;
     for (ptrdiff_t r = 0; odd && r < R; ++r) {
         double br = (double)b[r];
         if (!ign[r] && !(br - br == 0.0)) /* b inf or NaN: see fx_softmax_coef */
-            a[r] = (FX_T)FX_NAME(fx_softmax_coef)(br, m, y[r], NULL, w, smoothing, zloss,
-                                                   lse_r[r], (double)S[r]);
+            a[r] = (FX_T)FX_NAME(fx_softmax_coef)(br, m, y[r], NULL, w, o, lse_r[r],
+                                                   (double)S[r]);
     }
 
     if (h) {
@@ -655,7 +681,7 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
     }
     if (smoothing > 0.0) {
         for (ptrdiff_t j = 0; j < m; ++j) {
-            FX_T qj = (FX_T)(beta * (w ? (double)w[j] : 1.0));
+            FX_T qj = (FX_T)fx_uniform_mass(o, w ? (double)w[j] : 1.0);
 #pragma omp simd
             for (ptrdiff_t r = 0; r < R; ++r) {
                 FX_T q = qj + (y[r] == (int32_t)j ? c[r] : (FX_T)0);
@@ -678,6 +704,9 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         }
     }
     FX_NAME(tile_out)(tile, R, m, g);
+    return raced ? FX_NAME(fx_mark_raced_rows)(labels, labels_64bit, ignore_index, R, m,
+                                               loss_out, g, h)
+                 : 0;
 }
 
 /* Two classes: the per-row work of the tile kernel reduced to one exp and
@@ -685,45 +714,50 @@ FX_CLONES void FX_NAME(fx_small_labels)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
  * logits.  With d = z1 - z0 and t = exp(-|d|), the row's sum of exps is
  * 1 + t, lse = max + log1p(t), the smaller logit's probability t / (1 + t)
  * and the larger's 1 / (1 + t); the rest is the general per-row form
- * (fx_small_labels' comments).  Rows this form would get wrong are left to
- * fx_small_labels, a whole block at a time: a non-finite gradient scale b
+ * (fx_tile_kernel' comments).  Rows this form would get wrong are left to
+ * fx_tile_kernel, a whole block at a time: a non-finite gradient scale b
  * (a zero "mean" denominator: PyTorch's inf/NaN pattern), fully masked
  * rows (max -inf) and +inf logits (NaN there, as everywhere).  Same
- * arguments as fx_small_labels with m = 2. */
-FX_CLONES void FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void *labels,
-                                         int labels_64bit, long long ignore_index,
-                                         const FX_T *w, const double *sw, double smoothing,
-                                         double zloss, double grad_denom, double *loss_out,
-                                         FX_T *g, FX_T *h)
+ * arguments as fx_tile_kernel with m = 2. */
+FX_CLONES int FX_NAME(fx_two_class_kernel)(const FX_T *z, ptrdiff_t R, const void *labels,
+                                            int labels_64bit, long long ignore_index,
+                                            const FX_T *w, const double *sw,
+                                            const fx_options *o, double *loss_out, FX_T *g,
+                                            FX_T *h)
 {
+    const fx_options opt = *o; /* a local copy: no output store can change it */
+    o = &opt;
     enum { TR = FX_TILE_ROWS };
     int32_t y[TR], ign[TR];
     double s[TR];
-    const double beta = smoothing / 2.0;
     const double w0 = w ? (double)w[0] : 1.0, w1 = w ? (double)w[1] : 1.0;
-    /* One division per call: a reciprocal that overflows (a subnormal or
-     * zero denominator) sends the block to the general kernel below. */
-    const double inv_denom = 1.0 / grad_denom;
-    int unusual = !(inv_denom - inv_denom == 0.0) || grad_denom == 0.0;
+    const double u0 = fx_uniform_mass(o, w0), u1 = fx_uniform_mass(o, w1);
+    /* A reciprocal of D that overflows (a subnormal or zero denominator)
+     * sends the block to the general kernel below. */
+    const double inv_denom = o->unit_scale;
+    int unusual = !(inv_denom - inv_denom == 0.0) || o->grad_denom == 0.0;
     for (ptrdiff_t r = 0; r < R; ++r) {
         int64_t lab = labels_64bit ? ((const int64_t *)labels)[r]
                                    : (int64_t)((const int32_t *)labels)[r];
         ign[r] = lab == (int64_t)ignore_index;
+        /* a label changed since it was checked (a data race): the general
+         * kernel below marks its row */
+        unusual |= (!ign[r]) & ((lab < 0) | (lab > 1)); /* no branches: vectorises */
         y[r] = ign[r] ? 0 : (int32_t)lab;
         s[r] = ign[r] ? 0.0 : (sw ? sw[r] : 1.0);
     }
+    double bs[TR];
+    fx_grad_scales(o, s, R, bs);
 #pragma omp simd reduction(| : unusual)
     for (ptrdiff_t r = 0; r < R; ++r) {
         FX_T z0 = z[2 * r], z1 = z[2 * r + 1];
-        double b = s[r] * inv_denom;
+        double b = bs[r];
         unusual |= (z0 == -(FX_T)INFINITY && z1 == -(FX_T)INFINITY) | (z0 == (FX_T)INFINITY) |
                    (z1 == (FX_T)INFINITY) | !(b - b == 0.0);
     }
-    if (unusual) {
-        FX_NAME(fx_small_labels)(z, R, 2, labels, labels_64bit, ignore_index, w, sw, smoothing,
-                                 zloss, grad_denom, loss_out, g, h);
-        return;
-    }
+    if (unusual)
+        return FX_NAME(fx_tile_kernel)(z, R, 2, labels, labels_64bit, ignore_index, w, sw, o,
+                                       loss_out, g, h);
     /* Three vectorised sweeps, as in the tile kernel: the logits (element
      * type), the per-row arithmetic (double), the outputs (element type). */
     FX_T tr[TR], d0r[TR], d1r[TR], mxr[TR], hi1[TR], g0r[TR], g1r[TR], hr[TR];
@@ -743,20 +777,18 @@ FX_CLONES void FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void 
     for (ptrdiff_t r = 0; r < R; ++r) {
         double t = (double)tr[r], inv_u;
         double log_s = log1p_recip_unit(t, &inv_u);
-        double lse = (double)mxr[r] + log_s;
         double p_hi = inv_u, p_lo = t * inv_u;
         double p1 = hi1[r] != (FX_T)0 ? p_hi : p_lo, p0 = hi1[r] != (FX_T)0 ? p_lo : p_hi;
-        double c = (1.0 - smoothing) * (y[r] ? w1 : w0);
-        double q0 = beta * w0 + (y[r] ? 0.0 : c), q1 = beta * w1 + (y[r] ? c : 0.0);
+        double c = fx_label_mass(o, y[r] ? w1 : w0);
+        double q0 = u0 + (y[r] ? 0.0 : c), q1 = u1 + (y[r] ? c : 0.0);
         double Q = q0 + q1;
         /* target terms relative to the max; zero-mass terms skipped */
         double dot = (q0 != 0.0 ? q0 * (double)d0r[r] : 0.0) +
                      (q1 != 0.0 ? q1 * (double)d1r[r] : 0.0);
-        double loss = Q * log_s - dot;
-        loss = zloss != 0.0 ? loss + zloss * lse * lse : loss;
-        loss_out[r] = ign[r] ? 0.0 : s[r] * loss;
-        double b = s[r] * inv_denom;
-        double a = b * (Q + 2.0 * zloss * lse);
+        double b = bs[r];
+        fx_row row = fx_finish_row(o, s[r], b, (double)mxr[r], log_s, Q, dot);
+        loss_out[r] = ign[r] ? 0.0 : row.loss;
+        double a = row.softmax_weight;
         /* without smoothing the other class has no q term at all (no b * 0) */
         double g0 = a * p0 - (q0 != 0.0 ? b * q0 : 0.0);
         double g1 = a * p1 - (q1 != 0.0 ? b * q1 : 0.0);
@@ -779,4 +811,5 @@ FX_CLONES void FX_NAME(fx_binary_labels)(const FX_T *z, ptrdiff_t R, const void 
             h[2 * r + 1] = hr[r];
         }
     }
+    return 0;
 }

@@ -29,6 +29,28 @@ _F64 = np.dtype(np.float64)
 _NATIVE_LABELS = (np.dtype(np.int32), np.dtype(np.int64))
 
 
+class LabelError(ValueError):
+    """A class index outside ``[0, m)`` (and not ``ignore_index``, when one
+    applies), with its value and flat position: a caller that checked part
+    of a target (a Dask block) renames the position in the whole
+    (:meth:`at`)."""
+
+    def __init__(self, label: int, position: int, m: int, ignore: int | None = None) -> None:
+        self.label, self.position, self.m, self.ignore = label, position, m, ignore
+        unless = "" if ignore is None else f" that is not ignore_index={ignore}"
+        super().__init__(
+            f"target contains a label outside [0, {m}){unless}: {label} at flat position "
+            f"{position}."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled by distributed
+        return (type(self), (self.label, self.position, self.m, self.ignore))
+
+    def at(self, position: int) -> LabelError:
+        """The same error at another flat position."""
+        return LabelError(self.label, position, self.m, self.ignore)
+
+
 def half_kind(dtype: np.dtype[Any]) -> int:
     """1 for float16, 2 for bfloat16 (ml_dtypes' type, recognised by name so
     that ml_dtypes need not be imported), else 0."""
@@ -60,15 +82,52 @@ def aligned(a: NDArray[Any]) -> NDArray[Any]:
     return a if a.flags.aligned else a.copy()
 
 
+def check_plain(a: object, name: str) -> None:
+    """Refuse what ``np.asarray`` would read without what makes it what it
+    is: a masked array (the mask would be dropped: every value used, masked
+    or not) and a torch tensor that requires grad (torch refuses the
+    conversion with an error that does not say what to do).  Torch is
+    recognised by the type's module, so it is never imported here."""
+    if isinstance(a, np.ma.MaskedArray):
+        if name == "target":
+            how = (
+                "For masked class indices pass target.filled(ignore_index) (those samples are "
+                "then ignored), or drop the masked samples (np.ma.compressed, or indexing "
+                "with ~target.mask)."
+            )
+        else:
+            how = (
+                f"Fill the masked entries ({name}.filled(value)) or drop them (np.ma.compressed, "
+                f"or indexing with ~{name}.mask) first."
+            )
+        raise TypeError(
+            f"{name} is a masked array (numpy.ma.MaskedArray); fastxent does not honour masks "
+            f"and would use the masked values too. {how}"
+        )
+    if getattr(a, "requires_grad", False) is True and type(a).__module__.startswith("torch"):
+        raise TypeError(
+            f"{name} is a torch tensor that requires grad, which NumPy cannot read. Pass "
+            f"{name}.detach() (fastxent's result then carries no autograd history), or use "
+            "the PyTorch adapter fastxent.torch for a loss that backpropagates."
+        )
+
+
+def as_array(a: ArrayLike, name: str, dtype: Any = None) -> NDArray[Any]:
+    """``np.asarray(a, dtype)`` after :func:`check_plain`."""
+    if type(a) is not np.ndarray:
+        check_plain(a, name)
+    return np.asarray(a, dtype=dtype)
+
+
 def as_logits(
-    logits: ArrayLike,
+    logits: ArrayLike, name: str = "logits"
 ) -> tuple[NDArray[Any], tuple[int, ...], np.dtype[np.floating[Any]], int]:
     """Return ``(z2d, shape, dtype, half)``: the logits as a C-contiguous
     ``(n, m)`` array of the compute dtype, the original shape, that dtype,
     and 0, or for float16 (1) and bfloat16 (2) logits, which are computed in
     float32 a block at a time, that kind, with ``z2d`` the 16-bit values
     viewed as uint16 (C-contiguous)."""
-    z = np.asarray(logits)
+    z = as_array(logits, name)
     dtype = z.dtype
     if (
         (dtype is _F32 or dtype is _F64)
@@ -100,26 +159,26 @@ def as_labels_or_probs(
     shape: tuple[int, ...],
     dtype: np.dtype[np.floating[Any]],
     keep: np.dtype[Any] | None = None,
+    axis_hint: bool = False,
 ) -> tuple[Literal["labels", "probs"], NDArray[Any]]:
     """Classify and normalise the target.
 
     Returns ``("labels", int32/int64 1-d array)`` for class indices of shape
     ``shape[:-1]``, or ``("probs", (n, m) array of dtype)`` for class
     probabilities of shape ``shape`` (probabilities of dtype ``keep``, the
-    logits' half-precision dtype, stay in it, viewed as uint16).
+    logits' half-precision dtype, stay in it, viewed as uint16).  A target
+    of another shape is a ValueError; ``axis_hint`` (for the functions that
+    take ``axis=``) says which ``axis=`` would make it fit, if one would.
     """
-    t = np.asarray(target)
+    t = as_array(target, "target")
     if t.shape == shape[:-1]:
         if t.dtype in _NATIVE_LABELS and t.ndim == 1 and t.flags.c_contiguous and t.flags.aligned:
             return "labels", t
         if t.dtype.kind not in "iu":
             raise TypeError(_non_integer_labels_message(target, t))
         if t.dtype.kind == "u" and t.dtype.itemsize >= 8 and t.size and t.max() > _INT64_MAX:
-            pos = int(np.argmax(t > _INT64_MAX))
-            raise ValueError(
-                f"target contains a label outside [0, {shape[-1]}): "
-                f"{int(t.reshape(-1)[pos])} at flat position {pos}."
-            )
+            pos = int(np.argmax(t.reshape(-1) > _INT64_MAX))
+            raise LabelError(int(t.reshape(-1)[pos]), pos, shape[-1])
         if t.dtype not in _NATIVE_LABELS:
             t = t.astype(np.int64)
         return "labels", aligned(np.ascontiguousarray(t)).reshape(-1)
@@ -134,10 +193,40 @@ def as_labels_or_probs(
             )
         t2 = aligned(np.ascontiguousarray(t, dtype=dtype))
         return "probs", t2.reshape(-1, shape[-1])
-    raise ValueError(
-        f"target must have shape {shape[:-1]} (class indices) or {shape} "
-        f"(class probabilities) for logits of shape {shape}; got shape {t.shape}."
+    raise ValueError(target_shape_message(t.shape, shape, len(shape) - 1, -1, axis_hint))
+
+
+def target_shape_message(
+    t_shape: tuple[int, ...],
+    shape: tuple[int, ...],
+    ax: int,
+    axis: object,
+    axis_hint: bool = True,
+) -> str:
+    """The error for a target that fits logits of ``shape`` with the classes
+    on axis ``ax`` (given as ``axis``) neither as class indices nor as class
+    probabilities; with ``axis_hint``, the ``axis=`` under which it would
+    fit as class indices (PyTorch's ``(N, C, L)`` layout has them on 1)."""
+    labels = shape[:ax] + shape[ax + 1 :]
+    where = "" if ax == len(shape) - 1 else f" with the classes on axis={axis}"
+    msg = (
+        f"target must have shape {labels} (class indices) or {shape} "
+        f"(class probabilities) for logits of shape {shape}{where}; got shape {t_shape}."
     )
+    fits = [k for k in range(len(shape)) if k != ax and shape[:k] + shape[k + 1 :] == t_shape]
+    if axis_hint and fits:
+        k = fits[0]
+        if k == len(shape) - 1:
+            msg += (
+                " It is the logits' shape without the last axis: if the classes are "
+                "last, pass axis=-1 (the default)."
+            )
+        else:
+            msg += (
+                f" It is the logits' shape without axis {k}: if the classes are on axis {k} "
+                f"(as in PyTorch's (N, C, ...) layout), pass axis={k}."
+            )
+    return msg
 
 
 def _integer_target_message(dtype: np.dtype[Any], shape: tuple[int, ...]) -> str:
@@ -180,9 +269,12 @@ def _non_integer_labels_message(target: object, t: NDArray[Any]) -> str:
 
 
 def check_reduction(reduction: object) -> Literal["mean", "sum", "none"]:
-    if type(reduction) is not str or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of 'mean', 'sum' or 'none'; got {reduction!r}.")
-    return reduction
+    # Any str (np.str_ too, as from an array of names), returned as a plain str.
+    if isinstance(reduction, str):
+        for r in REDUCTIONS:
+            if reduction == r:
+                return r
+    raise ValueError(f"reduction must be one of 'mean', 'sum' or 'none'; got {reduction!r}.")
 
 
 # More threads than this only oversubscribe the machine (and a request for
@@ -193,12 +285,14 @@ _MAX_THREADS = max(8, 4 * (os.cpu_count() or 1))
 def resolve_threads(num_threads: Any, size: int | None = None) -> int:
     """``None`` -> ``omp_get_max_threads()`` now (so OMP_NUM_THREADS and
     threadpoolctl limits are honoured), or 1 when ``size`` (the number of
-    logits) is below the kernels' serial threshold anyway; otherwise an
-    integer >= 1, capped at ``max(8, 4 * os.cpu_count())``."""
+    logits) is below the kernels' serial threshold anyway, or while the
+    kernels find their threads kept waiting by another parallel program
+    (``_kernels.default_threads``); otherwise an integer >= 1, capped at
+    ``max(8, 4 * os.cpu_count())``."""
     if num_threads is None:
         if size is not None and size < _kernels.SERIAL_BELOW:
             return 1
-        return max(1, int(_kernels.max_threads()))
+        return max(1, int(_kernels.default_threads()))
     if isinstance(num_threads, (bool, np.bool_)):
         raise TypeError(f"num_threads must be None or an integer >= 1; got {num_threads!r}.")
     try:
@@ -215,7 +309,7 @@ def resolve_threads(num_threads: Any, size: int | None = None) -> int:
 def _real_vector(
     value: ArrayLike, name: str, length: tuple[int, ...], shape_text: str
 ) -> NDArray[np.float64]:
-    a = np.asarray(value)
+    a = as_array(value, name)
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be an array of real numbers; got dtype={a.dtype}.")
     if a.shape != length:
@@ -273,17 +367,51 @@ def softcap(value: Any, dtype: np.dtype[np.floating[Any]]) -> float:
     return c
 
 
+def _not_a_number(value: Any) -> bool:
+    """Bools and strings, which ``float()`` and ``numbers.Real`` checks
+    take for numbers (``True`` is 1.0, ``"0.1"`` is 0.1)."""
+    return isinstance(value, (bool, np.bool_, str, bytes)) or (
+        isinstance(value, np.ndarray) and value.dtype.kind not in "iuf"
+    )
+
+
+def real_number(value: Any, name: str) -> float:
+    """``float(value)`` for a real number: a Python or NumPy integer or
+    float (or a 0-d array of one); a bool, a string or anything else is a
+    TypeError that names ``name``."""
+    if _not_a_number(value):
+        raise TypeError(
+            f"{name} must be a real number; got {value!r} of type {type(value).__name__}."
+        )
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite; got {value!r}.") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number; got {value!r}.") from None
+
+
+def number_param(value: Any, name: str, owner: str) -> None:
+    """An estimator's numeric parameter before its range check: a bool or a
+    string is a TypeError and NaN a ValueError (NaN passes every range
+    comparison, so a range check alone lets it through)."""
+    if _not_a_number(value):
+        raise TypeError(
+            f"The {name!r} parameter of {owner} must be a number, not a "
+            f"{type(value).__name__}. Got {value!r} instead."
+        )
+    if isinstance(value, (float, np.floating)) and np.isnan(value):
+        raise ValueError(
+            f"The {name!r} parameter of {owner} must be a number, not NaN. Got {value!r} instead."
+        )
+
+
 def float_option(
     value: Any, name: str, low: float, high: float | None = None, *, low_open: bool = False
 ) -> float:
     if type(value) is float and value == low and not low_open:
         return value  # the default of every option
-    try:
-        v = float(value)
-    except OverflowError:
-        raise ValueError(f"{name} must be finite; got {value!r}.") from None
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number; got {value!r}.") from None
+    v = real_number(value, name)
     bad = not np.isfinite(v) or v < low or (low_open and v == low)
     if high is not None and v > high:
         bad = True
@@ -294,7 +422,10 @@ def float_option(
     return v
 
 
-def ignore_index(value: Any, kind: str) -> int:
+def ignore_index(value: Any, kind: str) -> int | None:
+    """An int64 class index to ignore, or None: no label is ignored."""
+    if value is None:
+        return None
     if type(value) is int:
         v = value
     elif isinstance(value, (bool, np.bool_)):
@@ -319,6 +450,7 @@ def check_out(
 ) -> NDArray[Any]:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array; got {type(out).__name__}.")
+    check_plain(out, name)
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}; got {out.shape}.")
     if out.dtype != dtype:

@@ -45,16 +45,23 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import optimize
-from scipy import sparse as sp
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_scalar
-from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.extmath import safe_sparse_dot
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from ._extras import missing
+
+try:
+    from scipy import optimize
+    from scipy import sparse as sp
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils import check_scalar
+    from sklearn.utils.class_weight import compute_class_weight
+    from sklearn.utils.extmath import safe_sparse_dot
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+except ImportError as e:
+    raise missing("fastxent.estimators", "scikit-learn and SciPy", "sklearn", e) from e
+
+from . import _validation as v
 from ._linear import _linear_run
 from ._loss import cross_entropy_with_grad
 from ._softmax import log_softmax, softmax
@@ -136,6 +143,13 @@ def data_term(
     return float(loss), grad
 
 
+def check_plain_inputs(**arrays: Any) -> None:
+    """No masked arrays (scikit-learn's checks would drop their masks) and
+    no torch tensors that require grad."""
+    for name, a in arrays.items():
+        v.check_plain(a, name)
+
+
 def check_two_classes(classes: NDArray[Any]) -> None:
     if classes.shape[0] < 2:
         raise ValueError(
@@ -214,11 +228,15 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         lbfgs fit it has no effect.  Use ``num_threads`` for fastxent's
         kernels.
     num_threads : int >= 1, default=None
-        Threads for fastxent's row kernels between the matrix products
-        (``None``: the calling thread, as in
-        :func:`fastxent.linear_cross_entropy`).  The products run on the
+        Threads for fastxent's row kernels.  In ``fit``, ``None`` is the
+        calling thread, as in :func:`fastxent.linear_cross_entropy` and
+        unlike :func:`fastxent.cross_entropy` (OpenMP's default, all cores):
+        the products between the row kernels, most of the work, run on the
         threads of SciPy's BLAS, as it is set (threadpoolctl), the BLAS that
-        L-BFGS uses too: one BLAS thread pool in the fit.
+        L-BFGS uses too, and a second thread pool taking turns with BLAS's
+        on the same cores makes both spin-wait.  In ``predict_proba`` and
+        ``predict_log_proba`` (one product, then one softmax), ``None`` is
+        OpenMP's default, as in :func:`fastxent.softmax`.
 
     Attributes
     ----------
@@ -231,7 +249,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Intercepts (zeros when ``fit_intercept=False``).
     n_features_in_ : int
         Number of features seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Column names, when ``X`` in ``fit`` was a DataFrame with string
         column names.
     n_iter_ : ndarray of shape (1,)
@@ -239,8 +257,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     See Also
     --------
-    sklearn.linear_model.LogisticRegression : the reference implementation.
-    fastxent.metrics.log_loss : the log-loss of logits such as
+    sklearn.linear_model.LogisticRegression : The reference implementation.
+    fastxent.metrics.log_loss : The log-loss of logits such as
         ``decision_function``'s output.
 
     Examples
@@ -302,6 +320,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> float:
         """Check the parameters; return the penalty's ``1 / C`` (0 for none)."""
+        owner = type(self).__name__
+        for name in (
+            "C", "tol", "intercept_scaling", "l1_ratio", "max_iter", "verbose", "num_threads",
+            "n_jobs",
+        ):  # fmt: skip
+            if getattr(self, name) is not None:
+                v.number_param(getattr(self, name), name, owner)
         check_scalar(self.C, "C", Real, min_val=0, include_boundaries="neither")
         check_scalar(self.max_iter, "max_iter", Integral, min_val=0)
         check_scalar(self.tol, "tol", Real, min_val=0)
@@ -365,8 +390,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             Class labels, at least two distinct values.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights, not all zero; ``None`` weighs every sample 1.
-            (fastxent's loss functions accept negative weights; the estimator
-            does not: with them the objective can be unbounded below.)
+            fastxent's loss functions accept negative weights; the estimator
+            does not: with them the objective can be unbounded below.
 
         Returns
         -------
@@ -374,6 +399,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             The fitted estimator.
         """
         penalty_inv_c = self._check_params()
+        check_plain_inputs(X=X, y=y, sample_weight=sample_weight)
         X, y = _validate_data(self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES, order="C")
         check_classification_targets(y)
         classes, y_idx = np.unique(y, return_inverse=True)
@@ -537,6 +563,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             LogisticRegression).
         """
         check_is_fitted(self)
+        check_plain_inputs(X=X)
         X = _validate_data(self, X, accept_sparse="csr", dtype=_FLOAT_DTYPES, reset=False)
         S = np.asarray(safe_sparse_dot(X, self.coef_.T)) + self.intercept_
         return S[:, 0] if S.shape[1] == 1 else S
@@ -593,6 +620,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
         """
         Z = self._logits(X)
         return log_softmax(Z, out=Z, num_threads=self.num_threads)

@@ -1,7 +1,7 @@
 """Shared test helpers: input builders, layouts, and dtype-aware comparisons
 against the float64 reference (``reference.py``).
 
-Tolerances follow issue 2's numerical requirements: float64 results match
+Tolerances follow the project's numerical requirements: float64 results match
 the reference to ~1e-12 relative and float32 results to ~1e-5 relative.  An
 absolute floor proportional to the size of the inputs covers values that
 are small only by cancellation (``lse - z_y`` for a confident row, gradient
@@ -11,6 +11,7 @@ entries ``P - 1`` near 0), whose error is set by the size of the logits.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
@@ -272,3 +273,40 @@ def check_cross_entropy(logits, target, *, reduction="mean", num_threads=None, *
         what=f"grad ({reduction})",
     )
     return loss2, grad2
+
+
+def half_dtypes():
+    """float16 always; bfloat16 when ml_dtypes (which defines it) is installed."""
+    out = [pytest.param(np.dtype(np.float16), id="float16")]
+    try:
+        import ml_dtypes as md
+
+        out.append(pytest.param(np.dtype(md.bfloat16), id="bfloat16"))
+    except ImportError:
+        out.append(pytest.param(None, id="bfloat16", marks=pytest.mark.skip("needs ml_dtypes")))
+    return out
+
+
+def run_python_blocks(blocks, filename):
+    """Execute Markdown ```python blocks in order, in one namespace.
+
+    The conventions of the README's and the documentation's examples: a
+    block whose first line is ``# needs: MODULE[, MODULE...]`` is skipped
+    when one of those modules is not installed, and ``# not run by the
+    tests`` skips a block outright.  Returns the number of blocks run.
+    """
+    import importlib.util
+
+    namespace: dict[str, object] = {"__name__": "docs"}
+    ran = 0
+    for block in blocks:
+        first = block.splitlines()[0] if block.strip() else ""
+        if first.startswith("# not run by the tests"):
+            continue
+        if first.startswith("# needs:"):
+            mods = [m.strip() for m in first.split(":", 1)[1].split(",")]
+            if any(importlib.util.find_spec(m) is None for m in mods):
+                continue
+        exec(compile(block, filename, "exec"), namespace)
+        ran += 1
+    return ran

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import make_labels, make_logits, make_probs, snapshot
+from helpers import half_dtypes, make_labels, make_logits, make_probs, snapshot
 
 import fastxent
 
@@ -172,6 +172,19 @@ def test_linear_against_the_in_memory_function(rng, reduction, kind, bias):
         assert lazy[3] is None
 
 
+def test_linear_takes_byte_swapped_inputs_as_in_memory(rng):
+    x, W = rng.standard_normal((40, 4)), rng.standard_normal((6, 4))
+    y = make_labels(rng, (40,), 6)
+    other = ">f8" if np.little_endian else "<f8"
+    lazy = fd.linear_cross_entropy_with_grad(chunked(x.astype(other), 15), W.astype(other), y)
+    got = dask.compute(*lazy[:3], scheduler="sync")
+    for lazy_, g_, w_ in zip(
+        lazy, got, fastxent.linear_cross_entropy_with_grad(x, W, y), strict=False
+    ):
+        assert lazy_.dtype == g_.dtype == np.float64
+        assert_matches(g_, w_)
+
+
 def test_linear_weight_as_a_split_dask_array_is_rechunked(rng):
     x, W = rng.standard_normal((40, 8)), rng.standard_normal((30, 8))
     y = make_labels(rng, (40,), 30)
@@ -180,6 +193,59 @@ def test_linear_weight_as_a_split_dask_array_is_rechunked(rng):
     got = dask.compute(*lazy[:3], scheduler="sync")
     for g_, w_ in zip(got, fastxent.linear_cross_entropy_with_grad(x, W, y)[:3], strict=True):
         assert_matches(g_, w_)
+
+
+@pytest.mark.parametrize("half", half_dtypes())
+def test_linear_half_precision_is_computed_in_float32_as_in_memory(rng, half):
+    """float16/bfloat16 x: the blocks compute in float32, and so does the
+    reduction over blocks (a float16 "sum" of 20 000 losses of ~5 overflows
+    float16), with class weights checked in float32; the gradients come
+    back in x's dtype, as in memory."""
+    n, d, V = 20_000, 8, 50
+    x = (rng.standard_normal((n, d)) * 2).astype(half)
+    W = rng.standard_normal((V, d)).astype(half)
+    y = make_labels(rng, (n,), V)
+    xd = chunked(x, 5000)
+    for kw in (dict(reduction="sum"), dict(weight=np.full(V, 1e5)), dict(reduction="none")):
+        lazy = fd.linear_cross_entropy_with_grad(xd, W, y, **kw)
+        got = dask.compute(*lazy[:3], scheduler="sync")
+        want = fastxent.linear_cross_entropy_with_grad(x, W, y, **kw)
+        assert lazy[0].dtype == np.float32 and np.isfinite(got[0]).all()
+        for lazy_, g_, w_ in zip(lazy[:3], got, want[:3], strict=True):
+            assert lazy_.dtype == g_.dtype == w_.dtype
+            # relative to the largest entry: a 16-bit rounding of a sum over
+            # blocks (float64) or over chunks (float32) differs by an ulp
+            assert rel_err(g_, w_) <= (2e-6 if w_.dtype == np.float32 else 2**-7)
+
+
+@pytest.mark.parametrize("half", half_dtypes())
+@pytest.mark.parametrize("logits_dtype", ["half", np.float32])
+def test_half_precision_probability_targets_as_in_memory(rng, half, logits_dtype):
+    """float16/bfloat16 probabilities are targets in memory, so here too."""
+    z = make_logits(rng, (40, 7)).astype(half if logits_dtype == "half" else logits_dtype)
+    p = make_probs(rng, (40, 7)).astype(half)
+    x, W = rng.standard_normal((40, 3)).astype(np.float32), rng.standard_normal((7, 3))
+    got = dask.compute(
+        *fd.cross_entropy_with_grad(chunked(z, 15), chunked(p, 15)), scheduler="sync"
+    )
+    want = fastxent.cross_entropy_with_grad(z, p)
+    for g_, w_ in zip(got, want, strict=True):
+        assert g_.dtype == w_.dtype
+        np.testing.assert_array_equal(g_, w_)
+    lazy = fd.linear_cross_entropy(chunked(x, 15), W.astype(np.float32), p)
+    want = fastxent.linear_cross_entropy(x, W.astype(np.float32), p)
+    assert_matches(lazy.compute(scheduler="sync"), want, np.float32)
+
+
+@pytest.mark.parametrize("half", half_dtypes())
+def test_half_precision_gradient_is_declared_in_its_dtype(rng, half):
+    """The lazy gradient's dtype is the one its blocks have (the logits'
+    float16/bfloat16), the loss's the compute dtype float32."""
+    z = make_logits(rng, (40, 7)).astype(half)
+    loss, grad = fd.cross_entropy_with_grad(chunked(z, 15), make_labels(rng, (40,), 7))
+    assert (loss.dtype, grad.dtype) == (np.float32, half)
+    got = dask.compute(loss, grad, scheduler="sync")
+    assert (got[0].dtype, got[1].dtype) == (np.float32, half)
 
 
 # ------------------------------------------------------------ scheduler independence
@@ -225,6 +291,30 @@ def test_a_bad_label_is_reported_at_its_global_position(rng, dask_client):
                 with pytest.raises(ValueError) as got:
                     lazy.compute()
                 assert str(got.value) == str(in_memory.value)
+
+
+@pytest.mark.parametrize("bad", [2**63 + 5, M, -1])
+@pytest.mark.parametrize("linear", [False, True])
+def test_every_bad_label_is_reported_at_its_global_position(rng, bad, linear):
+    """A uint64 label beyond int64, caught before the kernel, and one the
+    kernel catches: both at their position in the whole target (44 here,
+    not 4 in the fifth block of 10)."""
+    z, t, _ = problem(rng, "labels", {}, n=60)
+    t = t.astype(np.uint64 if bad > 0 else np.int64)
+    t[44] = bad
+    x, W = rng.standard_normal((60, 3)), rng.standard_normal((M, 3))
+    if linear:
+        args, lazy_args = (x, W, t), (chunked(x, 10), W, chunked(t, 10))
+        fn, lazy_fn = fastxent.linear_cross_entropy, fd.linear_cross_entropy_with_grad
+    else:
+        args, lazy_args = (z, t), (chunked(z, 10), chunked(t, 10))
+        fn, lazy_fn = fastxent.cross_entropy, fd.cross_entropy_with_grad
+    with pytest.raises(ValueError, match="at flat position 44") as in_memory:
+        fn(*args)
+    for lazy in (lazy_fn(*lazy_args)[1], lazy_fn(*lazy_args, reduction="sum")[0]):
+        with pytest.raises(ValueError) as got:
+            lazy.compute(scheduler="sync")
+        assert str(got.value) == str(in_memory.value)
 
 
 def test_blas_threads_are_restored_after_concurrent_linear_blocks(rng):
@@ -289,6 +379,8 @@ def test_bad_input_is_an_error_before_any_work(case, make, error, match):
         (dict(sample_weight=np.ones(N + 1)), ValueError, "sample_weight must have shape"),
         (dict(sample_weight="sw chunks"), ValueError, "row chunks of sample_weight"),
         (dict(ignore_index=2.5), TypeError, "ignore_index"),
+        (dict(label_smoothing=True), TypeError, "label_smoothing must be a real number"),
+        (dict(softcap="2"), TypeError, "softcap must be a real number"),
         (dict(softcap=-1.0), ValueError, "softcap"),
         (dict(num_threads=0), ValueError, "num_threads"),
         (dict(weight="dask"), TypeError, "weight"),
@@ -305,6 +397,47 @@ def test_bad_options_are_errors_before_any_work(options, error, match):
         fd.cross_entropy_with_grad(z, t, **options)
     with pytest.raises(error, match=match):
         fd.cross_entropy(z, t, **options)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_numpy_string_reduction_is_accepted(rng, reduction):
+    z, t, _ = problem(rng, "labels", {})
+    x, W = rng.standard_normal((N, 4)), rng.standard_normal((M, 4))
+    for fn, args in (
+        (fd.cross_entropy, (chunked(z, 20), t)),
+        (fd.linear_cross_entropy, (chunked(x, 20), W, t)),
+    ):
+        got = fn(*args, reduction=np.str_(reduction)).compute(scheduler="sync")
+        assert_matches(got, fn(*args, reduction=reduction).compute(scheduler="sync"))
+
+
+@pytest.mark.parametrize("arg", ["logits", "target", "sample_weight", "weight", "x", "W"])
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "dask"])
+def test_masked_arrays_are_rejected_when_the_graph_is_built(rng, arg, lazy):
+    """A masked NumPy array, or a dask array of masked blocks, would be read
+    without its mask: refused before any graph exists."""
+    if lazy and arg == "weight":
+        pytest.skip("class weights are NumPy only")
+    z, t, _ = problem(rng, "labels", {})
+    x, W = rng.standard_normal((N, 4)), rng.standard_normal((M, 4))
+    args = dict(logits=z, target=t, sample_weight=np.ones(N), weight=np.ones(M), x=x, W=W)
+    a = np.ma.masked_array(args[arg], mask=np.zeros(args[arg].shape, bool))
+    args[arg] = da.from_array(a, chunks=(20,) + a.shape[1:]) if lazy else a
+    for a in args.values():
+        if isinstance(a, np.ndarray) and not isinstance(a, np.ma.MaskedArray):
+            a.flags.writeable = False  # nothing computed or changed
+    if arg in ("x", "W"):
+        call = lambda: fd.linear_cross_entropy(  # noqa: E731
+            args["x"], args["W"], args["target"], sample_weight=args["sample_weight"]
+        )
+    else:
+        call = lambda: fd.cross_entropy(  # noqa: E731
+            args["logits"], args["target"], sample_weight=args["sample_weight"],
+            weight=args["weight"],
+        )  # fmt: skip
+    name = "linear_weight" if arg == "W" else arg
+    with pytest.raises(TypeError, match=rf"^{name} is a masked array"):
+        call()
 
 
 def test_linear_bad_input_is_an_error_before_any_work():

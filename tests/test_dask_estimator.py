@@ -193,6 +193,11 @@ def _never_computed(shape, dtype, rows):
         ("sample_weight chunks", ValueError, "row chunks of sample_weight"),
         ("1-d X", ValueError, "2-d dask array"),
         ("C", ValueError, "C == -1"),
+        ("C nan", ValueError, "'C' parameter of SoftmaxRegression must be a number, not NaN"),
+        ("tol nan", ValueError, "'tol' parameter of SoftmaxRegression must be a number, not NaN"),
+        ("C bool", TypeError, "'C' parameter of SoftmaxRegression must be a number, not a bool"),
+        ("masked y", TypeError, "y is a masked array"),
+        ("masked X blocks", TypeError, "X is a masked array"),
         ("solver", ValueError, "L-BFGS"),
         ("dask dataframe", TypeError, "dask array"),
     ],
@@ -214,6 +219,16 @@ def test_bad_input_is_an_error_before_any_work(case, error, match):
         X = X[:, 0]
     elif case == "C":
         clf.set_params(C=-1.0)
+    elif case == "C nan":
+        clf.set_params(C=np.nan)
+    elif case == "tol nan":
+        clf.set_params(tol=np.nan)
+    elif case == "C bool":
+        clf.set_params(C=True)
+    elif case == "masked y":
+        y = np.ma.masked_array(np.zeros(100, np.int64), mask=False)
+    elif case == "masked X blocks":
+        X = da.ma.masked_equal(X, 0.0)
     elif case == "solver":
         clf.set_params(solver="saga")
     else:

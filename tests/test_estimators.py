@@ -377,6 +377,57 @@ def test_bad_parameters_raise_at_fit(params, error):
         SoftmaxRegression(**params).fit(X, y)
 
 
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        # NaN passes every range comparison: LogisticRegression rejects it
+        ({"C": np.nan}, ValueError),
+        ({"C": np.float32("nan")}, ValueError),
+        ({"tol": np.nan}, ValueError),
+        ({"intercept_scaling": np.nan}, ValueError),
+        ({"l1_ratio": np.nan}, ValueError),
+        # a bool is a number to check_scalar (True == 1), not a value of C
+        ({"C": True}, TypeError),
+        ({"tol": np.True_}, TypeError),
+        ({"max_iter": True}, TypeError),
+        ({"verbose": False}, TypeError),
+        ({"num_threads": True}, TypeError),
+        ({"n_jobs": True}, TypeError),
+        ({"intercept_scaling": True}, TypeError),
+        ({"tol": np.str_("1e-4")}, TypeError),
+    ],
+    ids=repr,
+)
+def test_nan_and_bool_parameters_raise_naming_the_parameter(params, error):
+    X, y = _standardised(load_iris)
+    (name,) = params
+    with pytest.raises(error, match=f"'{name}' parameter of SoftmaxRegression"):
+        SoftmaxRegression(**params).fit(X, y)
+
+
+@pytest.mark.parametrize("arg", ["X", "y", "sample_weight", "predict"])
+def test_masked_arrays_are_rejected(arg):
+    """scikit-learn's checks would drop the mask and use every value."""
+    X, y = _standardised(load_iris)
+    args = dict(X=X, y=y, sample_weight=np.ones(len(y)))
+    clf = SoftmaxRegression()
+    if arg == "predict":
+        clf.fit(X, y)
+        with pytest.raises(TypeError, match=r"^X is a masked array"):
+            clf.predict(np.ma.masked_array(X, mask=X > 2))
+        return
+    args[arg] = np.ma.masked_array(args[arg], mask=np.zeros(args[arg].shape, bool))
+    with pytest.raises(TypeError, match=f"^{arg} is a masked array"):
+        clf.fit(**args)
+
+
+def test_numpy_scalar_parameters_are_accepted():
+    X, y = _standardised(load_iris)
+    params = dict(C=np.float32(2.0), tol=np.float64(1e-4), max_iter=np.int64(200))
+    want = SoftmaxRegression(C=2.0, max_iter=200).fit(X, y).coef_
+    np.testing.assert_array_equal(SoftmaxRegression(**params).fit(X, y).coef_, want)
+
+
 def test_one_class_and_zero_weights_raise():
     X = np.ones((4, 2))
     with pytest.raises(ValueError, match="only one class"):

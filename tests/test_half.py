@@ -14,23 +14,10 @@ import sys
 import numpy as np
 import pytest
 import reference as ref
-from helpers import make_labels, make_probs, snapshot
+from helpers import half_dtypes, make_labels, make_probs, snapshot
 
 import fastxent
 from fastxent import _kernels
-
-
-def half_dtypes():
-    """float16 always; bfloat16 when ml_dtypes (which defines it) is installed."""
-    out = [pytest.param(np.dtype(np.float16), id="float16")]
-    try:
-        import ml_dtypes as md
-
-        out.append(pytest.param(np.dtype(md.bfloat16), id="bfloat16"))
-    except ImportError:
-        out.append(pytest.param(None, id="bfloat16", marks=pytest.mark.skip("needs ml_dtypes")))
-    return out
-
 
 HALF = half_dtypes()
 

@@ -301,6 +301,32 @@ def test_huge_logits_and_ties(dtype, reduction):
     check_cross_entropy(z, ref.softmax(z[::-1]).astype(dtype), reduction=reduction)
 
 
+@pytest.mark.parametrize("m", [3, 100, 101, 2000])
+@pytest.mark.parametrize("target", ["probs", "smoothing"])
+def test_float32_gap_beyond_range(m, target):
+    """A row whose logit gap (max - min) exceeds float32's range: the target
+    terms are formed in double, so the float32 loss is the float64 one
+    rounded (not inf), whichever kernel takes the row."""
+    z = np.zeros((2, m), np.float32)
+    z[:, 0], z[:, 1] = 3e38, -3e38
+    if target == "probs":
+        t = np.zeros((2, m), np.float32)
+        t[:, 0], t[:, 1] = 1.0, 1e-3
+        opts = {}
+    else:
+        t = np.array([0, 2])
+        opts = dict(label_smoothing=0.1)
+    loss32 = fastxent.cross_entropy(z, t, reduction="none", **opts)
+    loss64 = fastxent.cross_entropy(
+        z.astype(np.float64),
+        t if target != "probs" else t.astype(np.float64),
+        reduction="none",
+        **opts,
+    )
+    assert np.isfinite(loss64).all() and loss64.max() > 1e34
+    np.testing.assert_allclose(loss32, loss64, rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("target_kind", ["int64", "probs"])
 def test_masked_classes(dtype, target_kind, rng):

@@ -41,7 +41,7 @@ def test_import_fastxent_imports_no_optional_dependency():
 
 
 def test_submodules_load_on_attribute_access():
-    assert fastxent.metrics.log_loss([0, 1], [[1.0, 0.0], [0.0, 1.0]]) > 0
+    assert fastxent.metrics.log_loss([0, 1], [[3.0, 0.0], [0.0, 3.0]]) > 0
     with pytest.raises(AttributeError, match="no_such_thing"):
         fastxent.no_such_thing  # noqa: B018
 
@@ -317,11 +317,16 @@ def test_help_explains_the_options():
         "--threads",
         "--repeats",
         "--quick",
+        "--large",
         "--compare",
         "--plot",
         "--json",
     ):
         assert opt in res.stdout
+    # What the default, --large and the peers need in memory.
+    text = " ".join(res.stdout.split())
+    assert "Memory:" in text and "the default shapes need about 0.4 GB" in text, text
+    assert "--large about 3.1 GB" in text, text
 
 
 @pytest.mark.parametrize(
@@ -345,3 +350,95 @@ def test_bad_bench_options_exit_with_usage_error(args, capsys):
 def test_repeats_must_be_positive(capsys):
     assert cli.main(["bench", "--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err
+
+
+# ---- memory: the default fits a laptop, the big shapes behind --large ----
+
+
+def test_default_shapes_fit_a_laptop():
+    both = ["float32", "float64"]
+    assert cb.peak_bytes(cb.DEFAULT_SHAPES, both) < 0.5e9
+    assert cb.peak_bytes(cb.DEFAULT_SHAPES, both, cb.PEERS) < 1e9
+    # --large is what the default was: GBs.
+    assert cb.peak_bytes(cb.LARGE_SHAPES, both) > 3e9
+    assert max(n * m for n, m in cb.LARGE_SHAPES) > max(n * m for n, m in cb.DEFAULT_SHAPES)
+
+
+@pytest.mark.no_input_guard
+@pytest.mark.parametrize(("n", "m"), [(20_000, 50), (400, 2_500)])
+def test_memory_estimate_matches_the_traced_peak(n, m):
+    """NumPy reports its allocations to tracemalloc: a case's traced peak
+    is what case_bytes estimates, within a few per cent."""
+    import tracemalloc
+
+    cb.run_bench([(8, 4)], ["float64"], [1], repeats=1, progress=False)  # warm: imports, caches
+    tracemalloc.start()
+    try:
+        cb.run_bench([(n, m)], ["float64"], [1, 2], repeats=1, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = cb.case_bytes(n, m, "float64")
+    assert 0.8 * estimate < peak < 1.05 * estimate + (1 << 20), (peak, estimate)
+
+
+@pytest.fixture
+def shapes_run(monkeypatch):
+    """Run ``cli.main(["bench", ...])`` without timing anything; returns the
+    shapes run_bench was asked for and the output."""
+    seen = []
+
+    def fake_run_bench(shapes, *args, **kwargs):
+        seen.append(list(shapes))
+        return []
+
+    monkeypatch.setattr(cb, "run_bench", fake_run_bench)
+    monkeypatch.setattr(cli, "show_config", lambda: None)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("args", "shapes", "note"),
+    [
+        ([], cb.DEFAULT_SHAPES, "note: needs about 0.4 GB of memory (the largest case; --quick"),
+        (["--large"], cb.LARGE_SHAPES, "note: needs about 3.1 GB of memory"),
+        (["--quick"], cb.QUICK_SHAPES, "note: needs about 2 MB of memory"),
+        (["--shapes", "1000x1000"], [(1000, 1000)], "note: needs about 24 MB of memory"),
+    ],
+)
+def test_bench_says_what_it_needs_before_it_runs(shapes_run, capsys, args, shapes, note):
+    assert cli.main(["bench", "--no-progress", *args]) == 0
+    assert shapes_run == [shapes]
+    out = capsys.readouterr().out
+    assert note in out, out
+    assert "warning:" not in out
+
+
+def test_bench_warns_when_the_run_may_not_fit(shapes_run, monkeypatch, capsys):
+    monkeypatch.setattr(cb, "physical_memory", lambda: 4 * 10**9)
+    assert cli.main(["bench", "--no-progress", "--large"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: that is more than half of this machine's 4.0 GB of memory" in out, out
+
+
+def test_quick_and_large_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--quick", "--large"])
+    assert exc.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_plot_has_a_log_axis_and_labels_each_bar_with_its_time():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    records = cb.run_bench([(64, 10), (8, 300)], ["float32"], [1], repeats=1, progress=False)
+    fig = cb.figure(records, [])
+    try:
+        (ax,) = fig.axes
+        assert ax.get_yscale() == "log"
+        labels = [t.get_text() for t in ax.texts]
+        # fastxent out=, allocating and NumPy, for each of the two shapes.
+        assert len(labels) == 3 * 2 and all(t.endswith(" ms") for t in labels), labels
+    finally:
+        plt.close(fig)

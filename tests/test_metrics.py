@@ -8,9 +8,12 @@ shortcut) wherever sklearn's clipping of probabilities does not bite.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import reference as ref
+from helpers import half_dtypes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -130,6 +133,43 @@ def test_matches_reference_for_any_shape(n, m, seed, scale):
 def test_bad_input_raises_value_error(y, logits, kwargs, match):
     with pytest.raises(ValueError, match=match):
         log_loss(y, logits, **kwargs)
+
+
+@pytest.mark.parametrize("half", half_dtypes())
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_inf_half_precision_logits_raise_as_other_dtypes(half, bad):
+    z = np.array([[0.0, bad], [0.0, 1.0]])
+    for dtype in (np.float64, np.float32, half):
+        with pytest.raises(ValueError, match=r"must not contain NaN or \+inf"):
+            log_loss([0, 1], z.astype(dtype))
+
+
+@pytest.mark.parametrize("where", ["y_true", "labels"])
+def test_nan_labels_are_named_as_such(where):
+    """NaN is no class: the message says so, not "not belonging to the
+    passed labels [0.0, 1.0, nan]" (when no labels were passed)."""
+    y = np.array([0.0, 1.0, np.nan])
+    kw = {"labels": [0.0, 1.0, np.nan]} if where == "labels" else {}
+    y = np.array([0.0, 1.0, 1.0]) if where == "labels" else y
+    with pytest.raises(ValueError, match=rf"^{where} contains NaN \(first at position 2\)") as e:
+        log_loss(y, np.zeros((3, 3)), **kw)
+    assert "not belonging" not in str(e.value)
+
+
+def test_probabilities_passed_as_logits_warn(rng):
+    """The natural mistake, log_loss(y, clf.predict_proba(X)), returns a
+    wrong number: it warns, saying what to pass."""
+    p = ref.softmax(3 * rng.standard_normal((50, 3)))
+    y = rng.integers(0, 3, 50)
+    for probs in (p, p.astype(np.float32), np.round(p, 3), np.eye(3)[y]):
+        with pytest.warns(UserWarning, match=r"look like probabilities.*np\.log\(p\).*sklearn"):
+            log_loss(y, probs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        log_loss(y, np.log(p))  # the right call
+        log_loss(y, p * 0.9)  # rows that do not sum to 1: logits, however odd
+        log_loss([0, 1], np.array([[0.2, 0.8], [0.5, 0.4]]))  # one row does not
+        log_loss(y % 2, p[:, 0])  # 1-d: log-odds, never probabilities here
 
 
 def test_zero_weights_are_fine_without_normalising():

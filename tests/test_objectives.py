@@ -1,4 +1,4 @@
-"""fastxent.objectives.softmax_grad_hess (issue 12): the per-sample gradient
+"""fastxent.objectives.softmax_grad_hess: the per-sample gradient
 and Hessian diagonal against the float64 reference (``reference.py``:
 ``cross_entropy(reduction="none")`` for the gradient, the textbook Hessian
 ``s Q (diag(P) - P P^T)`` for its diagonal), 4th-order finite differences,
@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastxent
-from fastxent.objectives import softmax_grad_hess
+from fastxent.objectives import lightgbm_multiclass, softmax_grad_hess, xgboost_multiclass
 
 OPTIONS = ("plain", "weight", "sample_weight", "label_smoothing", "all")
 
@@ -243,11 +243,20 @@ def test_extreme_scores():
         ((np.zeros((2, 4)), [0, 1]), dict(sample_weight=[1.0, np.nan]), ValueError, "finite"),
         ((np.zeros((2, 4)), [0, 1]), dict(num_threads=0), ValueError, "num_threads"),
         ((np.zeros((2, 4)), [0, 1]), dict(z_loss=0.1), TypeError, "z_loss"),
+        ((np.zeros((2, 4)), [0, 1]), dict(label_smoothing=True), TypeError, "label_smoothing"),
+        ((np.zeros((2, 4)), [0, 1]), dict(label_smoothing="0.1"), TypeError, "label_smoothing"),
     ],
 )
 def test_errors(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         softmax_grad_hess(*args, **kwargs)
+
+
+@pytest.mark.parametrize("make", [xgboost_multiclass, lightgbm_multiclass])
+@pytest.mark.parametrize("value", [True, "0.1"])
+def test_booster_objectives_check_their_options_when_made(make, value):
+    with pytest.raises(TypeError, match="label_smoothing must be a real number"):
+        make(label_smoothing=value)
 
 
 def test_import_is_lazy_and_numpy_only():

@@ -9,9 +9,10 @@ outright (one that needs a real cluster, say).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
+
+from helpers import run_python_blocks
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -27,17 +28,6 @@ def test_readme_has_examples():
 
 
 def test_readme_python_examples_run(capsys):
-    namespace: dict[str, object] = {"__name__": "readme"}
-    ran = 0
-    for block in _blocks():
-        first = block.splitlines()[0] if block.strip() else ""
-        if first.startswith("# not run by the tests"):
-            continue
-        if first.startswith("# needs:"):
-            mods = [m.strip() for m in first.split(":", 1)[1].split(",")]
-            if any(importlib.util.find_spec(m) is None for m in mods):
-                continue
-        exec(compile(block, README, "exec"), namespace)
-        ran += 1
+    ran = run_python_blocks(_blocks(), README)
     capsys.readouterr()
     assert ran >= 3

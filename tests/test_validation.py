@@ -1,6 +1,6 @@
 """Bad input: a ValueError/TypeError whose message says what was expected,
 nothing modified (inputs and ``out``), never a crash -- for every public
-function the argument applies to (issue 2 "Bad input", issue 3 "Validation")."""
+function the argument applies to (the "bad input" and option-validation promises)."""
 
 import numpy as np
 import pytest
@@ -25,6 +25,7 @@ OUT_FUNCS = {
     "log_softmax": fastxent.log_softmax,
 }
 N, M = 3, 4
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def _z():
@@ -255,6 +256,18 @@ def test_bad_reduction(name, reduction):
     )
 
 
+@pytest.mark.parametrize("name", list(LOSS_FUNCS))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_numpy_string_reduction_is_accepted(name, reduction):
+    """np.str_ (what an array of names yields) is a str."""
+    fn = LOSS_FUNCS[name]
+    got = fn(_z(), np.array([0, 1, 2]), reduction=np.str_(reduction))
+    want = fn(_z(), np.array([0, 1, 2]), reduction=reduction)
+    for g, w in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, want)), strict=True):
+        np.testing.assert_array_equal(g, w)
+        assert type(g) is type(w)
+
+
 @pytest.mark.parametrize("name", list(ALL_FUNCS))
 @pytest.mark.parametrize(
     "num_threads, exc",
@@ -363,7 +376,7 @@ def test_error_after_out_check_leaves_out_alone(name):
     raises_unchanged(ValueError, r"label outside", LOSS_FUNCS[name], z, np.array([0, 1, 9]), out=z)
 
 
-# ---- loss options (issue 3) ----
+# ---- loss options ----
 
 
 @pytest.mark.parametrize("name", list(LOSS_FUNCS))
@@ -404,7 +417,6 @@ def test_error_after_out_check_leaves_out_alone(name):
         (dict(softcap="big"), TypeError, r"softcap must be a real number"),
         (dict(ignore_index=1.0), TypeError, r"ignore_index must be an integer"),
         (dict(ignore_index=True), TypeError, r"ignore_index must be an integer"),
-        (dict(ignore_index=None), TypeError, r"ignore_index must be an integer"),
         (dict(ignore_index=2**64), ValueError, r"ignore_index must fit in int64"),
     ],
     ids=lambda v: repr(v)[:40] if isinstance(v, dict) else None,
@@ -412,6 +424,39 @@ def test_error_after_out_check_leaves_out_alone(name):
 def test_bad_options(name, kwargs, exc, match):
     out = {} if name == "cross_entropy" else {"out": np.full((N, M), 7.0)}
     raises_unchanged(exc, match, LOSS_FUNCS[name], _z(), np.array([0, 1, 2]), **kwargs, **out)
+
+
+NUMERIC_OPTIONS = ("label_smoothing", "z_loss", "softcap", "ignore_index")
+
+
+@pytest.mark.parametrize("name", list(LOSS_FUNCS))
+@pytest.mark.parametrize("option", NUMERIC_OPTIONS)
+@pytest.mark.parametrize(
+    "value", [True, False, np.True_, "0.1", np.str_("1"), b"1", np.array(True)], ids=repr
+)
+def test_bools_and_strings_are_not_numbers(name, option, value):
+    """float() takes True as 1.0 and "0.1" as 0.1; an option does not."""
+    raises_unchanged(
+        TypeError, rf"^{option} must be (a real number|an integer)", LOSS_FUNCS[name], _z(),
+        **{option: value},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(LOSS_FUNCS))
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(label_smoothing=np.float32(0.1), z_loss=np.float16(0.01), softcap=np.int64(5)),
+        dict(ignore_index=np.int32(2), softcap=np.uint8(5), label_smoothing=np.array(0.1)),
+    ],
+    ids=["floats", "integers"],
+)
+def test_numpy_scalar_options_are_numbers(name, kwargs):
+    fn = LOSS_FUNCS[name]
+    plain = {k: v.item() for k, v in kwargs.items()}
+    got, want = fn(_z(), np.array([0, 1, 2]), **kwargs), fn(_z(), np.array([0, 1, 2]), **plain)
+    for g, w in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, want)), strict=True):
+        np.testing.assert_array_equal(g, w)
 
 
 @pytest.mark.parametrize("name", list(LOSS_FUNCS))
@@ -489,8 +534,15 @@ def test_kernel_entry_points_check_their_arrays():
     z = np.zeros((4, 3))
     y = np.zeros(4, dtype=np.int64)
     g = np.zeros_like(z)
-    args = (-100, 0.0, 0.0, 0.0, np.nan, 1)
-    assert _kernels.cross_entropy_labels(z, y, None, None, None, g, None, *args)[0] == -1
+    args = dict(
+        ignore_index=-100,
+        label_smoothing=0.0,
+        z_loss=0.0,
+        softcap=0.0,
+        grad_denom=np.nan,
+        num_threads=1,
+    )
+    assert _kernels.cross_entropy_labels(z, y, None, None, None, g, None, **args)[0] == -1
     bad_calls = [
         (TypeError, (z.astype(np.float16), y, None, None, None, None)),
         (TypeError, ([[0.0]], y, None, None, None, None)),
@@ -516,12 +568,119 @@ def test_kernel_entry_points_check_their_arrays():
     bad_calls.append((ValueError, (z, y, None, None, None, g, np.zeros((4, 2)))))
     for exc, arrays in bad_calls:
         with pytest.raises(exc):
-            _kernels.cross_entropy_labels(*arrays, *((None,) * (7 - len(arrays))), *args)
+            _kernels.cross_entropy_labels(*arrays, *((None,) * (7 - len(arrays))), **args)
     with pytest.raises(ValueError):
         _kernels.cross_entropy_probs(
-            z, z[:, :2], None, None, None, None, None, 0.0, 0.0, 0.0, np.nan, 1
+            z,
+            z[:, :2],
+            None,
+            None,
+            None,
+            None,
+            None,
+            **{k: v for k, v in args.items() if k != "ignore_index"},
         )
     with pytest.raises(ValueError):
         _kernels.softmax_rows(z, np.zeros((4, 3), dtype=np.float32), False, None, 1)
     with pytest.raises(ValueError):
         _kernels.softmax_rows(z, None, False, np.zeros(5), 1)
+
+
+# ---- arrays NumPy would misread: masked arrays, torch tensors that require grad ----
+
+
+def _entries():
+    """Every public entry and its array arguments, as pytest params ``(call,
+    args, arg)``: ``call(args)`` runs the entry on valid input, so that
+    replacing ``args[arg]`` shows how that argument is checked."""
+    import fastxent.metrics
+    import fastxent.objectives
+
+    z, y, p = _z(), np.array([0, 1, 2]), np.full((N, M), 0.25)
+    x, W, b = np.ones((N, 2)), np.ones((M, 2)), np.zeros(M)
+    w, s = np.ones(M), np.ones(N)
+    table = []  # (label, function, positional argument names, arguments)
+    for name, fn in LOSS_FUNCS.items():
+        table.append((name, fn, 2, dict(logits=z, target=y, weight=w, sample_weight=s)))
+        table.append((name + "-probs", fn, 2, dict(logits=z, target=p)))
+    for name in ("cross_entropy_grad", "cross_entropy_with_grad"):
+        table.append((name + "-out", LOSS_FUNCS[name], 2, dict(logits=z, target=y, out=z * 0)))
+    for name, fn in ROW_FUNCS.items():
+        table.append((name, fn, 1, dict(logits=z)))
+    for name in ("softmax", "log_softmax"):
+        table.append((name + "-out", ROW_FUNCS[name], 1, dict(logits=z, out=z * 0)))
+    for fn in (fastxent.linear_cross_entropy, fastxent.linear_cross_entropy_with_grad):
+        args = dict(x=x, linear_weight=W, target=y, linear_bias=b, weight=w, sample_weight=s)
+        table.append((fn.__name__, fn, 3, args))
+    args = dict(y_true=y, logits=z, sample_weight=s, labels=np.arange(M))
+    table.append(("log_loss", fastxent.metrics.log_loss, 2, args))
+    args = dict(raw_scores=z, target=y, weight=w, sample_weight=s)
+    table.append(("softmax_grad_hess", fastxent.objectives.softmax_grad_hess, 2, args))
+    table.append(("xgboost_multiclass", fastxent.objectives.xgboost_multiclass, 0, dict(weight=w)))
+
+    def caller(fn, npos):
+        def call(args):
+            values = list(args.values())
+            return fn(*values[:npos], **dict(list(args.items())[npos:]))
+
+        return call
+
+    return [
+        pytest.param(caller(fn, npos), args, arg, id=f"{label}-{arg}")
+        for label, fn, npos, args in table
+        for arg in args
+    ]
+
+
+ENTRIES = _entries()
+
+
+@pytest.mark.parametrize("call, args, arg", ENTRIES)
+def test_the_entries_run_on_valid_input(call, args, arg):
+    call(args)
+
+
+@pytest.mark.parametrize("call, args, arg", ENTRIES)
+def test_masked_arrays_are_rejected_with_a_fix(call, args, arg):
+    """np.asarray drops a mask: a masked array would silently use every
+    value.  Each entry refuses it, naming the argument and the fix."""
+    a = args[arg]
+    masked = np.ma.masked_array(a, mask=np.zeros(a.shape, bool))
+    masked.mask.flat[-1] = True
+    before = snapshot(*[v for v in args.values()])
+    how = r"target\.filled\(ignore_index\)" if arg == "target" else rf"{arg}\.filled\(value\)"
+    with pytest.raises(TypeError, match=rf"^{arg} is a masked array .*{how}.*np\.ma\.compressed"):
+        call(dict(args, **{arg: masked}))
+    assert snapshot(*[v for v in args.values()]) == before
+
+
+class _TorchLike:
+    """What a torch tensor that requires grad looks like to fastxent (which
+    never imports torch): its type's module, its flag, and torch's refusal."""
+
+    requires_grad = True
+
+    def __init__(self, a):
+        self.a = a
+
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad.")
+
+
+_TorchLike.__module__ = "torch"
+
+
+@pytest.mark.parametrize("call, args, arg", [e for e in ENTRIES if not e.id.endswith("-out")])
+def test_tensors_that_require_grad_get_a_type_error_saying_detach(call, args, arg):
+    with pytest.raises(
+        TypeError, match=rf"^{arg} is a torch tensor that requires grad.*{arg}\.detach\(\)"
+    ):
+        call(dict(args, **{arg: _TorchLike(args[arg])}))
+
+
+def test_a_real_torch_tensor_that_requires_grad():
+    torch = pytest.importorskip("torch")
+    z = torch.zeros((3, 4), requires_grad=True)
+    with pytest.raises(TypeError, match=r"logits\.detach\(\).*fastxent\.torch"):
+        fastxent.cross_entropy(z, np.array([0, 1, 2]))
+    assert np.isfinite(fastxent.cross_entropy(z.detach(), np.array([0, 1, 2])))

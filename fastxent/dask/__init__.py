@@ -45,15 +45,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 from numpy.typing import ArrayLike
 
-from . import _dask_loss
+from .._extras import missing
+
+try:
+    import dask.array as da
+except ImportError as e:
+    raise missing("fastxent.dask", "Dask (dask[array])", "dask", e) from e
+
+from . import _loss as _dask_loss
 
 if TYPE_CHECKING:
-    from ._dask_estimator import SoftmaxRegression
-from ._linear import _LINEAR_DOC
-from ._loss import _LOGITS_TARGET_DOC, _OPTIONS_DOC
+    from ._estimator import SoftmaxRegression
+from .. import _docs
 
 __all__ = [
     "SoftmaxRegression",
@@ -67,7 +72,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # SoftmaxRegression needs scikit-learn and SciPy: imported on first use.
     if name == "SoftmaxRegression":
-        from ._dask_estimator import SoftmaxRegression
+        from ._estimator import SoftmaxRegression
 
         return SoftmaxRegression
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -80,7 +85,7 @@ def cross_entropy(
     reduction: str = "mean",
     weight: ArrayLike | None = None,
     sample_weight: Any = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -153,7 +158,7 @@ def cross_entropy_with_grad(
     reduction: str = "mean",
     weight: ArrayLike | None = None,
     sample_weight: Any = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -230,15 +235,16 @@ def linear_cross_entropy(
     reduction: str = "mean",
     weight: ArrayLike | None = None,
     sample_weight: Any = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
     chunk_size: int | None = None,
     num_threads: int | None = 1,
 ) -> da.Array:
-    """Softmax cross-entropy of the logits ``x @ W.T + b`` over a dask array
-    of rows ``x``, without forming them (lazy).
+    """Softmax cross-entropy of a linear layer's logits, never formed (lazy).
+
+    The logits are ``x @ W.T + b`` of a dask array of rows ``x``.
 
     Each block of rows runs :func:`fastxent.linear_cross_entropy`; the loss
     is reduced as in :func:`cross_entropy`.
@@ -304,15 +310,16 @@ def linear_cross_entropy_with_grad(
     reduction: str = "mean",
     weight: ArrayLike | None = None,
     sample_weight: Any = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
     chunk_size: int | None = None,
     num_threads: int | None = 1,
 ) -> tuple[da.Array, da.Array, da.Array, da.Array | None]:
-    """Loss and gradients of the fused linear cross-entropy over a dask
-    array of rows (lazy).
+    """Loss and gradients of the fused linear cross-entropy (lazy).
+
+    Over a dask array of rows.
 
     Each block of rows runs :func:`fastxent.linear_cross_entropy_with_grad`
     with its gradients divided by the global ``"mean"`` denominator; with
@@ -343,7 +350,9 @@ def linear_cross_entropy_with_grad(
     grad_x : dask array
         Of x's shape, row chunks and dtype.
     grad_linear_weight : dask array of shape (V, d)
+        The gradient with respect to ``linear_weight``.
     grad_linear_bias : dask array of shape (V,), or None without ``linear_bias``
+        The gradient with respect to ``linear_bias``.
 
     Raises
     ------
@@ -382,22 +391,11 @@ def linear_cross_entropy_with_grad(
     )
 
 
-_DASK_OPTIONS_DOC = _OPTIONS_DOC.replace(
-    "    num_threads : int >= 1, optional\n", "    num_threads : int >= 1 or None, default 1\n"
-)
-_LINEAR_OPTIONS_DOC = _OPTIONS_DOC.split("    num_threads :")[0].rstrip()
-
 for _f, _opts in (
-    (cross_entropy, _DASK_OPTIONS_DOC),
-    (cross_entropy_with_grad, _DASK_OPTIONS_DOC),
-    (linear_cross_entropy, _LINEAR_OPTIONS_DOC),
-    (linear_cross_entropy_with_grad, _LINEAR_OPTIONS_DOC),
+    (cross_entropy, "dask_options"),
+    (cross_entropy_with_grad, "dask_options"),
+    (linear_cross_entropy, "loss_options"),
+    (linear_cross_entropy_with_grad, "loss_options"),
 ):
-    if _f.__doc__:  # None under python -OO
-        for _key, _text in (
-            ("logits_target", _LOGITS_TARGET_DOC),
-            ("linear", _LINEAR_DOC),
-            ("options", _opts),
-        ):
-            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
-del _f, _opts, _key, _text
+    _docs.fill(_f, options=_opts)
+del _f, _opts

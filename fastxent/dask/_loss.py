@@ -11,11 +11,11 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import _dask_graph as g
-from . import _kernels, _loss
-from . import _validation as v
-from ._linear import _check_inputs, _linear_run
-from ._loss import loss_spec
+from .. import _kernels, _loss
+from .. import _validation as v
+from .._linear import _check_inputs, _linear_run
+from .._spec import loss_spec
+from . import _graph as g
 
 __all__ = ["linear_graph", "loss_graph"]
 
@@ -60,7 +60,7 @@ def _targets(
     shape = rows.shape[:-1] + (m,)
     t = target
     if not dask.is_dask_collection(t):
-        t = np.asarray(t)
+        t = v.as_array(t, "target")
     elif not isinstance(t, da.Array):
         raise TypeError(f"target must be a dask array or a NumPy array; got {type(t).__name__}.")
     kind = g.target_kind(np.dtype(t.dtype), tuple(t.shape), shape)
@@ -71,7 +71,7 @@ def _targets(
             sample_weight, "sample_weight", rows.shape[:-1], rows, rows_name, stacklevel + 1
         )
     spec = g.check_options(kind, t.dtype, None if s is None else s.dtype, nb, m, dtype, options)
-    return Rows(rows, t, kind, s, dict(options, weight=spec.w), dtype, m)
+    return Rows(rows, t, kind, s, dict(options, weight=spec.weight), dtype, m)
 
 
 def _threads(num_threads: Any) -> Any:
@@ -80,20 +80,17 @@ def _threads(num_threads: Any) -> Any:
     return num_threads
 
 
-def label_error(t: Any, bad: int, m: int, ignore: int, info: Any) -> ValueError:
-    """cross_entropy's bad-label error, with the position in the whole target."""
-    pos = 0
-    if info and info[0]["shape"]:
-        loc = info[0]["array-location"]
-        local = np.unravel_index(bad, tuple(b - a for a, b in loc))
-        pos = int(
-            np.ravel_multi_index(
-                tuple(i + a for i, (a, _) in zip(local, loc, strict=True)), info[0]["shape"]
-            )
+def global_position(local: int, info: Any) -> int:
+    """The flat position in the whole target of flat position ``local`` in
+    the block that ``info`` (blockwise's ``block_info``) describes."""
+    if not (info and info[0]["shape"]):
+        return local
+    loc = info[0]["array-location"]
+    index = np.unravel_index(local, tuple(b - a for a, b in loc))
+    return int(
+        np.ravel_multi_index(
+            tuple(i + a for i, (a, _) in zip(index, loc, strict=True)), info[0]["shape"]
         )
-    return ValueError(
-        f"target contains a label outside [0, {m}) that is not ignore_index={ignore}: "
-        f"{int(np.ravel(t)[bad])} at flat position {pos}."
     )
 
 
@@ -112,26 +109,27 @@ def denominator_block(
     m: int,
     compute_dtype: np.dtype[np.floating[Any]],
     weight: Any,
-    ignore_index: int,
+    ignore_index: int | None,
     block_info: Any = None,
 ) -> float:
     """This block's "mean" denominator ``sum_i s_i w[y_i]`` over its kept
-    rows, after checking every label."""
-    spec = loss_spec(
-        t,
-        np.shape(t) + (m,),
-        compute_dtype,
-        weight=weight,
-        sample_weight=s,
-        ignore_index=ignore_index,
-        label_smoothing=0.0,
-        z_loss=0.0,
-        softcap=None,
-    )
-    bad, denom = _kernels.mean_denominator(spec.t, spec.w, spec.s, spec.ignore, m)
-    if bad >= 0:
-        raise label_error(spec.t, bad, m, spec.ignore, block_info)
-    return float(denom)
+    rows, after checking every label (a bad one is reported at its
+    position in the whole target)."""
+    try:
+        spec = loss_spec(
+            t,
+            np.shape(t) + (m,),
+            compute_dtype,
+            weight=weight,
+            sample_weight=s,
+            ignore_index=ignore_index,
+            label_smoothing=0.0,
+            z_loss=0.0,
+            softcap=None,
+        )
+        return spec.mean_denominator(m)
+    except v.LabelError as e:
+        raise e.at(global_position(e.position, block_info)) from None
 
 
 def _denominators(r: Rows, want_global: bool) -> tuple[da.Array | None, Any]:
@@ -270,7 +268,10 @@ def loss_graph(
         dtype=dtype,
         meta=np.empty((0,) * (nb + 1), dtype=dtype),
     )
-    grad = g.pick(res, idx, 0, idx, dtype) if want_grad else None
+    # The gradient blocks come in the logits' dtype when it is float16 or
+    # bfloat16 (computed in float32), as in memory.
+    io = z.dtype if v.half_kind(z.dtype) else dtype
+    grad = g.pick(res, idx, 0, idx, io) if want_grad else None
     return _loss_output(res, idx, nb, reduction, r, denom, 1), grad
 
 
@@ -319,7 +320,7 @@ def _small_operand(a: Any, name: str, stacklevel: int) -> tuple[Any, tuple[int, 
         return a.to_delayed().ravel()[0], a.shape, a.dtype
     if dask.is_dask_collection(a):
         raise TypeError(f"{name} must be a dask or NumPy array; got {type(a).__name__}.")
-    arr = np.asarray(a)
+    arr = v.as_array(a, name)
     return dask.delayed(arr), arr.shape, arr.dtype
 
 
@@ -353,18 +354,20 @@ def linear_graph(
         bd, b_shape, b_dtype = _small_operand(linear_bias, "linear_bias", stacklevel + 1)
     nb = xd.ndim - 1
     # _linear_run's own checks of dtypes and shapes, on stand-ins of the same
-    # dtypes and shapes (with no rows; np.empty touches no memory).
-    _check_inputs(
+    # dtypes and shapes (with no rows; np.empty touches no memory); and its
+    # dtypes: the compute dtype (float32 for float16/bfloat16 x, as BLAS has
+    # no 16-bit GEMM), which the loss and its reduction over blocks keep,
+    # and x's own, which the gradients come back in.
+    *_, dtype, io = _check_inputs(
         np.empty((0,) * nb + xd.shape[-1:], xd.dtype),
         np.empty(W_shape, W_dtype),
         None if bd is None else np.empty(b_shape, b_dtype),
     )
     if chunk_size is not None:
-        from ._linear import _chunk_size
+        from .._linear import _chunk_size
 
         _chunk_size(chunk_size, 1, 1, 1, 1)
     V, d = W_shape
-    dtype = np.dtype(xd.dtype)
     xd = g.whole_axis(xd, nb, "x", "feature", stacklevel + 1)
     options = _options(weight, ignore_index, label_smoothing, z_loss, softcap)
     r = _targets(xd, "x", target, sample_weight, V, dtype, options, stacklevel + 1)
@@ -392,7 +395,7 @@ def linear_graph(
     loss = _loss_output(res, idx, nb, reduction, r, denom, 3)
     if not want_grad:
         return loss, None, None, None
-    gx = g.pick(res, idx, 0, idx, dtype)
-    gW = g.tree_sum(res, idx, nb, 1, "vf", (V, d)).astype(dtype)
-    gb = None if bd is None else g.tree_sum(res, idx, nb, 2, "v", (V,)).astype(dtype)
+    gx = g.pick(res, idx, 0, idx, io)
+    gW = g.tree_sum(res, idx, nb, 1, "vf", (V, d)).astype(io)
+    gb = None if bd is None else g.tree_sum(res, idx, nb, 2, "v", (V,)).astype(io)
     return loss, gx, gW, gb

@@ -30,14 +30,22 @@ import dask
 import dask.array as da
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
 
-from . import _dask_graph as g
-from . import estimators as _est
-from .estimators import _FLOAT_DTYPES, check_two_classes, data_term
-from .estimators import SoftmaxRegression as _InMemorySoftmaxRegression
+from .._extras import missing
+from . import _graph as g
+
+try:
+    from sklearn.utils.class_weight import compute_class_weight
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_is_fitted
+
+    from .. import estimators as _est
+    from ..estimators import _FLOAT_DTYPES, check_two_classes, data_term
+    from ..estimators import SoftmaxRegression as _InMemorySoftmaxRegression
+except ImportError as e:
+    raise missing(
+        "fastxent.dask.SoftmaxRegression", "scikit-learn and SciPy", "sklearn,dask", e
+    ) from e
 
 __all__ = ["SoftmaxRegression"]
 
@@ -89,13 +97,14 @@ class SoftmaxRegression(_InMemorySoftmaxRegression):
     Parameters
     ----------
     C, penalty, l1_ratio, dual, tol, fit_intercept, intercept_scaling, class_weight, \
-random_state, solver, max_iter, verbose, warm_start, n_jobs
+random_state, solver, max_iter, verbose, warm_start, n_jobs : as in SoftmaxRegression
         As :class:`fastxent.estimators.SoftmaxRegression`.
         ``class_weight="balanced"`` counts the classes weighted by the
         sample weights (scikit-learn >= 1.6's rule).
     num_threads : int >= 1, default=None
-        Threads of fastxent's kernels in each block; ``None`` means 1 here
-        (Dask runs one block per core).
+        Threads of fastxent's kernels in each block; ``None`` means 1 here,
+        as in the in-memory fit, and for a second reason: Dask runs one
+        block per core.
 
     Attributes
     ----------
@@ -136,8 +145,9 @@ random_state, solver, max_iter, verbose, warm_start, n_jobs
         return tags
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> SoftmaxRegression:
-        """Fit the model: L-BFGS on the client, one pass over the blocks per
-        evaluation.
+        """Fit the model by L-BFGS on the client.
+
+        Each evaluation of the loss and gradient is one pass over the blocks.
 
         Parameters
         ----------
@@ -153,6 +163,7 @@ random_state, solver, max_iter, verbose, warm_start, n_jobs
         Returns
         -------
         self : SoftmaxRegression
+            The fitted estimator.
         """
         penalty_inv_c = self._check_params()
         X, y, sw = self._dask_data(X, y, sample_weight)
@@ -180,6 +191,7 @@ random_state, solver, max_iter, verbose, warm_start, n_jobs
     def _dask_data(self, X: Any, y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
         """X, y and the sample weights as dask arrays with the same row
         chunks, after every check that needs no data."""
+        _est.check_plain_inputs(X=X, y=y, sample_weight=sample_weight)
         if not isinstance(X, da.Array):
             if dask.is_dask_collection(X) or dask.is_dask_collection(y):
                 raise TypeError(
@@ -317,29 +329,70 @@ random_state, solver, max_iter, verbose, warm_start, n_jobs
         return np.result_type(x_dtype, self.coef_.dtype)
 
     def decision_function(self, X: Any) -> Any:
-        """The logits ``X @ coef_.T + intercept_`` (log-odds for two classes):
-        a dask array for dask ``X`` (one block per row block), else NumPy."""
+        """The logits ``X @ coef_.T + intercept_`` (log-odds for two classes).
+
+        Parameters
+        ----------
+        X : dask array of shape (n_samples, n_features), or array-like
+            Chunked along its rows.
+
+        Returns
+        -------
+        dask array or ndarray of shape (n_samples, n_classes), or (n_samples,)
+            A dask array for dask ``X`` (one block per row block), else NumPy.
+        """
         if not isinstance(X, da.Array):
             return super().decision_function(X)
         k = self.coef_.shape[0]
         return self._map(X, "decision_function", None if k == 1 else k, self._float_dtype(X))
 
     def predict(self, X: Any) -> Any:
-        """Class labels: a dask array for dask ``X``, else NumPy."""
+        """Class labels: the class with the largest logit.
+
+        Parameters
+        ----------
+        X : dask array of shape (n_samples, n_features), or array-like
+            Chunked along its rows.
+
+        Returns
+        -------
+        dask array or ndarray of shape (n_samples,)
+            Labels from ``classes_``: a dask array for dask ``X``, else NumPy.
+        """
         if not isinstance(X, da.Array):
             return super().predict(X)
         return self._map(X, "predict", None, self.classes_.dtype)
 
     def predict_proba(self, X: Any) -> Any:
-        """Class probabilities (:func:`fastxent.softmax` of the logits): a
-        dask array for dask ``X``, else NumPy."""
+        """Class probabilities: :func:`fastxent.softmax` of the logits.
+
+        Parameters
+        ----------
+        X : dask array of shape (n_samples, n_features), or array-like
+            Chunked along its rows.
+
+        Returns
+        -------
+        dask array or ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``: a dask array for dask ``X``, else NumPy.
+        """
         if not isinstance(X, da.Array):
             return super().predict_proba(X)
         return self._map(X, "predict_proba", self.classes_.shape[0], self._float_dtype(X))
 
     def predict_log_proba(self, X: Any) -> Any:
-        """Log class probabilities (:func:`fastxent.log_softmax` of the
-        logits): a dask array for dask ``X``, else NumPy."""
+        """Log class probabilities: :func:`fastxent.log_softmax` of the logits.
+
+        Parameters
+        ----------
+        X : dask array of shape (n_samples, n_features), or array-like
+            Chunked along its rows.
+
+        Returns
+        -------
+        dask array or ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``: a dask array for dask ``X``, else NumPy.
+        """
         if not isinstance(X, da.Array):
             return super().predict_log_proba(X)
         return self._map(X, "predict_log_proba", self.classes_.shape[0], self._float_dtype(X))

@@ -46,9 +46,10 @@ import dask.array as da
 import numpy as np
 from dask.base import is_dask_collection
 
-from . import _linear
-from . import _validation as v
-from ._loss import LossSpec, loss_spec, reduce_total
+from .. import _linear
+from .. import _validation as v
+from .._loss import reduce_total
+from .._spec import LossSpec, loss_spec
 
 #: Children per node of the reduction trees.
 SPLIT_EVERY = 8
@@ -60,6 +61,9 @@ BATCH = "abcdefghijklmn"
 
 
 def check_known_chunks(a: da.Array, name: str) -> None:
+    """Known chunk sizes, and blocks that are plain NumPy arrays (not
+    masked: the blocks would be read without their masks)."""
+    v.check_plain(getattr(a, "_meta", None), name)
     if any(math.isnan(c) for cs in a.chunks for c in cs):
         raise ValueError(
             f"{name} has unknown chunk sizes (NaN in {name}.chunks, e.g. after boolean "
@@ -81,7 +85,7 @@ def as_dask(a: Any, name: str, what: str) -> da.Array:
             f"{name} must be a dask array (or a NumPy array); got a {type(a).__name__}. "
             "Convert a dask dataframe with .to_dask_array(lengths=True)."
         )
-    arr = np.asarray(a)
+    arr = v.as_array(a, name)
     if arr.ndim == 0:
         raise ValueError(
             f"{name} must have at least one dimension (..., {what}) with the {what}s last; "
@@ -134,7 +138,7 @@ def per_row(
         return a
     if is_dask_collection(a):
         raise TypeError(f"{name} must be a dask array or a NumPy array; got {type(a).__name__}.")
-    arr = np.asarray(a)
+    arr = v.as_array(a, name)
     if arr.shape != shape:
         raise ValueError(
             f"{name} must have shape {shape} ({rows_name} has shape {rows.shape}); "
@@ -154,7 +158,7 @@ def target_kind(t_dtype: np.dtype[Any], t_shape: tuple[int, ...], shape: tuple[i
     if t_shape == shape:
         if t_dtype.kind in "iu":
             raise ValueError(v._integer_target_message(t_dtype, shape))
-        if t_dtype.kind != "f":
+        if t_dtype.kind != "f" and not v.half_kind(t_dtype):
             raise TypeError(
                 f"class-probability targets must be floating-point numbers; got dtype={t_dtype}."
             )
