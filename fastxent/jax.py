@@ -267,15 +267,19 @@ def cross_entropy(
         (or ``ignore_index``); or class probabilities, floats of the logits'
         shape.  No gradient flows to them.
     reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"`` returns one loss per sample, else their sum or mean.
     weight : Array of shape (m,), optional
         Class weights (no gradient flows to them).
     ignore_index : int, default -100
+        Class index that contributes no loss and no gradient.
     label_smoothing : float in [0, 1], default 0.0
+        PyTorch's label smoothing.
     sample_weight : Array of shape ``logits.shape[:-1]``, optional
-        Per-sample weights (no gradient flows to them).
+        Per-sample weights (fastxent's option; no gradient flows to them).
     z_loss : float >= 0, default 0.0
+        Adds ``z_loss * logsumexp(z)**2`` to each sample's loss.
     softcap : float > 0, optional
-        As in :func:`fastxent.cross_entropy`.
+        Soft-caps the logits as ``softcap * tanh(z / softcap)`` first.
 
     Returns
     -------
@@ -432,8 +436,21 @@ def linear_cross_entropy(
         Class indices of shape ``x.shape[:-1]``, or probabilities of shape
         ``x.shape[:-1] + (V,)``.
     linear_bias : Array of shape (V,), optional
-    reduction, weight, ignore_index, label_smoothing, sample_weight, z_loss, softcap
-        As in :func:`cross_entropy`.
+        The head's bias, of x's dtype.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"`` returns one loss per sample, else their sum or mean.
+    weight : Array of shape (V,), optional
+        Class weights (no gradient flows to them).
+    ignore_index : int, default -100
+        Class index that contributes no loss and no gradient.
+    label_smoothing : float in [0, 1], default 0.0
+        PyTorch's label smoothing.
+    sample_weight : Array of shape ``x.shape[:-1]``, optional
+        Per-sample weights (fastxent's option; no gradient flows to them).
+    z_loss : float >= 0, default 0.0
+        Adds ``z_loss * logsumexp(z)**2`` to each sample's loss.
+    softcap : float > 0, optional
+        Soft-caps the logits as ``softcap * tanh(z / softcap)`` first.
     chunk_size : int >= 1, optional
         Rows per chunk (see :func:`fastxent.linear_cross_entropy`).
 

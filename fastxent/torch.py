@@ -423,7 +423,7 @@ def cross_entropy(
 
     See Also
     --------
-    fastxent.cross_entropy_with_grad : the NumPy function underneath.
+    fastxent.cross_entropy_with_grad : The NumPy function underneath.
 
     Examples
     --------
@@ -491,7 +491,7 @@ def cross_entropy(
 
 
 class CrossEntropyLoss(torch.nn.Module):
-    """fastxent's cross-entropy as an ``nn.Module``, like ``torch.nn.CrossEntropyLoss``.
+    """Cross-entropy as an ``nn.Module``, like ``torch.nn.CrossEntropyLoss``.
 
     ``loss_fn(input, target)`` is :func:`cross_entropy` with the options
     given here.
@@ -502,11 +502,15 @@ class CrossEntropyLoss(torch.nn.Module):
         Class weights, kept as a buffer (moves with ``.to()``, saved in the
         ``state_dict``).
     ignore_index : int, default -100
+        Class index that contributes no loss and no gradient.
     reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"`` returns one loss per sample, else their sum or mean.
     label_smoothing : float in [0, 1], default 0.0
+        PyTorch's label smoothing.
     z_loss : float >= 0, default 0.0
+        Adds ``z_loss * logsumexp(z)**2`` to each sample's loss.
     softcap : float > 0, optional
-        As in :func:`cross_entropy`.
+        Soft-caps the logits as ``softcap * tanh(z / softcap)`` first.
 
     Examples
     --------
@@ -539,7 +543,20 @@ class CrossEntropyLoss(torch.nn.Module):
         self.softcap = softcap
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss of ``input`` against ``target`` (see :func:`cross_entropy`)."""
+        """The loss of ``input`` against ``target``.
+
+        Parameters
+        ----------
+        input : Tensor
+            Logits, classes on dim 1 (see :func:`cross_entropy`).
+        target : Tensor
+            Class indices or class probabilities.
+
+        Returns
+        -------
+        Tensor
+            :func:`cross_entropy` with this module's options.
+        """
         return cross_entropy(
             input,
             target,
@@ -843,9 +860,21 @@ def linear_cross_entropy(
         Class indices of shape ``input.shape[:-1]``, or class probabilities
         of shape ``input.shape[:-1] + (V,)``.
     linear_bias : Tensor of shape (V,), optional
-    weight, reduction, ignore_index, label_smoothing, sample_weight, z_loss, softcap
-        As in :func:`cross_entropy` (``sample_weight`` of shape
-        ``input.shape[:-1]``).
+        The head's bias (``nn.Linear(d, V).bias``), of input's dtype.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"`` returns one loss per sample, else their sum or mean.
+    weight : Tensor of shape (V,), optional
+        Class weights (no gradient flows to them).
+    ignore_index : int, default -100
+        Class index that contributes no loss and no gradient.
+    label_smoothing : float in [0, 1], default 0.0
+        PyTorch's label smoothing.
+    sample_weight : Tensor of shape ``input.shape[:-1]``, optional
+        Per-sample weights (fastxent's option; no gradient flows to them).
+    z_loss : float >= 0, default 0.0
+        Adds ``z_loss * logsumexp(z)**2`` to each sample's loss.
+    softcap : float > 0, optional
+        Soft-caps the logits as ``softcap * tanh(z / softcap)`` first.
     chunk_size : int >= 1, optional
         Rows per chunk (see :func:`fastxent.linear_cross_entropy`).
 
