@@ -12,16 +12,23 @@ Never ``-ffast-math``: it breaks -inf/NaN handling, and in a shared library
 it switches the whole process to flush-to-zero.
 
 Editable installs (``pip install -e``) reuse the compiled module already in
-the checkout when it was built from the same sources, flags, Python, NumPy
-and Cython: the README's second set-up command then does not rebuild what
-the first one built.  ``fastxent/_kernels.build-stamp`` records what it was
-built from (delete it, or set ``FASTXENT_REBUILD=1``, to force a build).
+the checkout when it was built from the same inputs: the README's second
+set-up command then does not rebuild what the first one built.  The inputs
+are everything that changes the binary: the sources and headers, this file,
+the compiler (its command lines, which hold ``CC``, ``CFLAGS``,
+``CPPFLAGS``, ``LDFLAGS`` and ``LDSHARED`` from the environment and
+Python's own flags, the version it reports, and the environment variables
+it reads itself), the flags set here, and the Python, NumPy and Cython it
+is built with.  ``fastxent/_kernels.build-stamp`` records a digest of them
+(delete it, or set ``FASTXENT_REBUILD=1``, to force a build).
 """
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -117,7 +124,7 @@ class BuildExt(build_ext):
 
     def build_extension(self, ext):
         editable = getattr(self, "editable_mode", False) and not _env_flag("FASTXENT_REBUILD")
-        digest = _inputs_digest(ext, self.compiler.compiler_type)
+        digest = _inputs_digest(ext, _compiler_facts(self))
         in_tree = os.path.join(HERE, self.get_ext_filename(ext.name))
         target = self.get_ext_fullpath(ext.name)
         if editable and _stamp_matches(in_tree, digest):
@@ -142,6 +149,8 @@ class BuildExt(build_ext):
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STAMP = os.path.join(HERE, "fastxent", "_kernels.build-stamp")
+# The one place the Cython directives are set (_kernels.pyx has no
+# "# cython:" header): the build and its cache key both see them here.
 CYTHON_DIRECTIVES = {
     "language_level": 3,
     "boundscheck": False,
@@ -157,9 +166,51 @@ def _sha256_file(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _inputs_digest(ext, compiler_type):
+# Environment variables the compiler and linker read themselves (GCC/clang,
+# macOS, MSVC), which their command lines do not show.
+COMPILER_ENV = (
+    "CPATH", "C_INCLUDE_PATH", "LIBRARY_PATH", "GCC_EXEC_PREFIX", "COMPILER_PATH",
+    "ARCHFLAGS", "MACOSX_DEPLOYMENT_TARGET", "SDKROOT", "CL", "_CL_", "LINK", "INCLUDE", "LIB",
+)  # fmt: skip
+
+
+def _compiler_version(command):
+    """What ``CC --version`` prints (``CC``: the words of ``command`` before
+    its first flag, so that a wrapper such as ccache asks the compiler), and
+    which file it ran; or why it could not be asked."""
+    program = list(itertools.takewhile(lambda word: not word.startswith("-"), command))
+    if not program:
+        return None
+    try:
+        done = subprocess.run(
+            program + ["--version"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"not asked: {type(e).__name__}"
+    return [shutil.which(program[0]), done.returncode, done.stdout]
+
+
+def _compiler_facts(build):
+    """What identifies the compiler of the build_ext command ``build``:
+    its command lines (setuptools has put ``CC``, ``CFLAGS``, ``CPPFLAGS``,
+    ``LDFLAGS`` and ``LDSHARED`` from the environment into them), the
+    version it reports, the variables of COMPILER_ENV, and build_ext's own
+    directories and macros."""
+    compiler = build.compiler
+    commands = [list(getattr(compiler, name, None) or []) for name in ("compiler_so", "linker_so")]
+    return [
+        compiler.compiler_type,
+        commands,
+        _compiler_version(commands[0]),
+        {name: os.environ.get(name) for name in COMPILER_ENV},
+        [build.include_dirs, build.library_dirs, build.libraries, build.define, build.undef],
+    ]
+
+
+def _inputs_digest(ext, compiler_facts):
     """What a build depends on: the sources and headers, this file, the
-    flags, and the Python, NumPy and Cython it is built with."""
+    flags, the compiler (``_compiler_facts``), and the Python, NumPy and
+    Cython it is built with."""
     h = hashlib.sha256()
     folder = os.path.join(HERE, "fastxent")
     inputs = sorted(
@@ -173,11 +224,10 @@ def _inputs_digest(ext, compiler_type):
         ext.extra_compile_args,
         ext.extra_link_args,
         ext.define_macros,
-        compiler_type,
+        compiler_facts,
         sys.version,
         numpy.__version__,
         Cython.__version__,
-        os.environ.get("CC", ""),
     ]
     h.update(repr(facts).encode())
     return h.hexdigest()
@@ -201,9 +251,13 @@ extensions = [
         depends=[
             "fastxent/_rowops.h",
             "fastxent/_rowops_t.h",
-            "fastxent/_logprob_t.h",
-            "fastxent/_options.h",
             "fastxent/_governor.h",
+            "fastxent/_options.h",
+            "fastxent/_kernels.pxd",
+            "fastxent/_kernels_half.pxi",
+            "fastxent/_kernels_linear.pxi",
+            "fastxent/_kernels_hooks.pxi",
+            "fastxent/_logprob_t.h",
             "fastxent/_kernels_logprob.pxi",
         ],
         # NumPy's C API checks the arrays at the kernel entry points (see

@@ -17,7 +17,7 @@ import numpy as np
 
 from fastxent._cli_bench import numpy_loss_grad
 
-# (n, m) of the issue-2 table plus the large-vocabulary case of issue 4.
+# (n, m) of the core benchmark table plus a large-vocabulary case.
 CORE_SHAPES = [(100_000, 10), (65_536, 100), (16_384, 1_000), (4_096, 32_000), (1_024, 128_256)]
 DTYPES = ["float32", "float64"]
 # Logit scale: standard normal times this.  Large enough that the softmax is

@@ -1,4 +1,4 @@
-"""Fit time of fastxent.dask.SoftmaxRegression on a LocalCluster (issue 11).
+"""Fit time of fastxent.dask.SoftmaxRegression on a LocalCluster.
 
 n = 1 000 000, d = 50, m = 10, float64 in 16 row chunks (labels drawn from
 a softmax of a random linear model, as ``bench_estimator.py`` makes them),

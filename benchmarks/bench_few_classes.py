@@ -1,4 +1,4 @@
-"""Few classes (issue 13): loss + gradient against the copy floor and the exps alone.
+"""Few classes: loss + gradient against the copy floor and the exps alone.
 
 For each shape and dtype, at 1 and 2 threads: :func:`fastxent.cross_entropy_with_grad`
 into a preallocated ``out=`` (best of ``--repeats`` calls), against the copy floor

@@ -1,4 +1,4 @@
-"""The "Dask" section of ``report.py`` (issue 11): the groups of
+"""The "Dask" section of ``report.py``: the groups of
 ``test_bench_dask.py``, one row per thread count.  Every ratio divides two
 numbers of the same group and run."""
 

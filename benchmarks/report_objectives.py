@@ -1,4 +1,4 @@
-"""The "Gradient-boosting objectives" section of ``report.py`` (issue 12):
+"""The "Gradient-boosting objectives" section of ``report.py``:
 the groups of ``test_bench_objectives.py``, one pair of tables per thread
 count.  Every ratio divides two numbers of the same group and run."""
 

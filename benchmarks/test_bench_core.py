@@ -1,4 +1,4 @@
-"""Core benchmarks (issues 2 and 4): fastxent against the memory floors and NumPy.
+"""Core benchmarks: fastxent against the memory floors and NumPy.
 
 For every (n, m) of ``conftest.CORE_SHAPES``, float32 and float64, at each
 ``--bench-threads`` count, one pytest-benchmark group holds:

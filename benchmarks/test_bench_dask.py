@@ -1,4 +1,4 @@
-"""The distributed overhead of fastxent.dask (issue 11).
+"""The distributed overhead of fastxent.dask.
 
 Group ``dask-16384x1000-float32-<T>T``: loss and gradient of 16 384 x 1 000
 float32 logits in 8 row chunks with Dask's threaded scheduler on T threads

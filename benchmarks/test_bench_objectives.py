@@ -1,4 +1,4 @@
-"""Gradient-boosting objectives (issue 12): XGBoost, n = 500 000, k = 10, float32.
+"""Gradient-boosting objectives: XGBoost, n = 500 000, k = 10, float32.
 
 Group ``"objective-500000x10-float32-<T>T"`` (XGBoost ``nthread=T``, fastxent
 limited to T OpenMP threads with threadpoolctl):

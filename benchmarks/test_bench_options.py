@@ -1,4 +1,4 @@
-"""Option overhead (issue 3): loss+grad with each option alone vs plain loss+grad.
+"""Option overhead: loss+grad with each option alone vs plain loss+grad.
 
 At (16384, 1000) float32, preallocated ``out=``, loss ``"mean"``, one group
 ``"options-16384x1000-float32-<T>T"`` per thread count.  The issue's target is

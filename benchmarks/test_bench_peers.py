@@ -1,4 +1,4 @@
-"""Peer benchmarks (issue 4): mean cross-entropy loss + gradient w.r.t. the logits.
+"""Peer benchmarks: mean cross-entropy loss + gradient w.r.t. the logits.
 
 Each peer lands in the same group as fastxent's core benchmarks
 (``"<case>-<dtype>-<T>T"``), so ``report.py`` prints speed-ups measured in one

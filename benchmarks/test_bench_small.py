@@ -1,4 +1,4 @@
-"""Small calls and import cost (issue 4).
+"""Small calls and import cost.
 
 - group ``small-32x10-float64``: ``cross_entropy_with_grad(z, y)`` on a 32 x 10
   float64 array (default threads, gradient allocated: the whole Python-side

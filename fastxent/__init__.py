@@ -44,13 +44,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # fastxent.estimators, fastxent.metrics, fastxent.objectives and
-    # fastxent.dask load on first access, so that `import fastxent` imports
-    # NumPy only (never scikit-learn, SciPy, xgboost, lightgbm or Dask);
-    # so does fastxent.SoftmaxRegression (fastxent.estimators'), which is
-    # not in __all__ so that `from fastxent import *` stays NumPy-only too.
-    # A missing extra is an ImportError that names it.
-    if name in ("estimators", "metrics", "objectives", "dask"):
+    # fastxent.estimators, fastxent.metrics, fastxent.objectives,
+    # fastxent.dask, fastxent.torch and fastxent.jax load on first access, so
+    # that `import fastxent` imports NumPy only (never scikit-learn, SciPy,
+    # xgboost, lightgbm, Dask, PyTorch or JAX); so does
+    # fastxent.SoftmaxRegression (fastxent.estimators'), which is not in
+    # __all__ so that `from fastxent import *` stays NumPy-only too.  A
+    # missing extra is an ImportError that names it.
+    if name in ("estimators", "metrics", "objectives", "dask", "torch", "jax"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

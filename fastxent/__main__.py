@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _cli_bench as cb
+from . import _kernels
 from ._config import config, show_config
 from ._loss import cross_entropy_with_grad
 from ._softmax import log_softmax, logsumexp, softmax
@@ -288,6 +289,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _busy_note(waits: int) -> str | None:
+    """A warning when parallel regions of the run waited on other programs."""
+    if waits <= 0:
+        return None
+    return (
+        f"warning: {waits} parallel region(s) of this run waited for cores that another "
+        "program kept busy: the figures of more than one thread are not what this machine "
+        "does when it is free (the benchmark asks for its thread counts explicitly; the "
+        "default thread count would have stepped down to one thread). Rerun on a quiet machine."
+    )
+
+
 def _bench(args: argparse.Namespace) -> int:
     sizes = cb.QUICK_SHAPES if args.quick else cb.LARGE_SHAPES if args.large else None
     shapes = args.shapes or sizes or cb.DEFAULT_SHAPES
@@ -330,10 +343,14 @@ def _bench(args: argparse.Namespace) -> int:
     for line in notes:
         print(line)
     sys.stdout.flush()
+    waits_before = _kernels.governor_state()[0]
     records = cb.run_bench(
         shapes, args.dtypes, threads, repeats, peers, progress=not args.no_progress
     )
     print()
+    busy_note = _busy_note(_kernels.governor_state()[0] - waits_before)
+    if busy_note:
+        print(busy_note)
     print(
         "mean cross-entropy loss + gradient w.r.t. the logits; median of "
         f"{repeats} timings; fastxent ms: into a preallocated out=; alloc ms: allocating "

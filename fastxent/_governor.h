@@ -90,13 +90,14 @@ static inline void fx_gov_reset(void)
     FX_STORE(&fx_gov_waits, (int64_t)0);
 }
 
-/* Chunk c of T over n items: [*lo, *hi), contiguous, sizes differing by at
- * most one (the static split). */
-static inline void fx_span(ptrdiff_t c, ptrdiff_t T, ptrdiff_t n, ptrdiff_t *lo, ptrdiff_t *hi)
+/* Where chunk c of T over n items starts (chunk c is [start(c), start(c + 1)):
+ * contiguous, sizes differing by at most one, the static split).  A value,
+ * not output pointers: a loop variable assigned in a Cython prange is
+ * private to its thread, one written through a pointer would be shared. */
+static inline ptrdiff_t fx_span_start(ptrdiff_t c, ptrdiff_t T, ptrdiff_t n)
 {
     ptrdiff_t q = n / T, r = n % T;
-    *lo = c * q + (c < r ? c : r);
-    *hi = *lo + q + (c < r);
+    return c * q + (c < r ? c : r);
 }
 
 #endif

@@ -1,6 +1,3 @@
-# cython: language_level=3
-# cython: boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False, freethreading_compatible=True
 """Compiled kernels of fastxent.
 
 Design
@@ -34,7 +31,9 @@ Design
   C API instead of acquiring typed memoryviews, do everything in one
   ``nogil`` block, and below ``PARALLEL_MIN_ELEMENTS`` logits run a plain
   loop that never enters the OpenMP runtime.
-* All loss options reduce to one per-row form.  With ``q_k`` the effective
+* All loss options reduce to one per-row form, written once in
+  ``_options.h`` (the options struct, the target masses, the gradient scale
+  and the per-row finisher every kernel calls).  With ``q_k`` the effective
   target mass of class ``k`` (labels: ``(1-eps) w_y [k=y] + eps/m w_k``;
   probabilities: ``w_k ((1-eps) Y_k + eps/m)``), ``Q = sum_k q_k`` and
   ``lse = max + log S``::
@@ -44,7 +43,8 @@ Design
 
   where ``s_i`` is the sample weight, ``D`` the denominator under ``"mean"``
   (1 otherwise; +inf when it is 0, which makes that gradient 0), and
-  ``cap'`` the derivative of the optional soft-cap.
+  ``cap'`` the derivative of the optional soft-cap.  The kernels differ
+  only in how they reduce rows; ``choose_kernel`` picks one per job.
 * Per-row losses are written to a float64 array (or, for a reduced loss
   in the few-class kernels, summed per block of FX_TILE_ROWS rows as each
   block is finished) and summed pairwise in a fixed order after the
@@ -62,6 +62,13 @@ Design
   a region kept waiting far longer than its chunks worked (another
   parallel program spinning on the same cores) makes calls that asked for
   the default thread count run on one thread for a while (``_governor.h``).
+
+Files
+-----
+``_kernels.pxd`` declares the C headers; this file holds the row kernel,
+the drivers and the loss and softmax entry points; ``_kernels_half.pxi``
+the half-precision drivers, ``_kernels_linear.pxi`` the fused linear chunk
+loop, ``_kernels_hooks.pxi`` the test hooks (included below).
 """
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer, PyCapsule_IsValid
@@ -72,117 +79,6 @@ from libc.stdint cimport int32_t, int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-cdef extern from "_options.h" nogil:
-    ctypedef struct fx_options:
-        double label_smoothing
-        double z_loss
-        double softcap
-        double grad_denom
-        double label_mass
-        double uniform_mass
-        double unit_scale
-    ctypedef struct fx_row:
-        double loss
-        double softmax_weight
-        double lse
-    fx_options fx_options_for(double label_smoothing, double z_loss, double softcap,
-                              double grad_denom, Py_ssize_t m)
-    double fx_label_mass(const fx_options *o, double w_label)
-    double fx_grad_scale(const fx_options *o, double s)
-    fx_row fx_finish_row(const fx_options *o, double s, double b, double mx, double log_s,
-                         double Q, double dot)
-
-cdef extern from "_governor.h" nogil:
-    enum:
-        FX_TEAM_MAX
-    double fx_wtime()
-    int fx_gov_serial()
-    void fx_gov_report(double t0, const double *busy, Py_ssize_t T)
-    void fx_gov_reset()
-    void fx_span(Py_ssize_t c, Py_ssize_t T, Py_ssize_t n, Py_ssize_t *lo, Py_ssize_t *hi)
-    long long fx_gov_waits
-    long long fx_gov_backoff_ns
-    long long fx_gov_serial_until_ns
-
-cdef extern from "_rowops.h" nogil:
-    float fx_max_f(const float *z, Py_ssize_t n)
-    double fx_max_d(const double *z, Py_ssize_t n)
-    float fx_softcap_max_f(const float *z, Py_ssize_t n, float c, float *out)
-    double fx_softcap_max_d(const double *z, Py_ssize_t n, double c, double *out)
-    double fx_expsum_f(const float *z, Py_ssize_t n, float shift, float *out,
-                       const float *w, const float *y, float alpha, float beta,
-                       double *tdot, double *rest)
-    double fx_expsum_d(const double *z, Py_ssize_t n, double shift, double *out,
-                       const double *w, const double *y, double alpha,
-                       double beta, double *tdot, double *rest)
-    void fx_grad_pass_f(float *g, Py_ssize_t n, float a, float b,
-                        const float *w, const float *y, float alpha,
-                        float beta, const float *zc, float inv_c)
-    void fx_grad_pass_d(double *g, Py_ssize_t n, double a, double b,
-                        const double *w, const double *y, double alpha,
-                        double beta, const double *zc, double inv_c)
-    void fx_sub2_f(const float *z, Py_ssize_t n, float s1, float s2, float *out)
-    void fx_sub2_d(const double *z, Py_ssize_t n, double s1, double s2, double *out)
-    void fx_scale_f(float *g, Py_ssize_t n, float a)
-    void fx_scale_d(double *g, Py_ssize_t n, double a)
-    void fx_hess_pass_f(const float *e, Py_ssize_t n, float inv_s, float c, float *h)
-    void fx_hess_pass_d(const double *e, Py_ssize_t n, double inv_s, double c, double *h)
-    void fx_exp_array_f(const float *x, Py_ssize_t n, float *out)
-    void fx_exp_array_d(const double *x, Py_ssize_t n, double *out)
-    void fx_expneg_array_f(const float *x, Py_ssize_t n, float *out)
-    void fx_expneg_array_d(const double *x, Py_ssize_t n, double *out)
-    void fx_tanh_array_f(const float *x, Py_ssize_t n, float *out)
-    void fx_tanh_array_d(const double *x, Py_ssize_t n, double *out)
-    int fx_masked_without_mass_f(const float *z, Py_ssize_t m, Py_ssize_t label,
-                                 const float *y, const float *w, const fx_options *o)
-    int fx_masked_without_mass_d(const double *z, Py_ssize_t m, Py_ssize_t label,
-                                 const double *y, const double *w, const fx_options *o)
-    double fx_softmax_coef_f(double b, Py_ssize_t m, Py_ssize_t label, const float *y,
-                             const float *w, const fx_options *o, double lse, double S)
-    double fx_softmax_coef_d(double b, Py_ssize_t m, Py_ssize_t label, const double *y,
-                             const double *w, const fx_options *o, double lse, double S)
-    void fx_half_to_float(const uint16_t *src, Py_ssize_t n, float *dst, int bf16)
-    void fx_float_to_half(const float *src, Py_ssize_t n, uint16_t *dst, int bf16)
-    const char *fx_simd_dispatch()
-    double fx_log(double x)
-    void fx_log1p_recip_unit_array(const double *t, Py_ssize_t n, double *log1p_out,
-                                   double *recip_out)
-    double fx_pairwise_sum(const double *x, Py_ssize_t n)
-    Py_ssize_t fx_count_labels(const void *labels, int labels_64bit, Py_ssize_t n,
-                               Py_ssize_t m, long long ignore_index,
-                               Py_ssize_t *out_of_range)
-    enum:
-        FX_TILE_ROWS
-        FX_SMALL_M_MAX
-    int fx_tile_kernel_f(const float *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
-                         int labels_64bit, long long ignore_index, const float *w,
-                         const double *sw, const fx_options *o, double *loss_out, float *g,
-                         float *h)
-    int fx_tile_kernel_d(const double *z, Py_ssize_t R, Py_ssize_t m, const void *labels,
-                         int labels_64bit, long long ignore_index, const double *w,
-                         const double *sw, const fx_options *o, double *loss_out, double *g,
-                         double *h)
-    int fx_two_class_kernel_f(const float *z, Py_ssize_t R, const void *labels,
-                              int labels_64bit, long long ignore_index, const float *w,
-                              const double *sw, const fx_options *o, double *loss_out,
-                              float *g, float *h)
-    int fx_two_class_kernel_d(const double *z, Py_ssize_t R, const void *labels,
-                              int labels_64bit, long long ignore_index, const double *w,
-                              const double *sw, const fx_options *o, double *loss_out,
-                              double *g, double *h)
-
-# Builds without OpenMP (e.g. Apple clang without libomp) still compile:
-# prange then runs serially, and this shim answers "one thread".
-#
-# Fork safety: GNU OpenMP's thread pool does not survive fork(), so a child
-# forked after the parent ran a parallel region blocks forever in its first
-# one (there is no way to reset libgomp).  A pthread_atfork handler marks
-# every forked child, and a marked process never enters the OpenMP runtime
-# again: every kernel runs its serial loop (one thread).  It catches every
-# fork, os.fork, multiprocessing's and C libraries' alike, at the cost of
-# one thread in children of parents that never started a team (another
-# library sharing libgomp could have).  PyTorch does the same
-# (aten/src/ATen/ParallelOpenMP.cpp: one thread in a forked child).
 cdef extern from *:
     """
     #ifdef _OPENMP
@@ -651,7 +547,8 @@ cdef int _run_tile_kernel(
         t0 = fx_wtime()
         for c in prange(num_threads, schedule='static', num_threads=num_threads):
             tc = fx_wtime()
-            fx_span(c, num_threads, nblocks, &lo, &hi)
+            lo = fx_span_start(c, num_threads, nblocks)
+            hi = fx_span_start(c + 1, num_threads, nblocks)
             for blk in range(lo, hi):
                 raced += _tile_kernel_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
                                             hess, ignore_index, block_sums, kernel)
@@ -699,7 +596,7 @@ cdef inline double _one_row(
     else:
         y = target + i * m
     return row_kernel(z + i * m, m, label, y, w,
-                             sw[i] if sw != NULL else 1.0, opt, g, h, scratch)
+                      sw[i] if sw != NULL else 1.0, opt, g, h, scratch)
 
 
 cdef int _run_row_kernel(
@@ -743,7 +640,8 @@ cdef int _run_row_kernel(
         # one chunk of rows per thread, timed (see _governor.h)
         for c in prange(num_threads, schedule='static'):
             tc = fx_wtime()
-            fx_span(c, num_threads, n, &lo, &hi)
+            lo = fx_span_start(c, num_threads, n)
+            hi = fx_span_start(c + 1, num_threads, n)
             if opt.softcap == 0 or scratch != NULL:
                 for i in range(lo, hi):
                     loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
@@ -882,7 +780,7 @@ cdef int _take_common(Arrays *a, object z, object class_weight,
 
 cdef tuple _run_loss(const floating *z, const label_t *labels,
                      const floating *target, const Arrays *a,
-                     int64_t ignore_index, double smoothing, double zloss,
+                     int64_t ignore_index, double label_smoothing, double z_loss,
                      double softcap, double grad_denom, int num_threads):
     """One loss kernel call: class indices (``labels``) or probabilities
     (``target``).  Returns ``(bad, total, denominator)``."""
@@ -905,8 +803,8 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
             denom = <double>n
         if bad < 0:
             # NaN: divide the gradient by this call's own "mean" denominator.
-            opt = fx_options_for(smoothing, zloss, softcap,
-                           denom if grad_denom != grad_denom else grad_denom, m)
+            opt = fx_options_for(label_smoothing, z_loss, softcap,
+                                 denom if grad_denom != grad_denom else grad_denom, m)
             if floating is float and a.half:
                 # Reduced losses: the per-row values go to a buffer of our own.
                 if rows == NULL:
@@ -940,9 +838,10 @@ def cross_entropy_labels(
     object loss_out,
     object grad_out,
     object hess_out,
+    *,
     int64_t ignore_index,
-    double smoothing,
-    double zloss,
+    double label_smoothing,
+    double z_loss,
     double softcap,
     double grad_denom,
     int num_threads,
@@ -983,14 +882,15 @@ def cross_entropy_labels(
     if ft == cnp.NPY_FLOAT or half:
         if lt == cnp.NPY_INT32:
             return _run_loss(<float *>a.z, <int32_t *>a.labels, <float *>NULL, &a,
-                             ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
+                             ignore_index, label_smoothing, z_loss, softcap, grad_denom,
+                             num_threads)
         return _run_loss(<float *>a.z, <int64_t *>a.labels, <float *>NULL, &a,
-                         ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
+                         ignore_index, label_smoothing, z_loss, softcap, grad_denom, num_threads)
     if lt == cnp.NPY_INT32:
         return _run_loss(<double *>a.z, <int32_t *>a.labels, <double *>NULL, &a,
-                         ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
+                         ignore_index, label_smoothing, z_loss, softcap, grad_denom, num_threads)
     return _run_loss(<double *>a.z, <int64_t *>a.labels, <double *>NULL, &a,
-                     ignore_index, smoothing, zloss, softcap, grad_denom, num_threads)
+                     ignore_index, label_smoothing, z_loss, softcap, grad_denom, num_threads)
 
 
 def cross_entropy_probs(
@@ -1001,8 +901,9 @@ def cross_entropy_probs(
     object loss_out,
     object grad_out,
     object hess_out,
-    double smoothing,
-    double zloss,
+    *,
+    double label_smoothing,
+    double z_loss,
     double softcap,
     double grad_denom,
     int num_threads,
@@ -1025,9 +926,9 @@ def cross_entropy_probs(
         raise TypeError("fastxent._kernels: target must be an array")
     if ft == cnp.NPY_FLOAT or half:
         return _run_loss(<float *>a.z, <int64_t *>NULL, <float *>a.target, &a,
-                         0, smoothing, zloss, softcap, grad_denom, num_threads)
+                         0, label_smoothing, z_loss, softcap, grad_denom, num_threads)
     return _run_loss(<double *>a.z, <int64_t *>NULL, <double *>a.target, &a,
-                     0, smoothing, zloss, softcap, grad_denom, num_threads)
+                     0, label_smoothing, z_loss, softcap, grad_denom, num_threads)
 
 
 def mean_denominator(object labels, object class_weight, object sample_weight,
@@ -1078,390 +979,10 @@ def pairwise_sum(object x, int num_threads=1):
     return total
 
 
-# ---- half precision: float16 and bfloat16 logits, computed in float32 ----
-#
-# The rows go through the float32 kernels a block at a time: each thread
-# widens a block of rows into a float32 buffer of its own, runs the row (or
-# tile) kernels there with the gradient written in place, and narrows the
-# outputs back.  Every pass over a row after the first reads the float32
-# buffer from cache, so the arrays in memory are read and written once at
-# 2 bytes an element.  (Converting in the kernels' own vector loads would
-# need every row primitive twice; the buffer costs a cache-resident copy.)
-
-cdef inline Py_ssize_t _half_block_rows(Py_ssize_t m, bint tile) noexcept nogil:
-    """Rows per block: whole tiles for the small-m kernel, else about 32 K
-    elements (128 KiB of float32, at least one row)."""
-    if tile:
-        return FX_TILE_ROWS
-    return max(<Py_ssize_t>1, 32768 // m)
+include "_kernels_half.pxi"
 
 
-cdef int _half_loss_block(
-    Py_ssize_t blk, Py_ssize_t B, float *buf, const uint16_t *z, bint bf16, Py_ssize_t n,
-    Py_ssize_t m, const label_t *labels, int64_t ignore_index, const float *target,
-    const uint16_t *target_half, const float *w, const double *sw, const fx_options *opt,
-    double *loss_out, uint16_t *grad, uint16_t *hess,
-) noexcept nogil:
-    """Block ``blk`` of B rows: widen, run the float32 kernels in ``buf``
-    (logits/gradient, Hessian, targets and a soft-cap row, in that order),
-    narrow the outputs.  Returns _loss_rows' code."""
-    cdef Py_ssize_t per = B * m, r0 = blk * B, R = min(B, n - r0)
-    cdef float *zf = buf
-    cdef float *hf = buf + per
-    cdef float *tf = buf + per * (1 + (hess != NULL))
-    cdef float *cap = tf + (per if target_half != NULL else 0)
-    cdef int failed
-    fx_half_to_float(z + r0 * m, R * m, zf, bf16)
-    if target_half != NULL:
-        fx_half_to_float(target_half + r0 * m, R * m, tf, bf16)
-    elif target != NULL:
-        tf = <float *>target + r0 * m
-    else:
-        tf = NULL
-    failed = _loss_rows(zf, R, m, labels + r0 if labels != NULL else NULL, ignore_index, tf,
-                        w, sw + r0 if sw != NULL else NULL, opt, loss_out + r0,
-                        zf if grad != NULL else NULL, hf if hess != NULL else NULL, 1, cap)
-    if grad != NULL:
-        fx_float_to_half(zf, R * m, grad + r0 * m, bf16)
-    if hess != NULL:
-        fx_float_to_half(hf, R * m, hess + r0 * m, bf16)
-    return failed
-
-
-cdef int _half_loss_rows(
-    const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
-    int64_t ignore_index, const float *target, const uint16_t *target_half,
-    const float *w, const double *sw, const fx_options *opt, double *loss_out,
-    uint16_t *grad, uint16_t *hess, int num_threads,
-) noexcept nogil:
-    """_loss_rows for half-precision logits (and outputs; probabilities in
-    float32 ``target`` or in the logits' format ``target_half``).  Returns
-    _loss_rows' codes (OUT_OF_MEMORY also when a thread could not allocate
-    its buffers)."""
-    cdef bint tile = choose_kernel(labels != NULL, m, opt, True) != KERNEL_ROW
-    cdef Py_ssize_t B = _half_block_rows(m, tile)
-    cdef Py_ssize_t nb = (n + B - 1) // B, blk, c, lo, hi
-    cdef Py_ssize_t size = B * m * (1 + (hess != NULL) + (target_half != NULL)) + m
-    cdef double busy[FX_TEAM_MAX]
-    cdef double *busy_p = busy
-    cdef double t0, tc
-    cdef int failed = 0, code
-    cdef int oom = 0, raced = 0
-    cdef int *oom_p = &oom
-    cdef int *raced_p = &raced
-    cdef float *buf = NULL
-    if not _use_threads(n, m, num_threads):
-        buf = <float *>malloc(size * sizeof(float))
-        if buf == NULL:
-            return OUT_OF_MEMORY
-        for blk in range(nb):
-            failed |= _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index, target,
-                                       target_half, w, sw, opt, loss_out, grad, hess)
-        free(buf)
-        return failed
-    t0 = fx_wtime()
-    with parallel(num_threads=num_threads):
-        buf = <float *>malloc(size * sizeof(float))
-        if buf == NULL:
-            oom_p[0] = 1
-        # one chunk of blocks per thread, timed (see _governor.h)
-        for c in prange(num_threads, schedule='static'):
-            tc = fx_wtime()
-            fx_span(c, num_threads, nb, &lo, &hi)
-            for blk in range(lo, hi):
-                if buf == NULL:
-                    break
-                code = _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index,
-                                        target, target_half, w, sw, opt, loss_out, grad, hess)
-                if code & OUT_OF_MEMORY:
-                    oom_p[0] = 1
-                if code & LABEL_RACED:
-                    raced_p[0] = 1
-            busy_p[c] = fx_wtime() - tc
-        free(buf)
-    fx_gov_report(t0, busy, num_threads)
-    return (OUT_OF_MEMORY if oom else 0) | (LABEL_RACED if raced else 0)
-
-
-cdef void _half_softmax_block(Py_ssize_t blk, Py_ssize_t B, float *buf, const uint16_t *z,
-                              bint bf16, Py_ssize_t n, Py_ssize_t m, uint16_t *out,
-                              bint take_log, double *lse) noexcept nogil:
-    cdef Py_ssize_t r0 = blk * B, R = min(B, n - r0), i
-    cdef double v
-    fx_half_to_float(z + r0 * m, R * m, buf, bf16)
-    for i in range(R):
-        v = softmax_row(buf + i * m, m, buf + i * m if out != NULL else <float *>NULL, take_log)
-        if lse != NULL:
-            lse[r0 + i] = v
-    if out != NULL:
-        fx_float_to_half(buf, R * m, out + r0 * m, bf16)
-
-
-cdef int _half_softmax_rows(const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize_t m,
-                            uint16_t *out, bint take_log, double *lse,
-                            int num_threads) noexcept nogil:
-    """softmax_row over half-precision rows, a block at a time in float32."""
-    cdef Py_ssize_t B = _half_block_rows(m, False)
-    cdef Py_ssize_t nb = (n + B - 1) // B, blk, c, lo, hi
-    cdef int failed = 0
-    cdef int *failed_p = &failed
-    cdef float *buf = NULL
-    cdef double busy[FX_TEAM_MAX]
-    cdef double *busy_p = busy
-    cdef double t0, tc
-    if not _use_threads(n, m, num_threads):
-        buf = <float *>malloc(B * m * sizeof(float))
-        if buf == NULL:
-            return 1
-        for blk in range(nb):
-            _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
-        free(buf)
-        return 0
-    t0 = fx_wtime()
-    with parallel(num_threads=num_threads):
-        buf = <float *>malloc(B * m * sizeof(float))
-        if buf == NULL:
-            failed_p[0] = 1
-        # one chunk of blocks per thread, timed (see _governor.h)
-        for c in prange(num_threads, schedule='static'):
-            tc = fx_wtime()
-            fx_span(c, num_threads, nb, &lo, &hi)
-            if buf != NULL:
-                for blk in range(lo, hi):
-                    _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
-            busy_p[c] = fx_wtime() - tc
-        free(buf)
-    fx_gov_report(t0, busy, num_threads)
-    return failed
-
-
-# ---- the fused linear + cross-entropy: x @ W.T consumed in row chunks ----
-#
-# For each chunk of r rows: the logits x_c @ W.T (+ b) by one GEMM into a
-# buffer of r x V, the row kernels over it (loss, and the gradient written
-# over the logits), then the chunk's gradient consumed by two more GEMMs:
-# grad_x[c] = G @ W and grad_W += G.T @ x_c (beta = 1: no V x d temporary),
-# and grad_b += the column sums of G.  The n x V logits never exist.  BLAS
-# is SciPy's (scipy.linalg.cython_blas, what scikit-learn uses from Cython),
-# reached through the function pointers its module exports, so this module
-# needs SciPy neither to build nor to import.  BLAS runs its own threads
-# inside each GEMM (sharing the packed operands among them, which GEMMs
-# split into tiles on our threads could not: measured 1.3-1.4x slower); the
-# row kernels run ours between GEMMs, never both at once.  All arrays are
-# row-major; the GEMMs are written for column-major BLAS as the transposed
-# products.
-
-ctypedef void (*sgemm_t)(char *transa, char *transb, int *m, int *n, int *k,
-                         float *alpha, float *a, int *lda, float *b, int *ldb,
-                         float *beta, float *c, int *ldc) noexcept nogil
-ctypedef void (*dgemm_t)(char *transa, char *transb, int *m, int *n, int *k,
-                         double *alpha, double *a, int *lda, double *b, int *ldb,
-                         double *beta, double *c, int *ldc) noexcept nogil
-
-
-cdef inline void _gemm(void *fn, char ta, char tb, int M, int N, int K,
-                       const floating *A, int lda, const floating *B, int ldb,
-                       floating beta, floating *C, int ldc) noexcept nogil:
-    """Column-major C = op(A) op(B) + beta C with alpha = 1."""
-    cdef floating alpha = 1
-    if floating is float:
-        (<sgemm_t>fn)(&ta, &tb, &M, &N, &K, &alpha, <float *>A, &lda,
-                      <float *>B, &ldb, &beta, C, &ldc)
-    else:
-        (<dgemm_t>fn)(&ta, &tb, &M, &N, &K, &alpha, <double *>A, &lda,
-                      <double *>B, &ldb, &beta, C, &ldc)
-
-
-cdef void _fill_rows(floating *buf, Py_ssize_t r, Py_ssize_t V,
-                     const floating *bias, int num_threads) noexcept nogil:
-    """Every row of ``buf`` := ``bias`` (the GEMM then adds x @ W.T to it
-    with beta = 1, which costs no more than the zeroing beta = 0 does)."""
-    cdef Py_ssize_t i
-    if not _use_threads(r, V, num_threads):
-        for i in range(r):
-            memcpy(buf + i * V, bias, V * sizeof(floating))
-        return
-    for i in prange(r, schedule='static', num_threads=num_threads):
-        memcpy(buf + i * V, bias, V * sizeof(floating))
-
-
-cdef void _add_column_sums(const floating *buf, Py_ssize_t r, Py_ssize_t V,
-                           double *acc, int num_threads) noexcept nogil:
-    """``acc[k] += sum_i buf[i, k]`` in double, rows in order (threads split
-    the columns, so the result does not depend on their number)."""
-    cdef Py_ssize_t blk, nblk = (V + 511) // 512, k0, k1, i, k
-    if not _use_threads(r, V, num_threads):
-        nblk = 1
-    for blk in prange(nblk, schedule='static', num_threads=num_threads,
-                      use_threads_if=nblk > 1):
-        k0 = blk * 512 if nblk > 1 else 0
-        k1 = min(k0 + 512, V) if nblk > 1 else V
-        for i in range(r):
-            for k in range(k0, k1):
-                acc[k] += buf[i * V + k]
-
-
-cdef int _linear_chunks(
-    void *gemm, const floating *x, Py_ssize_t ldx, const floating *W,
-    Py_ssize_t ldw, const floating *bias, Py_ssize_t n, Py_ssize_t d,
-    Py_ssize_t V, const label_t *labels, int64_t ignore_index,
-    const floating *target, const floating *w, const double *sw,
-    const fx_options *opt, double *loss_out, floating *buf, Py_ssize_t r,
-    floating *grad_x, floating *grad_W, double *grad_b, int num_threads,
-) noexcept nogil:
-    """The chunk loop (gradients when ``grad_W`` is not NULL; ``grad_x`` and
-    ``grad_b`` may be NULL then).  Returns _loss_rows' codes, OR-ed over
-    the chunks."""
-    cdef Py_ssize_t c0 = 0, rr
-    cdef int failed = 0
-    while c0 < n:
-        rr = min(r, n - c0)
-        if bias != NULL:
-            _fill_rows(buf, rr, V, bias, num_threads)
-        # logits^T (V x rr) = W (V x d) x_c^T: W is col-major d x V (lda
-        # ldw), x_c col-major d x rr (ldb ldx), the buffer col-major V x rr.
-        _gemm(gemm, c'T', c'N', <int>V, <int>rr, <int>d, W, <int>ldw,
-              x + c0 * ldx, <int>ldx, 1 if bias != NULL else 0, buf, <int>V)
-        failed |= _loss_rows(
-            buf, rr, V, labels + c0 if labels != NULL else NULL, ignore_index,
-            target + c0 * V if target != NULL else NULL, w,
-            sw + c0 if sw != NULL else NULL, opt, loss_out + c0,
-            buf if grad_W != NULL else NULL, <floating *>NULL, num_threads)
-        if grad_W == NULL:
-            c0 += rr
-            continue
-        if grad_x != NULL:
-            # grad_x[c]^T (d x rr) = W^T (d x V) G^T (V x rr)
-            _gemm(gemm, c'N', c'N', <int>d, <int>rr, <int>V, W, <int>ldw, buf,
-                  <int>V, 0, grad_x + c0 * d, <int>d)
-        # grad_W^T (d x V) += x_c^T (d x rr) G (rr x V)
-        _gemm(gemm, c'N', c'T', <int>d, <int>V, <int>rr, x + c0 * ldx, <int>ldx,
-              buf, <int>V, 0 if c0 == 0 else 1, grad_W, <int>d)
-        if grad_b != NULL:
-            _add_column_sums(buf, rr, V, grad_b, num_threads)
-        c0 += rr
-    return failed
-
-
-cdef int _take_rows(object a, int typenum, Py_ssize_t d0, Py_ssize_t d1,
-                    void **data, Py_ssize_t *ld) except -1:
-    """A (d0, d1) array of ``typenum`` whose rows are contiguous (any row
-    stride >= d1, as BLAS takes it): its data pointer and row stride in
-    elements."""
-    cdef cnp.ndarray arr
-    if not cnp.PyArray_Check(a):
-        raise TypeError("fastxent._kernels: expected an ndarray")
-    arr = <cnp.ndarray>a
-    cdef Py_ssize_t size = cnp.PyArray_ITEMSIZE(arr)
-    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != 2
-            or cnp.PyArray_DIM(arr, 0) != d0 or cnp.PyArray_DIM(arr, 1) != d1
-            or (d1 > 1 and cnp.PyArray_STRIDE(arr, 1) != size)
-            or cnp.PyArray_STRIDE(arr, 0) % size != 0
-            or (d0 > 1 and cnp.PyArray_STRIDE(arr, 0) < d1 * size)
-            or not cnp.PyArray_ISALIGNED(arr) or not cnp.PyArray_ISNOTSWAPPED(arr)):
-        raise ValueError("fastxent._kernels: array of the wrong dtype, shape or layout")
-    data[0] = cnp.PyArray_DATA(arr)
-    ld[0] = max(cnp.PyArray_STRIDE(arr, 0) // size, max(d1, 1)) if d0 > 1 else max(d1, 1)
-    return 0
-
-
-def linear_cross_entropy_chunks(
-    object x, object W, object bias, object labels, object target,
-    object class_weight, object sample_weight, object buf, object loss_out,
-    object grad_x, object grad_W, object grad_b, object gemm,
-    int64_t ignore_index, double smoothing, double zloss, double softcap,
-    double grad_denom, int num_threads,
-):
-    """Per-row losses of ``x @ W.T + bias`` into ``loss_out`` (n,) float64,
-    and if ``grad_W`` (V, d) is given the gradients: it, ``grad_x`` (n, d)
-    of x's dtype (or None: not wanted), ``grad_b`` (V,) float64 (accumulated
-    into: pass zeros; or None), through the row-chunk ``buf`` (r, V).  ``x`` (n, d) and
-    ``W`` (V, d) float32 or float64 with contiguous rows (any row stride),
-    ``bias`` (V,) or None, ``labels`` (n,) int32/int64 (range-checked
-    already) or ``target`` (n, V) probabilities; ``gemm`` the SciPy BLAS
-    capsule of sgemm/dgemm.  The gradients are divided by ``grad_denom``.
-    Returns the pairwise sum of the per-row losses."""
-    cdef int ft = _float_type(x)
-    cdef Py_ssize_t n, d, V, r, ldx, ldw, lt = cnp.NPY_INT64
-    cdef void *xp
-    cdef void *Wp
-    cdef void *bp
-    cdef void *lab = NULL
-    cdef void *tp
-    cdef void *wp
-    cdef double *sw
-    cdef void *bufp
-    cdef double *rows
-    cdef void *gx
-    cdef void *gW
-    cdef double *gb
-    cdef void *fn
-    cdef int failed = 0
-    cdef double total = 0
-    cdef fx_options opt
-    if cnp.PyArray_NDIM(<cnp.ndarray>x) != 2 or not cnp.PyArray_Check(W) \
-            or cnp.PyArray_NDIM(<cnp.ndarray>W) != 2 or not cnp.PyArray_Check(buf) \
-            or cnp.PyArray_NDIM(<cnp.ndarray>buf) != 2:
-        raise ValueError("fastxent._kernels: x, W and buf must be 2-d arrays")
-    n, d = cnp.PyArray_DIM(<cnp.ndarray>x, 0), cnp.PyArray_DIM(<cnp.ndarray>x, 1)
-    V, r = cnp.PyArray_DIM(<cnp.ndarray>W, 0), cnp.PyArray_DIM(<cnp.ndarray>buf, 0)
-    if V < 1 or r < 1 or max(n, d, V, r) >= 2**31:
-        raise ValueError("fastxent._kernels: sizes out of range")
-    _take_rows(x, ft, n, d, &xp, &ldx)
-    _take_rows(W, ft, V, d, &Wp, &ldw)
-    if max(ldx, ldw) >= 2**31:
-        raise ValueError("fastxent._kernels: row strides out of range")
-    _take(bias, ft, V, -1, False, &bp)
-    if labels is not None:
-        if cnp.PyArray_Check(labels) and cnp.PyArray_TYPE(<cnp.ndarray>labels) == cnp.NPY_INT32:
-            lt = cnp.NPY_INT32
-        _take(labels, lt, n, -1, False, &lab)
-        _take(None, ft, n, V, False, &tp)
-    else:
-        _take(target, ft, n, V, False, &tp)
-        if tp == NULL and n > 0:
-            raise TypeError("fastxent._kernels: labels or target needed")
-    _take(class_weight, ft, V, -1, False, &wp)
-    _take(sample_weight, cnp.NPY_DOUBLE, n, -1, False, <void **>&sw)
-    _take(buf, ft, r, V, True, &bufp)
-    _take(loss_out, cnp.NPY_DOUBLE, n, -1, True, <void **>&rows)
-    _take(grad_x, ft, n, d, True, &gx)
-    _take(grad_W, ft, V, d, True, &gW)
-    _take(grad_b, cnp.NPY_DOUBLE, V, -1, True, <void **>&gb)
-    if rows == NULL or (gW == NULL and (gx != NULL or gb != NULL)):
-        raise ValueError("fastxent._kernels: loss_out needed; grad_x and grad_b need grad_W")
-    if not PyCapsule_IsValid(gemm, PyCapsule_GetName(gemm)):
-        raise TypeError("fastxent._kernels: gemm must be a BLAS function capsule")
-    fn = PyCapsule_GetPointer(gemm, PyCapsule_GetName(gemm))
-    if n == 0:
-        return 0.0
-    opt = fx_options_for(smoothing, zloss, softcap, grad_denom, V)
-    with nogil:
-        if ft == cnp.NPY_FLOAT:
-            if lt == cnp.NPY_INT32:
-                failed = _linear_chunks(
-                    fn, <float *>xp, ldx, <float *>Wp, ldw, <float *>bp, n, d, V,
-                    <int32_t *>lab, ignore_index, <float *>tp, <float *>wp, sw, &opt,
-                    rows, <float *>bufp, r, <float *>gx, <float *>gW, gb, num_threads)
-            else:
-                failed = _linear_chunks(
-                    fn, <float *>xp, ldx, <float *>Wp, ldw, <float *>bp, n, d, V,
-                    <int64_t *>lab, ignore_index, <float *>tp, <float *>wp, sw, &opt,
-                    rows, <float *>bufp, r, <float *>gx, <float *>gW, gb, num_threads)
-        elif lt == cnp.NPY_INT32:
-            failed = _linear_chunks(
-                fn, <double *>xp, ldx, <double *>Wp, ldw, <double *>bp, n, d, V,
-                <int32_t *>lab, ignore_index, <double *>tp, <double *>wp, sw, &opt,
-                rows, <double *>bufp, r, <double *>gx, <double *>gW, gb, num_threads)
-        else:
-            failed = _linear_chunks(
-                fn, <double *>xp, ldx, <double *>Wp, ldw, <double *>bp, n, d, V,
-                <int64_t *>lab, ignore_index, <double *>tp, <double *>wp, sw, &opt,
-                rows, <double *>bufp, r, <double *>gx, <double *>gW, gb, num_threads)
-        if not failed:
-            total = _pairwise_sum(rows, n, num_threads)
-    _raise_failed(failed)
-    return total
+include "_kernels_linear.pxi"
 
 
 cdef void _softmax_run(const floating *z, const Arrays *a, bint take_log,
@@ -1483,7 +1004,8 @@ cdef void _softmax_run(const floating *z, const Arrays *a, bint take_log,
     t0 = fx_wtime()
     for c in prange(num_threads, schedule='static', num_threads=num_threads):
         tc = fx_wtime()
-        fx_span(c, num_threads, n, &lo, &hi)
+        lo = fx_span_start(c, num_threads, n)
+        hi = fx_span_start(c + 1, num_threads, n)
         for i in range(lo, hi):
             v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
             if lse != NULL:
@@ -1514,80 +1036,6 @@ def softmax_rows(object z, object out, bint take_log, object lse_out, int num_th
         raise MemoryError("fastxent: could not allocate scratch memory")
 
 
-cdef double _unchecked_rows(const floating *z, const int64_t *labels, const Arrays *a,
-                            int64_t ignore_index, int num_threads) except? -1:
-    cdef fx_options opt = fx_options_for(0.0, 0.0, 0.0, 1.0, a.m)
-    cdef double total = 0
-    cdef int failed
-    with nogil:
-        failed = _loss_rows(z, a.n, a.m, labels, ignore_index, <const floating *>NULL,
-                            <const floating *>NULL, NULL, &opt, a.loss, <floating *>a.grad,
-                            <floating *>NULL, num_threads, <floating *>NULL, &total)
-    _raise_failed(failed)
-    return total
-
-
-def loss_rows_unchecked(object z, object labels, object loss_out, object grad_out,
-                        int64_t ignore_index, int num_threads):
-    """The loss kernels on labels that skipped the range check (for tests: what
-    a kernel does with a label that another thread changed after the check).
-    ``z`` (n, m) float32/float64, ``labels`` (n,) int64, ``loss_out`` (n,)
-    float64 or None, ``grad_out`` like ``z`` or None; plain options.  Returns
-    the summed loss; raises RuntimeError if a label was out of range."""
-    cdef Arrays a
-    cdef int ft = _take_common(&a, z, None, None, loss_out, grad_out)
-    _take(labels, cnp.NPY_INT64, a.n, -1, False, &a.labels)
-    if a.labels == NULL or a.n == 0:
-        raise ValueError("fastxent._kernels: labels needed, n > 0")
-    if ft == cnp.NPY_FLOAT:
-        return _unchecked_rows(<float *>a.z, <int64_t *>a.labels, &a, ignore_index, num_threads)
-    return _unchecked_rows(<double *>a.z, <int64_t *>a.labels, &a, ignore_index, num_threads)
-
-
-def exp_array(const floating[::1] x, floating[::1] out):
-    """The vectorised exponential used by the kernels (for tests)."""
-    if floating is float:
-        fx_exp_array_f(&x[0], x.shape[0], &out[0])
-    else:
-        fx_exp_array_d(&x[0], x.shape[0], &out[0])
-
-
-def expneg_array(const floating[::1] x, floating[::1] out):
-    """The exponential the kernels apply to ``z - max`` (for tests): as
-    :func:`exp_array` on non-positive arguments, but 0 below the smallest
-    normal result."""
-    if floating is float:
-        fx_expneg_array_f(&x[0], x.shape[0], &out[0])
-    else:
-        fx_expneg_array_d(&x[0], x.shape[0], &out[0])
-
-
-def log1p_recip_unit_array(const double[::1] t, double[::1] log1p_out, double[::1] recip_out):
-    """The two-class kernel's log1p(t) and 1 / (1 + t), t in [0, 1] (for tests)."""
-    if t.shape[0] != log1p_out.shape[0] or t.shape[0] != recip_out.shape[0]:
-        raise ValueError("fastxent._kernels: arrays of different lengths")
-    if t.shape[0]:
-        fx_log1p_recip_unit_array(&t[0], t.shape[0], &log1p_out[0], &recip_out[0])
-
-
-def half_to_float(const uint16_t[::1] src, float[::1] dst, bint bf16):
-    """The kernels' widening of float16 (or bfloat16) bits (for tests)."""
-    fx_half_to_float(&src[0], src.shape[0], &dst[0], bf16)
-
-
-def float_to_half(const float[::1] src, uint16_t[::1] dst, bint bf16):
-    """The kernels' rounding of float32 to float16 (or bfloat16) bits (for tests)."""
-    fx_float_to_half(&src[0], src.shape[0], &dst[0], bf16)
-
-
-def tanh_array(const floating[::1] x, floating[::1] out):
-    """The vectorised tanh used by the soft-cap (for tests)."""
-    if floating is float:
-        fx_tanh_array_f(&x[0], x.shape[0], &out[0])
-    else:
-        fx_tanh_array_d(&x[0], x.shape[0], &out[0])
-
-
 def openmp_enabled():
     return bool(FX_OPENMP)
 
@@ -1597,31 +1045,6 @@ def max_threads():
     return 1 if fx_forked else omp_get_max_threads()
 
 
-_KERNEL_NAMES = {"auto": KERNEL_AUTO, "row": KERNEL_ROW, "tile": KERNEL_TILE,
-                 "two_class": KERNEL_TWO_CLASS}
-
-
-def force_kernel(str name):
-    """Make every loss job that the kernel ``name`` ("row", "tile",
-    "two_class") can take run on it; "auto" restores the normal choice.
-    Process-wide, for tests.  Returns the previous setting's name."""
-    global forced_kernel
-    if name not in _KERNEL_NAMES:
-        raise ValueError(f"fastxent._kernels: kernel must be one of {sorted(_KERNEL_NAMES)}")
-    previous = [k for k, v in _KERNEL_NAMES.items() if v == forced_kernel][0]
-    forced_kernel = _KERNEL_NAMES[name]
-    return previous
-
-
-def kernel_for(bint labels, Py_ssize_t m, double softcap, str dtype):
-    """The kernel a loss job of ``m`` classes would run on now ("row", "tile"
-    or "two_class"): class indices if ``labels``, ``dtype`` "float32" (also
-    half precision) or "float64"."""
-    cdef fx_options opt = fx_options_for(0.0, 0.0, softcap, 1.0, m)
-    cdef int k = choose_kernel(labels, m, &opt, dtype != "float64")
-    return [n for n, v in _KERNEL_NAMES.items() if v == k][0]
-
-
 def default_threads():
     """The thread count of a call that asked for the default: ``max_threads()``,
     or 1 while the governor (``_governor.h``) has found parallel regions kept
@@ -1629,28 +1052,6 @@ def default_threads():
     if fx_forked or fx_gov_serial():
         return 1
     return omp_get_max_threads()
-
-
-def governor_state():
-    """``(regions found waiting, current back-off in seconds, seconds until
-    default-thread calls use threads again)`` (for tests and diagnostics)."""
-    return (int(fx_gov_waits), fx_gov_backoff_ns * 1e-9,
-            max(0.0, fx_gov_serial_until_ns * 1e-9 - fx_wtime()))
-
-
-def governor_reset():
-    """Forget what the governor has seen (for tests)."""
-    fx_gov_reset()
-
-
-def governor_report(double started_ago, busy):
-    """Report a region that started ``started_ago`` seconds ago and whose chunks
-    worked ``busy`` seconds each, as the kernels do (for tests)."""
-    cdef double b[FX_TEAM_MAX]
-    cdef Py_ssize_t k, T = min(len(busy), FX_TEAM_MAX)
-    for k in range(T):
-        b[k] = busy[k]
-    fx_gov_report(fx_wtime() - started_ago, b, T)
 
 
 def forked_child():
@@ -1674,4 +1075,7 @@ cdef extern from *:
 
 def build_cflags():
     return FASTXENT_BUILD_CFLAGS.decode()
+
+
+include "_kernels_hooks.pxi"
 include "_kernels_logprob.pxi"

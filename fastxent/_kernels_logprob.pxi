@@ -263,7 +263,8 @@ cdef int _lp_run(const LpJob *j, int num_threads, floating *own_scratch=NULL) no
         # one chunk of rows per thread, timed (see _governor.h)
         for c in prange(num_threads, schedule='static'):
             tc = fx_wtime()
-            fx_span(c, num_threads, n, &lo, &hi)
+            lo = fx_span_start(c, num_threads, n)
+            hi = fx_span_start(c + 1, num_threads, n)
             if scratch != NULL:
                 for i in range(lo, hi):
                     _lp_one_row(i, j, scratch, raced_p)

@@ -22,45 +22,51 @@ from typing import Any, Literal, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _kernels
+from . import _docs, _kernels
 from . import _validation as v
-from ._loss import _OPTIONS_DOC, loss_spec, mean_denominator, reduce_total
+from ._loss import reduce_total
+from ._spec import loss_spec
 from ._typing import FloatArray, FloatScalar
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
 
 _BLAS_INT_MAX = 2**31 - 1
-#: The default chunk rule (see default_chunk_size): the buffer's share of the
-#: logits it stands in for, a size that is always fine (cache-sized), and
-#: the bounds on rows and bytes.
-_CHUNK_FRACTION = 1 / 24
+#: The default chunk rule (see default_chunk_size): the share of the n x V
+#: logits the call's working memory may take, a size that is always fine
+#: (cache-sized), and the rows past which larger chunks gain little.
+_MEMORY_FRACTION = 0.25
 _CHUNK_SMALL_BYTES = 4 * 2**20
-_CHUNK_MIN_ROWS = 128
-_CHUNK_MAX_ROWS = 1024
-_CHUNK_MAX_BYTES = 256 * 2**20
+_CHUNK_EFFICIENT_ROWS = 1024
 
 
 def default_chunk_size(n: int, V: int, d: int, itemsize: int) -> int:
     """Rows per chunk when ``chunk_size=None``.
 
-    Every chunk re-reads ``W`` (V x d) in two GEMMs and reads and writes
-    ``grad_W`` in a third, and small chunks make GEMMs less efficient, so
-    the fewer the chunks the closer the call is to the three GEMMs alone;
-    the ``rows x V`` buffer of logits is what it costs in memory.  The rule
-    favours memory, the point of the fused function: about 1/24 of the rows
-    (a buffer of about 4 % of the n x V logits it replaces), but at least
-    128 rows and at least a 4 MiB buffer (which any machine has to spare),
-    at most 1 024 rows unless 4 MiB holds more, at most 256 MiB, and at most
-    ``n``.  ``d`` does not enter: the GEMMs' work and their per-chunk
-    overhead both grow with it.  ``chunk_size=1024`` trades memory for
-    speed (docs/guide/linear.md: measured figures).
+    Every chunk's GEMMs pack all of ``W`` twice (for the logits and for
+    ``grad_x``) and read and write ``grad_W`` once, a cost that does not
+    shrink with the chunk, while the chunk's arithmetic grows with its rows:
+    the overhead over the three GEMMs alone falls as about one over the
+    rows per chunk, and past about a thousand rows it is a few per cent.
+    The ``rows x V`` buffer of logits is what a chunk costs in memory.  The
+    rule takes the largest chunk that keeps the call's working memory (the
+    buffer, plus the float64 per-row losses and bias sums) within a quarter
+    of the n x V logits it replaces, or within 4 MiB (a cache-sized buffer,
+    which any machine has to spare) when that is larger; at most 1 024 rows
+    unless 4 MiB holds more, and at most ``n``.  The rows are then split
+    into chunks of equal size (the last one at most a row shorter), so that
+    no chunk is a small, inefficient remainder.  ``d`` does not enter: the
+    GEMMs' work and their per-chunk cost both grow with it.  Measured
+    figures: docs/guide/linear.md.
     """
     del d  # documented: the rule does not depend on it
+    if n <= 1:
+        return 1
     row_bytes = max(1, V * itemsize)
     small = _CHUNK_SMALL_BYTES // row_bytes
-    rows = max(int(n * _CHUNK_FRACTION), _CHUNK_MIN_ROWS, small)
-    rows = min(rows, max(_CHUNK_MAX_ROWS, small), _CHUNK_MAX_BYTES // row_bytes)
-    return max(1, min(rows, n))
+    budget = max(_MEMORY_FRACTION * n * row_bytes, _CHUNK_SMALL_BYTES) - 8 * (n + V)
+    rows = min(int(budget // row_bytes), max(_CHUNK_EFFICIENT_ROWS, small), n)
+    chunks = -(-n // max(1, rows))
+    return -(-n // chunks)
 
 
 @functools.cache
@@ -238,7 +244,7 @@ def _linear_run(
     reduction: object,
     weight: ArrayLike | None,
     sample_weight: ArrayLike | None,
-    ignore_index: int,
+    ignore_index: int | None,
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
@@ -271,12 +277,12 @@ def _linear_run(
     r = _chunk_size(chunk_size, n, V, d, dtype.itemsize)
     # The row kernels run on the calling thread unless asked: BLAS's threads
     # and an OpenMP team taking turns on the same cores each spin-wait while
-    # the other works (measured up to 3.4x slower on 2 cores), and next to the
-    # GEMMs the row kernels are a few per cent of the time.
+    # the other works (benchmarks/bench_linear.py --threads shows it), and
+    # next to the GEMMs the row kernels are a few per cent of the time.
     nt = v.resolve_threads(num_threads, n * V) if num_threads is not None else 1
     # Every label is checked (and the "mean" denominator summed) before any
     # GEMM runs, so bad input costs nothing and leaves nothing half done.
-    denom = mean_denominator(spec, V)
+    denom = spec.mean_denominator(V)
     if grad_denom is None:
         grad_denom = denom if reduction == "mean" else 1.0
 
@@ -289,14 +295,15 @@ def _linear_run(
     total = 0.0
     if n:
         buf = np.empty((r, V), dtype=dtype)
-        labels = spec.t if spec.kind == "labels" else None
-        probs = spec.t if spec.kind == "probs" else None
+        labels = spec.target if spec.target_kind == "labels" else None
+        probs = spec.target if spec.target_kind == "probs" else None
         # BLAS threads its GEMMs as it is set to (threadpoolctl); num_threads
         # is the row kernels' (the two take turns, never run at once).
         total = _kernels.linear_cross_entropy_chunks(
-            x2, W, b, labels, probs, spec.w, spec.s, buf, losses, gx, gW, gb,
-            _gemm_capsule(dtype.char), spec.ignore, spec.eps, spec.zl, spec.cap,
-            grad_denom, nt,
+            x2, W, b, labels, probs, spec.weight, spec.sample_weight, buf, losses, gx, gW, gb,
+            _gemm_capsule(dtype.char), ignore_index=spec.kernel_ignore_index,
+            label_smoothing=spec.label_smoothing, z_loss=spec.z_loss, softcap=spec.softcap,
+            grad_denom=grad_denom, num_threads=nt,
         )  # fmt: skip
         del buf
 
@@ -330,12 +337,16 @@ _LINEAR_DOC = """
 _CHUNK_DOC = """
     chunk_size : int >= 1, optional
         Rows of ``x`` per chunk; the call holds one ``chunk_size x V``
-        buffer of logits.  ``None`` picks about 1/24 of the rows (a buffer
-        of about 4 % of the logits it replaces), but at least 128 rows and 4
-        MiB, at most 1 024 rows (unless 4 MiB holds more) and 256 MiB, and
-        at most ``n``: every chunk re-reads ``W`` and ``grad_W``, so fewer,
-        larger chunks are faster and cost memory.  Results do not depend on
-        the thread count for a fixed ``chunk_size``.
+        buffer of logits.  ``None`` picks the largest chunk whose working
+        memory (the buffer and the per-row losses) is at most a quarter of
+        the n x V logits, or 4 MiB if that is more, at most 1 024 rows
+        (unless 4 MiB holds more) and at most ``n``, then evens the chunks
+        out: every chunk re-reads ``W`` and ``grad_W``, so fewer, larger
+        chunks are faster and cost memory, and past about a thousand rows
+        they gain little.  Results do not depend on the thread count for a
+        fixed ``chunk_size``, and the default does not depend on it; two
+        chunk sizes agree to rounding (``grad_W`` is summed over the chunks
+        in another order).
     num_threads : int >= 1, optional
         Threads for fastxent's row kernels between the GEMMs.  ``None`` runs
         them on the calling thread, unlike :func:`fastxent.cross_entropy`,
@@ -348,8 +359,8 @@ _CHUNK_DOC = """
         Results are the same bits at every ``num_threads``; OpenBLAS's own
         can change in the last bits with its thread count."""
 
-# The loss options as cross_entropy documents them (num_threads is _CHUNK_DOC's).
-_LINEAR_OPTIONS_DOC = _OPTIONS_DOC.split("    num_threads :")[0].rstrip()
+_docs.register("linear", _LINEAR_DOC)
+_docs.register("chunk", _CHUNK_DOC)
 
 
 @overload
@@ -362,7 +373,7 @@ def linear_cross_entropy(
     reduction: Literal["mean", "sum"] = ...,
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -379,7 +390,7 @@ def linear_cross_entropy(
     reduction: Literal["none"],
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -395,7 +406,7 @@ def linear_cross_entropy(
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -473,7 +484,7 @@ def linear_cross_entropy_with_grad(
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -543,12 +554,7 @@ def linear_cross_entropy_with_grad(
     return loss, gx, gW, gb
 
 
+# The loss options as cross_entropy documents them (num_threads is "chunk"'s).
 for _f in (linear_cross_entropy, linear_cross_entropy_with_grad):
-    if _f.__doc__:  # None under python -OO
-        for _key, _text in (
-            ("linear", _LINEAR_DOC),
-            ("options", _LINEAR_OPTIONS_DOC),
-            ("chunk", _CHUNK_DOC),
-        ):
-            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
-del _f, _key, _text
+    _docs.fill(_f, options="loss_options")
+del _f

@@ -2,77 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _axis, _kernels
+from . import _axis, _docs
 from . import _validation as v
+from ._spec import loss_spec
 from ._typing import FloatArray, FloatScalar
-
-
-class LossSpec(NamedTuple):
-    """A validated target and loss options, for rows of ``m`` classes."""
-
-    kind: Literal["labels", "probs"]
-    t: NDArray[Any]  # (n,) int32/int64 labels, or (n, m) probabilities
-    ignore: int
-    eps: float
-    zl: float
-    cap: float
-    w: FloatArray | None
-    s: NDArray[np.float64] | None
-
-
-def loss_spec(
-    target: ArrayLike,
-    shape: tuple[int, ...],
-    dtype: np.dtype[np.floating[Any]],
-    *,
-    weight: ArrayLike | None,
-    sample_weight: ArrayLike | None,
-    ignore_index: int,
-    label_smoothing: float,
-    z_loss: float,
-    softcap: float | None,
-    keep: np.dtype[Any] | None = None,
-    axis_hint: bool = False,
-) -> LossSpec:
-    """Validate the target and every loss option against logits of ``shape``
-    computed in ``dtype`` (shared by the loss functions, the fused linear
-    cross-entropy and the Dask blocks).  Probabilities of dtype ``keep`` (the
-    logits' half-precision dtype) stay in it, as uint16 bits.  ``axis_hint``:
-    a target of the wrong shape says which ``axis=`` would fit it."""
-    kind, t = v.as_labels_or_probs(target, shape, dtype, keep, axis_hint)
-    return LossSpec(
-        kind,
-        t,
-        v.ignore_index(ignore_index, kind),
-        v.float_option(label_smoothing, "label_smoothing", 0.0, 1.0),
-        v.float_option(z_loss, "z_loss", 0.0),
-        v.softcap(softcap, dtype),
-        v.class_weight(weight, shape[-1], dtype),
-        v.sample_weight(sample_weight, shape[:-1]),
-    )
-
-
-def mean_denominator(spec: LossSpec, m: int) -> float:
-    """The "mean" denominator of these rows: ``sum_i s_i w[y_i]`` over the
-    kept rows for class indices (after checking every label), ``sum_i s_i``
-    (or ``n``) for probabilities."""
-    if spec.kind == "labels":
-        bad, denom = _kernels.mean_denominator(spec.t, spec.w, spec.s, spec.ignore, m)
-        if bad >= 0:
-            raise bad_label_error(spec.t, bad, m, spec.ignore)
-        return float(denom)
-    if spec.s is not None:
-        return float(_kernels.pairwise_sum(spec.s))
-    return float(spec.t.shape[0])
-
-
-def bad_label_error(t: NDArray[Any], bad: int, m: int, ignore: int) -> v.LabelError:
-    return v.LabelError(int(t[bad]), bad, m, ignore)
 
 
 def _run(
@@ -84,7 +22,7 @@ def _run(
     reduction: object,
     weight: ArrayLike | None,
     sample_weight: ArrayLike | None,
-    ignore_index: int,
+    ignore_index: int | None,
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
@@ -111,7 +49,7 @@ def _run(
     n, m = z.shape
     # float16/bfloat16 logits: computed in float32, gradient in their dtype.
     io = np.asarray(logits).dtype if half else dtype
-    kind, t, ignore, eps, zl, cap, w, s = loss_spec(
+    spec = loss_spec(
         target,
         shape,
         dtype,
@@ -135,9 +73,17 @@ def _run(
             # Only exact aliasing with the logits is an in-place update; any
             # other overlap would have the kernel read what it just wrote.
             z = v.detach_from(z, g)
-            t = t.copy() if np.may_share_memory(t, g) else t
-            w = w.copy() if w is not None and np.may_share_memory(w, g) else w
-            s = s.copy() if s is not None and np.may_share_memory(s, g) else s
+            spec = spec._replace(
+                **{
+                    name: a.copy()
+                    for name, a in (
+                        ("target", spec.target),
+                        ("weight", spec.weight),
+                        ("sample_weight", spec.sample_weight),
+                    )
+                    if a is not None and np.may_share_memory(a, g)
+                }
+            )
         if half:
             g = g.view(np.uint16)
 
@@ -147,16 +93,9 @@ def _run(
     if grad_denom is None:
         # NaN: the kernel divides the gradient by the "mean" denominator it sums.
         grad_denom = np.nan if reduction == "mean" else 1.0
-    if kind == "labels":
-        bad, total, denom = _kernels.cross_entropy_labels(
-            z, t, w, s, losses, g, None, ignore, eps, zl, cap, grad_denom, nt, half
-        )
-        if bad >= 0:
-            raise bad_label_error(t, bad, m, ignore)
-    else:
-        _, total, denom = _kernels.cross_entropy_probs(
-            z, t, w, s, losses, g, None, eps, zl, cap, grad_denom, nt, half
-        )
+    total, denom = spec.run(
+        z, loss_out=losses, grad_out=g, grad_denom=grad_denom, num_threads=nt, half=half
+    )
 
     grad: FloatArray | None = None
     if want_grad:
@@ -190,70 +129,6 @@ def reduce_total(
     return value
 
 
-_LOGITS_TARGET_DOC = """
-    logits : array_like of shape (..., m)
-        Classes on the last axis.  float32 and float64 are computed natively,
-        float16 in float32 and integer arrays in float64.
-    target : array_like
-        Either class indices: an *integer* array of shape ``logits.shape[:-1]``
-        with values in ``[0, m)`` (or ``ignore_index``); or class
-        probabilities: a *floating-point* array of shape ``logits.shape``
-        (rows need not sum to 1).  Integer targets are always class indices:
-        an integer array of the logits' own shape (a one-hot matrix, or 1-d
-        logits with one label per element) is an error, not probabilities."""
-
-_AXIS_DOC = """
-    axis : int, default -1
-        The class axis of ``logits``, as in NumPy and SciPy (``axis=1`` for
-        PyTorch's ``(N, C, ...)`` layout).  The shapes above are written for
-        the default: with another axis, class probabilities have the logits'
-        shape, class indices and ``sample_weight`` the logits' shape without
-        that axis (``logits.shape[:-1]`` reads as that), and the gradient
-        the logits' shape, in C order.  Classes off the last axis are
-        computed in a contiguous copy with them last, and the gradient is
-        copied back: two transposing copies, which can cost more than the
-        loss itself, so keep the classes last where speed matters."""
-
-_OUT_DOC = """
-    out : ndarray, optional
-        C-contiguous, writeable array of the logits' shape and compute dtype
-        that receives the gradient.  ``out=logits`` computes in place."""
-
-_OPTIONS_DOC = """
-    weight : array_like of shape (m,), optional
-        Finite class weights ``w`` (PyTorch's ``weight``; negative weights
-        are allowed, with PyTorch's semantics).
-    sample_weight : array_like of shape ``logits.shape[:-1]``, optional
-        Finite per-sample weights ``s`` (scikit-learn's ``sample_weight``,
-        negative allowed): each sample's loss and gradient are multiplied
-        by ``s_i`` and ``"mean"`` divides by ``sum_i s_i w[y_i]``.  A
-        ``"mean"`` denominator of 0 gives NaN or +-inf, as in PyTorch.
-    ignore_index : int, default -100
-        Class-index targets equal to it contribute no loss and no gradient
-        and are left out of the ``"mean"`` denominator.  Not allowed (other
-        than the default) with class-probability targets.
-    label_smoothing : float in [0, 1], default 0.0
-        PyTorch's label smoothing ``eps``: the target becomes
-        ``(1 - eps) * onehot(y) + eps / m`` (with class weights applied as
-        PyTorch does).
-    z_loss : float >= 0, default 0.0
-        Adds ``z_loss * lse_i**2`` to each (non-ignored) sample's loss.
-    softcap : float > 0, optional
-        Soft-caps the logits as ``softcap * tanh(logits / softcap)`` before
-        the softmax (the gradient includes the chain rule).
-    reduction : {"mean", "sum", "none"}, default "mean"
-        ``"mean"`` divides the summed loss by the number of (non-ignored)
-        samples, or by the total weight when weights are given.
-    num_threads : int >= 1, optional
-        Threads to use.  ``None`` uses OpenMP's current default (all cores
-        unless ``OMP_NUM_THREADS`` or a ``threadpoolctl`` limit says fewer),
-        as in every fastxent function that does no matrix product; in
-        :func:`fastxent.linear_cross_entropy` and ``SoftmaxRegression.fit``,
-        whose products run on BLAS's threads, ``None`` is the calling
-        thread instead (their docstrings say why).  Small inputs run on the
-        calling thread regardless."""
-
-
 @overload
 def cross_entropy(
     logits: ArrayLike,
@@ -263,7 +138,7 @@ def cross_entropy(
     reduction: Literal["mean", "sum"] = ...,
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -278,7 +153,7 @@ def cross_entropy(
     reduction: Literal["none"],
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -292,7 +167,7 @@ def cross_entropy(
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -376,7 +251,7 @@ def cross_entropy_grad(
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -453,7 +328,7 @@ def cross_entropy_with_grad(
     reduction: Literal["mean", "sum"] = ...,
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -469,7 +344,7 @@ def cross_entropy_with_grad(
     reduction: Literal["none"],
     weight: ArrayLike | None = ...,
     sample_weight: ArrayLike | None = ...,
-    ignore_index: int = ...,
+    ignore_index: int | None = ...,
     label_smoothing: float = ...,
     z_loss: float = ...,
     softcap: float | None = ...,
@@ -484,7 +359,7 @@ def cross_entropy_with_grad(
     reduction: Literal["mean", "sum", "none"] = "mean",
     weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -546,12 +421,5 @@ def cross_entropy_with_grad(
 
 
 for _f in (cross_entropy, cross_entropy_grad, cross_entropy_with_grad):
-    if _f.__doc__:  # None under python -OO
-        for _key, _text in (
-            ("logits_target", _LOGITS_TARGET_DOC),
-            ("axis", _AXIS_DOC),
-            ("out", _OUT_DOC),
-            ("options", _OPTIONS_DOC),
-        ):
-            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
-del _f, _key, _text
+    _docs.fill(_f)
+del _f

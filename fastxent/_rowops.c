@@ -44,10 +44,13 @@
 #endif
 
 /* Run-time dispatched clones: the same binary uses AVX-512 or AVX2+FMA
- * where the CPU has them.  Needs GCC's ifunc support (Linux/glibc, x86-64);
- * FASTXENT_NO_CLONES turns it off (e.g. for sanitizer builds). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && !defined(FASTXENT_NO_CLONES)
+ * where the CPU has them.  Needs GCC >= 12 (clones by ISA level) and the C
+ * library's ifunc, which glibc has and musl and uClibc (which also defines
+ * __GLIBC__) do not; x86-64.  FASTXENT_NO_CLONES turns it off (e.g. for
+ * sanitizer builds). */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && \
+    defined(__linux__) && defined(__GLIBC__) && !defined(__UCLIBC__) && \
+    !defined(FASTXENT_NO_CLONES)
 #define FX_CLONES \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define FX_HAVE_CLONES 1
@@ -523,11 +526,13 @@ double fx_pairwise_sum(const double *x, ptrdiff_t n)
 const char *fx_simd_dispatch(void)
 {
 #if FX_HAVE_CLONES
+    /* The tests of GCC's target_clones resolver, in its order (it reads the
+     * same ISA-level bits of libgcc's CPU model), so that this names the
+     * clone the loader really picked. */
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    if (__builtin_cpu_supports("x86-64-v4"))
         return "x86-64-v4 (AVX-512) of target_clones x86-64-v4/x86-64-v3/default";
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (__builtin_cpu_supports("x86-64-v3"))
         return "x86-64-v3 (AVX2+FMA) of target_clones x86-64-v4/x86-64-v3/default";
     return "default (baseline) of target_clones x86-64-v4/x86-64-v3/default";
 #else

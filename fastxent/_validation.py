@@ -422,7 +422,10 @@ def float_option(
     return v
 
 
-def ignore_index(value: Any, kind: str) -> int:
+def ignore_index(value: Any, kind: str) -> int | None:
+    """An int64 class index to ignore, or None: no label is ignored."""
+    if value is None:
+        return None
     if type(value) is int:
         v = value
     elif isinstance(value, (bool, np.bool_)):

@@ -23,9 +23,8 @@ from typing import Any, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _kernels
 from . import _validation as v
-from ._loss import loss_spec
+from ._spec import loss_spec
 from ._typing import FloatArray
 
 __all__ = ["lightgbm_multiclass", "softmax_grad_hess", "xgboost_multiclass"]
@@ -34,10 +33,6 @@ __all__ = ["lightgbm_multiclass", "softmax_grad_hess", "xgboost_multiclass"]
 #: objective of ``xgboost.train(obj=...)`` and of LightGBM's ``objective``.
 BoosterObjective: TypeAlias = Callable[[NDArray[Any], Any], tuple[FloatArray, FloatArray]]
 
-# The kernels skip rows whose label equals their ignore_index; these
-# functions have no ignored rows, so they pass one that no valid label
-# equals (an int64 label of exactly this value is rejected in _grad_hess).
-_NO_IGNORE = -(2**63)
 
 # XGBoost's floor of the Hessian (kEps in SoftmaxMultiClassObj::GetGradient).
 _XGB_HESS_FLOOR = 1e-16
@@ -146,8 +141,8 @@ def _grad_hess(
         dtype,
         weight=weight,
         sample_weight=sample_weight,
-        # The default: loss_spec rejects any other with probability targets.
-        ignore_index=v.DEFAULT_IGNORE_INDEX,
+        # No label is ignored (boosters have no such rows).
+        ignore_index=None,
         label_smoothing=label_smoothing,
         z_loss=0.0,
         softcap=None,
@@ -158,20 +153,7 @@ def _grad_hess(
     h = np.empty((n, m), dtype=io)
     gk, hk = (g.view(np.uint16), h.view(np.uint16)) if half else (g, h)
     # grad_denom=1: each row is its sample's own derivative (no "mean").
-    if spec.kind == "labels":
-        t = spec.t
-        if t.dtype == np.int64 and n and bool(np.any(t == _NO_IGNORE)):
-            bad = int(np.argmax(t == _NO_IGNORE))
-        else:
-            bad, _, _ = _kernels.cross_entropy_labels(
-                z, t, spec.w, spec.s, None, gk, hk, _NO_IGNORE, spec.eps, 0.0, 0.0, 1.0, nt, half
-            )
-        if bad >= 0:
-            raise v.LabelError(int(t[bad]), bad, m)
-    else:
-        _kernels.cross_entropy_probs(
-            z, spec.t, spec.w, spec.s, None, gk, hk, spec.eps, 0.0, 0.0, 1.0, nt, half
-        )
+    spec.run(z, loss_out=None, grad_out=gk, hess_out=hk, grad_denom=1.0, num_threads=nt, half=half)
     return g, h, shape
 
 

@@ -14,6 +14,10 @@
   by the first test of a module that asks for it and closed after the
   module (skips without ``distributed``).  It is not the default scheduler: a test
   opts in with ``dask.config.set(scheduler=dask_client)``.
+* Tests marked ``@pytest.mark.slow`` (more than a few seconds each) are
+  skipped unless ``--run-slow`` is given or ``FASTXENT_SLOW=1`` is set, so
+  that the README's ``python -m pytest`` stays quick; CI runs them
+  (``.ci/run``: ``python -m pytest -m slow --run-slow``).
 * Every fastxent call of every test is checked not to modify its inputs
   (other than ``out``): an autouse fixture installs the guard of
   ``test_inputs_unmodified.py``; ``@pytest.mark.no_input_guard`` opts out
@@ -92,6 +96,24 @@ def dask_client():
                 yield client
     finally:
         restore()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="also run the tests marked slow (or set FASTXENT_SLOW=1)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or os.environ.get("FASTXENT_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (or FASTXENT_SLOW=1)")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 def pytest_configure(config):

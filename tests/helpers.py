@@ -1,7 +1,7 @@
 """Shared test helpers: input builders, layouts, and dtype-aware comparisons
 against the float64 reference (``reference.py``).
 
-Tolerances follow issue 2's numerical requirements: float64 results match
+Tolerances follow the project's numerical requirements: float64 results match
 the reference to ~1e-12 relative and float32 results to ~1e-5 relative.  An
 absolute floor proportional to the size of the inputs covers values that
 are small only by cancellation (``lse - z_y`` for a confident row, gradient

@@ -32,3 +32,14 @@ def test_lm_head_finetune_lowers_the_loss():
     ]
     assert len(losses) == 3 and losses[2] < losses[0]
     assert "peak memory of the step" in out and "the unfused logits alone" in out
+
+
+def test_torch_fused_head_trains_like_f_cross_entropy():
+    pytest.importorskip("torch")
+    pytest.importorskip("scipy")
+    out = run_example("torch_fused_head.py", "--n", "256", "--V", "2000", "--steps", "3")
+    assert "same weights after 3 steps: True" in out
+    for name in ("F.cross_entropy", "fastxent.torch"):
+        assert f"{name}" in out and "ms per step" in out
+    steps = [line for line in out.splitlines() if " step " in line and "loss " in line]
+    assert len(steps) == 6

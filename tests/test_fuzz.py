@@ -27,6 +27,15 @@ bytes of every input array (and of the whole buffer under it, so a write
 just outside a view is caught) are compared before and after: only ``out``
 may change, and nothing at all changes when the call raises.
 
+The fused linear functions (``linear_cross_entropy``,
+``linear_cross_entropy_with_grad``) are fuzzed the same way: features ``x``
+(in ``Case.logits``), the classifier ``W`` (``Case.W``) and the bias drawn
+like the logits, with the loss options, ``chunk_size`` and the same
+target; their contract is the loss's on the ``x.shape[:-1] + (V,)`` logits
+plus the shapes and the one dtype of ``x``, ``W`` and ``b``.  Valid calls
+with finite, moderate inputs are compared with the float64 composition
+(``_check_linear_result``).
+
 The examples run in a child process (``python -X faulthandler
 tests/test_fuzz.py --worker FUNCTION``), so a segfault fails the test with
 the Python traceback and the description of the example that crashed
@@ -66,7 +75,8 @@ import fastxent  # noqa: E402
 
 LOSSES = ("cross_entropy", "cross_entropy_grad", "cross_entropy_with_grad")
 ROWS = ("softmax", "log_softmax", "logsumexp")
-FUNCTIONS = LOSSES + ROWS
+LINEAR = ("linear_cross_entropy", "linear_cross_entropy_with_grad")
+FUNCTIONS = LOSSES + ROWS + LINEAR
 WITH_OUT = ("cross_entropy_grad", "cross_entropy_with_grad", "softmax", "log_softmax")
 
 DEFAULT_EXAMPLES = 500
@@ -113,9 +123,12 @@ class Case:
     logits: object
     target: object = None
     kwargs: dict = dataclasses.field(default_factory=dict)
+    W: object = None  # the fused linear functions' linear_weight
 
     def call(self):
         f = getattr(fastxent, self.fn)
+        if self.fn in LINEAR:
+            return f(self.logits, self.W, self.target, **self.kwargs)
         if self.fn in LOSSES:
             return f(self.logits, self.target, **self.kwargs)
         return f(self.logits, **self.kwargs)
@@ -196,8 +209,46 @@ def _weight_problem(value, name, shape, cd=None):
     return None
 
 
+def _linear_problems(case):
+    """The fused linear functions' contract: x, W (V, d) and b (V,) of one
+    float dtype, any byte order (float16 computed in float32; integers are
+    refused), x of shape (..., d), V >= 1,
+    ``chunk_size`` None or an integer >= 1, and the loss's contract on the
+    ``x.shape[:-1] + (V,)`` logits."""
+    kw = dict(case.kwargs)
+    b = kw.pop("linear_bias", None)
+    chunk = kw.pop("chunk_size", None)
+    arrays = {"x": _as_array(case.logits), "W": _as_array(case.W)}
+    if b is not None:
+        arrays["linear_bias"] = _as_array(b)
+    missing = [k for k, a in arrays.items() if a is None]
+    if missing:
+        return [f"{', '.join(missing)}: not an array"]
+    xa, Wa = arrays["x"], arrays["W"]
+    # byte order does not matter (non-native arrays are copied to native)
+    dtypes = {a.dtype.newbyteorder("=") for a in arrays.values()}
+    if len(dtypes) != 1 or xa.dtype.newbyteorder("=") not in FLOAT_DTYPES:
+        return [f"dtypes {sorted(map(str, dtypes))}"]
+    if xa.ndim == 0 or Wa.ndim != 2:
+        return [f"shapes x {xa.shape}, W {Wa.shape}"]
+    V, d = Wa.shape
+    why = []
+    if xa.shape[-1] != d or V == 0:
+        why.append(f"shapes x {xa.shape}, W {Wa.shape}")
+    if b is not None and arrays["linear_bias"].shape != (V,):
+        why.append(f"linear_bias shape {arrays['linear_bias'].shape}")
+    if chunk is not None and (not _is_int(chunk) or operator.index(chunk) < 1):
+        why.append(f"chunk_size {chunk!r}")
+    if why:
+        return why
+    logits = np.zeros(xa.shape[:-1] + (V,), dtype=compute_dtype(xa.dtype))
+    return problems(Case("cross_entropy", logits, case.target, kw))
+
+
 def problems(case):
     """Why the call is invalid (an empty list: it must succeed)."""
+    if case.fn in LINEAR:
+        return _linear_problems(case)
     why = []
     z = _as_array(case.logits)
     if z is None:
@@ -244,7 +295,9 @@ def problems(case):
         else:
             why.append(f"target: shape {t.shape}")
         ignore = kw.get("ignore_index", -100)
-        if not _is_int(ignore) or not INT64_MIN <= operator.index(ignore) <= INT64_MAX:
+        if ignore is None:  # no label is ignored
+            pass
+        elif not _is_int(ignore) or not INT64_MIN <= operator.index(ignore) <= INT64_MAX:
             why.append(f"ignore_index {ignore!r}")
         elif kind == "probs" and operator.index(ignore) != -100:
             why.append("ignore_index with probabilities")
@@ -687,10 +740,47 @@ def _out(draw, case):
     case.kwargs["out"] = out
 
 
+def _moderate_values(draw, dtype, shape):
+    """Standard normal values of ``dtype`` (a float) and ``shape``."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _linear_case(draw, fn):
+    """x (batch + (d,)), W (V, d), an optional bias, options, chunk_size and
+    a target, each in an adversarial layout; now and then a wrong dtype or
+    shape, or not an array at all."""
+    dtype = _pick(draw, FLOAT_DTYPES, [np.dtype(np.int64), np.dtype(np.longdouble)])
+    batch = tuple(_choice(draw, (0, 1, 2, 3, 5)) for _ in range(_choice(draw, (0, 1, 1, 2))))
+    d = _pick(draw, [1, 2, 3, 8], [0])
+    V = _pick(draw, [1, 2, 3, 7, 17, 40], [0])
+    # Half the examples in moderate values (no special ones), so that the
+    # values of many valid calls are checked (_check_linear_result).
+    values = _values if _coin(draw) else _moderate_values
+    x = _layout(draw, values(draw, dtype, batch + (d,)))
+    if _one_in(draw, 30):
+        x = _choice(draw, [None, "abc", 3.0, np.float32(1.0)])
+    w_dtype = _pick(draw, [dtype], FLOAT_DTYPES)
+    w_shape = _pick(draw, [(V, d)], [(V, d + 1), (V,), (1, V, d)])
+    W = _layout(draw, values(draw, w_dtype, w_shape))
+    standin = np.zeros(batch + (V,))
+    kw = _options(draw, "cross_entropy", standin)
+    if _coin(draw):
+        b_shape = _pick(draw, [(V,)], [(V + 1,), (1, V), ()])
+        b_dtype = _pick(draw, [dtype], FLOAT_DTYPES)
+        kw["linear_bias"] = _layout(draw, values(draw, b_dtype, b_shape))
+    if _coin(draw):
+        kw["chunk_size"] = _pick(draw, [None, 1, 2, 3, 64, np.int64(2)], [0, -1, True, 1.5, "2"])
+    target = _target(draw, standin, kw.get("ignore_index", -100))
+    return Case(fn, x, target, kw, W=W)
+
+
 if st is not None:
 
     @st.composite
     def cases(draw, fn):
+        if fn in LINEAR:
+            return _linear_case(draw, fn)
         logits = _logits(draw)
         kw = _options(draw, fn, logits)
         case = Case(fn, logits, None, kw)
@@ -874,9 +964,129 @@ def _half_rounding(got, expected, cd):
     return np.asarray(got, np.float64), e16.astype(np.float64), ulp
 
 
+#: Error allowed on the fused linear functions' results, relative to the
+#: sum of the magnitudes of the terms that make each up (the logits then
+#: carry errors of a few ulps of |x| |W|^T + |b| <= LINEAR_LOGIT_SIZE).
+LINEAR_REL = {np.dtype(np.float32): 1e-2, np.dtype(np.float64): 1e-8}
+LINEAR_LOGIT_SIZE = 100.0
+
+
+def _bounded(arrays, limit):
+    """All ``arrays`` (None skipped) finite with magnitudes <= ``limit``."""
+    with np.errstate(all="ignore"):
+        return all(
+            a is None
+            or (
+                np.all(np.isfinite(np.asarray(a, np.float64)))
+                and np.max(np.abs(np.asarray(a, np.float64)), initial=0.0) <= limit
+            )
+            for a in arrays
+        )
+
+
+def _mean_well_defined(kw, t, batch, V):
+    """The ``"mean"`` denominator far from 0 compared with its terms (when
+    weights cancel, rounding decides its size and sign)."""
+    if kw.get("reduction", "mean") != "mean":
+        return True
+    n = int(np.prod(batch))
+    s = np.ones(n) if kw.get("sample_weight") is None else np.asarray(kw["sample_weight"], float)
+    s = s.reshape(n)
+    w = np.ones(V) if kw.get("weight") is None else np.asarray(kw["weight"], np.float64)
+    if t.shape == batch + (V,):  # probabilities
+        terms = s
+    else:
+        lab = t.reshape(n).astype(np.int64)
+        keep = lab != operator.index(kw.get("ignore_index", -100))
+        terms = np.where(keep, s * w[np.where(keep, lab, 0)], 0.0)
+    return abs(float(terms.sum())) > 1e-6 * float(np.abs(terms).sum())
+
+
+def _check_linear_result(case, result):
+    """Types, shapes and dtypes of a valid fused linear call's results, and,
+    for finite inputs whose logits stay moderate, their values against the
+    float64 composition (the loss oracle on x @ W.T + b, then the chain
+    rule), within LINEAR_REL of the sizes of the terms."""
+    x, W = np.asarray(case.logits), np.asarray(case.W)
+    b = case.kwargs.get("linear_bias")
+    b = None if b is None else np.asarray(b)
+    # results in native byte order, whatever the inputs'
+    io = x.dtype.newbyteorder("=")
+    cd = compute_dtype(io)
+    batch, (V, d) = x.shape[:-1], W.shape
+    loss = result
+    with_grad = case.fn == "linear_cross_entropy_with_grad"
+    if with_grad:
+        assert isinstance(result, tuple) and len(result) == 4, type(result)
+        loss, gx, gW, gb = result
+        _check_array(gx, x.shape, io, None)
+        _check_array(gW, (V, d), io, None)
+        if b is None:
+            assert gb is None, type(gb)
+        else:
+            _check_array(gb, (V,), io, None)
+    kw = {k: v for k, v in case.kwargs.items() if k not in ("linear_bias", "chunk_size")}
+    reduction = kw.get("reduction", "mean")
+    if reduction == "none":
+        assert isinstance(loss, np.ndarray if batch else np.generic), type(loss)
+        assert loss.shape == batch, (loss.shape, batch)
+    else:
+        assert isinstance(loss, np.generic), type(loss)
+    assert loss.dtype == cd, (loss.dtype, cd)
+
+    t = np.asarray(case.target)
+    n = int(np.prod(batch))
+    x2, W64 = _rounded(x, cd).reshape(n, d), _rounded(W, cd)
+    b64 = 0.0 if b is None else _rounded(b, cd)
+    weights = [kw.get("weight"), kw.get("sample_weight")] + ([t] if t.dtype.kind == "f" else [])
+    if not (
+        _bounded([x2, W64, b64], LINEAR_LOGIT_SIZE)
+        and _bounded([np.abs(x2) @ np.abs(W64).T + np.abs(b64)], LINEAR_LOGIT_SIZE)
+        and _bounded(weights, 1e6)
+        and float(kw.get("z_loss", 0.0)) <= 1.0
+        and _mean_well_defined(kw, t, batch, V)
+    ):
+        return
+    z = (x2 @ W64.T + b64).reshape(batch + (V,))
+    _, (l_want, l_size, l_len), (G, g_size, g_len) = expected_loss_and_grad(
+        Case("cross_entropy_with_grad", z, case.target, kw)
+    )
+    if np.any(l_len) or np.any(g_len) or not np.all(np.isfinite(G)):
+        return
+    rel = LINEAR_REL[cd]
+
+    def near(got, want, size, what):
+        top = float(np.finfo(cd if what == "loss" else io).max)
+        got = np.asarray(got, np.float64)
+        # Entries at the edge of the output dtype's range (float16
+        # gradients) may come out +-inf.
+        edge = (np.abs(want) >= (1 - rel) * top) & (np.sign(got) == np.sign(want))
+        err = np.where(edge, 0.0, np.abs(got - want))
+        limit = rel * size + 1e-300
+        assert np.all(err <= limit), (
+            f"{what}: max error/limit {float(np.max(err / limit)):.3g} (limit {rel} of the "
+            f"size of the terms)"
+        )
+
+    # The oracle's tolerances are the sizes of the terms (assert_close
+    # multiplies them by its floor).
+    near(loss, l_want, l_size + np.abs(l_want), "loss")
+    if not with_grad:
+        return
+    G2 = G.reshape(n, V)
+    G_size = np.abs(G2) + g_size.reshape(n, 1)
+    near(gx.reshape(n, d), G2 @ W64, G_size @ np.abs(W64), "grad_x")
+    near(gW, G2.T @ x2, G_size.T @ np.abs(x2), "grad_W")
+    if b is not None:
+        near(gb, G2.sum(axis=0), G_size.sum(axis=0), "grad_b")
+
+
 def check_result(case, result, out):
     """``result`` of the call ``case`` (whose arrays are copies taken before
     the call) against the oracle."""
+    if case.fn in LINEAR:
+        _check_linear_result(case, result)
+        return
     z0 = np.asarray(case.logits)
     cd = compute_dtype(z0.dtype)
     shape = z0.shape
@@ -961,6 +1171,8 @@ def check_case(case):
         "target": case.target,
         "weight": case.kwargs.get("weight"),
         "sample_weight": case.kwargs.get("sample_weight"),
+        "W": case.W,
+        "linear_bias": case.kwargs.get("linear_bias"),
         "out": out,
     }
     before = {k: _snapshot(v) for k, v in inputs.items()}
@@ -1010,8 +1222,11 @@ def describe(case):
             )
         return repr(v)
 
-    lines = [f"fastxent.{case.fn}(", f"  logits={one(case.logits)},"]
-    if case.fn in LOSSES:
+    if case.fn in LINEAR:
+        lines = [f"fastxent.{case.fn}(", f"  x={one(case.logits)},", f"  W={one(case.W)},"]
+    else:
+        lines = [f"fastxent.{case.fn}(", f"  logits={one(case.logits)},"]
+    if case.fn in LOSSES + LINEAR:
         lines.append(f"  target={one(case.target)},")
     lines += [f"  {k}={one(v)}," for k, v in case.kwargs.items()] + [")"]
     return "\n".join(lines)

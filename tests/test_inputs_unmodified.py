@@ -1,8 +1,9 @@
 """Inputs are never modified unless passed as ``out=``.
 
 ``install_guard`` wraps the functions every public function goes through
-(``fastxent._loss._run``, ``fastxent._softmax._rows`` and
-``fastxent.objectives._grad_hess``, looked up at call time, so it catches
+(``fastxent._loss._run``, ``fastxent._softmax._rows``,
+``fastxent._linear._linear_run`` and ``fastxent.objectives._grad_hess``,
+looked up at call time, so it catches
 calls however the public function was imported): the bytes of every array
 argument other than ``out`` (up to 64 MiB each; arrays that overlap
 ``out`` excepted) are compared before and after the call, whether it
@@ -26,7 +27,7 @@ import pytest
 from helpers import make_labels, make_logits, make_probs
 
 import fastxent
-from fastxent import _loss, _softmax, objectives
+from fastxent import _linear, _loss, _softmax, objectives
 
 MAX_BYTES = 64 << 20  # bigger arrays (bigmem) are not copied
 
@@ -65,6 +66,7 @@ def install_guard(monkeypatch):
     monkeypatch.setattr(
         _softmax, "_rows", _guarded(_softmax._rows, lambda a, kw: a[1] if len(a) > 1 else None)
     )
+    monkeypatch.setattr(_linear, "_linear_run", _guarded(_linear._linear_run, lambda a, kw: None))
     monkeypatch.setattr(
         objectives, "_grad_hess", _guarded(objectives._grad_hess, lambda a, kw: None)
     )
@@ -73,7 +75,7 @@ def install_guard(monkeypatch):
 def _guard_installed():
     return all(
         getattr(f, "__wrapped_by_input_guard__", False)
-        for f in (_loss._run, _softmax._rows, objectives._grad_hess)
+        for f in (_loss._run, _softmax._rows, _linear._linear_run, objectives._grad_hess)
     )
 
 
@@ -131,6 +133,20 @@ OPTIONS = [
 ]
 
 
+def _cases(targets, rng, shape, layout):
+    """``(target, options)`` for every target kind and entry of OPTIONS,
+    with the weights drawn in ``layout``."""
+    for kind, t in targets.items():
+        for opts in OPTIONS:
+            opts = dict(opts)
+            if kind == "probs":
+                opts.pop("ignore_index", None)
+            if opts.get("weight") == "w":
+                opts["weight"] = _layout(rng.random(shape[-1]), layout)
+                opts["sample_weight"] = _layout(rng.random(shape[:-1]), layout)
+            yield t, opts
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int32])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_loss_inputs_unmodified(dtype, layout):
@@ -141,22 +157,15 @@ def test_loss_inputs_unmodified(dtype, layout):
         "labels": _layout(make_labels(rng, shape[:-1], shape[-1]).astype(np.int32), layout),
         "probs": _layout(make_probs(rng, shape, np.float32), layout),
     }
-    for kind, t in targets.items():
-        for opts in OPTIONS:
-            opts = dict(opts)
-            if kind == "probs":
-                opts.pop("ignore_index", None)
-            if opts.get("weight") == "w":
-                opts["weight"] = _layout(rng.random(shape[-1]), layout)
-                opts["sample_weight"] = _layout(rng.random(shape[:-1]), layout)
-            keep = [np.array(a, copy=True) for a in (z, t, opts.get("weight"))]
-            with np.errstate(all="ignore"):
-                fastxent.cross_entropy(z, t, **opts)
-                _, grad = fastxent.cross_entropy_with_grad(z, t, **opts)
-                out = np.empty_like(grad)
-                assert fastxent.cross_entropy_grad(z, t, out=out, **opts) is out
-            for a, k in zip((z, t, opts.get("weight")), keep, strict=True):
-                np.testing.assert_array_equal(a, k)  # values too, not only the guard
+    for t, opts in _cases(targets, rng, shape, layout):
+        keep = [np.array(a, copy=True) for a in (z, t, opts.get("weight"))]
+        with np.errstate(all="ignore"):
+            fastxent.cross_entropy(z, t, **opts)
+            _, grad = fastxent.cross_entropy_with_grad(z, t, **opts)
+            out = np.empty_like(grad)
+            assert fastxent.cross_entropy_grad(z, t, out=out, **opts) is out
+        for a, k in zip((z, t, opts.get("weight")), keep, strict=True):
+            np.testing.assert_array_equal(a, k)  # values too, not only the guard
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
@@ -170,6 +179,37 @@ def test_row_inputs_unmodified(dtype, layout):
         p = fastxent.softmax(z)
         assert fastxent.log_softmax(z, out=np.empty_like(p)) is not None
     np.testing.assert_array_equal(z, keep)
+
+
+# Every layout, byte-swapped included (the fused linear function takes it too).
+LINEAR_LAYOUTS = LAYOUTS
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("layout", LINEAR_LAYOUTS)
+def test_linear_inputs_unmodified(dtype, layout):
+    """The fused linear functions leave x, W, b, the target and the weights
+    as they were, whichever of them BLAS takes as they are and which are
+    copied first."""
+    pytest.importorskip("scipy")
+    pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(9)
+    batch, d, V = (2, 7), 5, 9
+    x = _layout(rng.standard_normal(batch + (d,)).astype(dtype), layout)
+    W = _layout(rng.standard_normal((V, d)).astype(dtype), layout)
+    b = _layout(rng.standard_normal(V).astype(dtype), layout)
+    targets = {
+        "labels": _layout(make_labels(rng, batch, V).astype(np.int32), layout),
+        "probs": _layout(make_probs(rng, batch + (V,), np.float32).astype(dtype), layout),
+    }
+    for t, opts in _cases(targets, rng, batch + (V,), layout):
+        arrays = (x, W, b, t, opts.get("weight"), opts.get("sample_weight"))
+        keep = [None if a is None else np.array(a, copy=True) for a in arrays]
+        with np.errstate(all="ignore"):
+            fastxent.linear_cross_entropy(x, W, t, linear_bias=b, chunk_size=5, **opts)
+            fastxent.linear_cross_entropy_with_grad(x, W, t, linear_bias=b, **opts)
+        for a, k in zip(arrays, keep, strict=True):
+            np.testing.assert_array_equal(a, k)  # values too, not only the guard
 
 
 def test_out_aliasing_the_target_changes_only_out():

@@ -135,7 +135,8 @@ def test_every_option(dtype, options, reduction, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_large_vocabulary_and_features(dtype, rng):
-    """V of the general row kernel, several GEMM tiles (V > 2048, d > 128)."""
+    """V beyond the tile kernel's limit (the row kernel), in several chunks
+    and in one."""
     x, W, b, t = make_problem(rng, (70,), 200, 4500, dtype)
     check(x, W, t, b, chunk_size=32, label_smoothing=0.1)
     check(x, W, t, b, chunk_size=None, reduction="sum")
@@ -147,19 +148,24 @@ def test_chunk_sizes_agree(chunk_size, rng):
     check(x, W, t, b, chunk_size=chunk_size)
 
 
-def test_small_vocabulary_many_rows_uses_partial_products(rng):
-    """Few classes and features, many rows per chunk: grad_W is summed from
-    partial products over row tiles (the estimator's case)."""
+def test_small_vocabulary_many_rows_in_one_chunk(rng):
+    """Few classes and features, many rows (the estimator's case): the
+    default chunk takes all 5 000 rows, so each GEMM sums over all of them
+    at once (grad_W = G.T @ x with an inner dimension of 5 000)."""
     x, W, b, t = make_problem(rng, (5000,), 20, 7, np.float64)
+    for itemsize in (4, 8):
+        assert fastxent._linear.default_chunk_size(5000, 7, 20, itemsize) == 5000
     check(x, W, t, b)
     check(x.astype(np.float32), W.astype(np.float32), t, b.astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_identical_at_every_thread_count(dtype, rng):
-    """Same bits for a fixed chunk_size at any num_threads: the row kernels
-    and the GEMM tiles (each single-threaded BLAS) do not depend on it."""
-    x, W, b, t = make_problem(rng, (3000,), 150, 2500, dtype)
+    """Same bits for a fixed chunk_size at any num_threads: num_threads is
+    the row kernels' (here the row kernel, V beyond the tile kernel's limit,
+    each chunk large enough to be split among the threads), and the GEMMs
+    run on BLAS's threads whatever it is."""
+    x, W, b, t = make_problem(rng, (1000,), 16, 2500, dtype)
     for chunk in (None, 300):
         first = fastxent.linear_cross_entropy_with_grad(
             x, W, t, linear_bias=b, chunk_size=chunk, num_threads=1
@@ -378,18 +384,72 @@ def test_bad_input_is_a_clear_error_and_modifies_nothing(fn, args, kwargs, exc, 
 def test_default_chunk_size_rule():
     from fastxent._linear import default_chunk_size
 
-    # about 1/24 of the rows, but at least 128 rows ...
-    assert default_chunk_size(4096, 32000, 1024, 4) == 170
-    assert default_chunk_size(2048, 32000, 512, 4) == 128
-    # ... and 4 MiB; at most 1024 rows, unless 4 MiB holds more ...
-    assert default_chunk_size(10**6, 50, 100, 8) == 4 * 2**20 // 400
+    # a quarter of the logits less the per-row losses: 509 rows, in 5 even chunks
+    assert default_chunk_size(2048, 32000, 512, 4) == 410
+    assert default_chunk_size(2048, 32000, 512, 8) == 410
+    assert default_chunk_size(4096, 32000, 1024, 4) == 820
+    # at most 1 024 rows, unless 4 MiB holds more ...
+    assert default_chunk_size(8192, 128256, 256, 4) == 1024
     assert default_chunk_size(10**6, 32000, 100, 4) == 1024
-    # ... at most 256 MiB, and n
-    assert default_chunk_size(10**6, 10**6, 8, 4) == 67
-    assert default_chunk_size(50, 32000, 8, 4) == 50
-    # the buffer is about 4 % of the logits at the issue's shapes
-    for n, V in ((4096, 32000), (8192, 128256)):
-        assert default_chunk_size(n, V, 256, 4) / n < 0.05
+    assert default_chunk_size(10**6, 50, 100, 8) == -(-(10**6) // 96)  # 4 MiB: 10 485 rows
+    # ... at least 4 MiB when the logits are small, and at most n
+    assert default_chunk_size(512, 10000, 256, 4) == 103
+    assert default_chunk_size(64, 1000, 8, 8) == 64
+    assert default_chunk_size(50, 32000, 8, 4) == 25  # 4 MiB: 32 rows, in 2 even chunks
+    assert default_chunk_size(50, 3200, 8, 4) == 50
+    assert default_chunk_size(1, 32000, 8, 4) == default_chunk_size(0, 32000, 8, 4) == 1
+
+
+SHAPES = [
+    (n, V, itemsize)
+    for n in (1, 2, 3, 100, 512, 1000, 2048, 4095, 4096, 8192, 16384, 10**5, 10**6)
+    for V in (1, 2, 10, 100, 1000, 10000, 32000, 128256, 256000)
+    for itemsize in (4, 8)
+]
+
+
+@pytest.mark.parametrize("n, V, itemsize", SHAPES)
+def test_default_chunk_size_within_the_memory_budget(n, V, itemsize):
+    """The default chunk: working memory (buffer, float64 per-row losses and
+    bias sums) within a quarter of the logits or 4 MiB; chunks of equal size;
+    and as few chunks as those bounds and the 1 024-row cap allow (fewer,
+    larger chunks re-read W less often)."""
+    from fastxent._linear import default_chunk_size
+
+    r = default_chunk_size(n, V, 256, itemsize)
+    row = V * itemsize
+    budget = max(n * row / 4, 4 * 2**20)
+    cap = max(1024, 4 * 2**20 // row)
+
+    def allowed(rows):
+        return (rows <= cap and rows * row + 8 * (n + V) <= budget) or rows == 1
+
+    assert 1 <= r <= max(n, 1)
+    assert allowed(r), (r, r * row / (n * row))
+    chunks = -(-n // r)
+    assert n - (chunks - 1) * r >= r - chunks  # the last chunk is not a remainder
+    if chunks > 1:  # one chunk fewer would break a bound
+        assert not allowed(-(-n // (chunks - 1)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_default_chunk_is_an_explicit_chunk(dtype, rng):
+    """chunk_size=None is the same bits as chunk_size=default_chunk_size(...)
+    (the default only picks the rows per chunk), and agrees to rounding with
+    other chunk sizes, which sum grad_W over the chunks in another order."""
+    from fastxent._linear import default_chunk_size
+
+    x, W, b, t = make_problem(rng, (3000,), 40, 1500, dtype)
+    r = default_chunk_size(3000, 1500, 40, np.dtype(dtype).itemsize)
+    assert 1 < r < 3000  # several chunks
+    got = fastxent.linear_cross_entropy_with_grad(x, W, t, linear_bias=b)
+    same = fastxent.linear_cross_entropy_with_grad(x, W, t, linear_bias=b, chunk_size=r)
+    for a, c in zip(got, same, strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(c).tobytes()
+    for other in (r - 1, 3000):
+        again = fastxent.linear_cross_entropy_with_grad(x, W, t, linear_bias=b, chunk_size=other)
+        for what, a, c in zip(("loss", "grad_x", "grad_W", "grad_b"), got, again, strict=True):
+            assert_matches(a, c, dtype, what)
 
 
 def test_import_fastxent_does_not_import_scipy():

@@ -442,3 +442,11 @@ def test_plot_has_a_log_axis_and_labels_each_bar_with_its_time():
         assert len(labels) == 3 * 2 and all(t.endswith(" ms") for t in labels), labels
     finally:
         plt.close(fig)
+
+
+def test_bench_warns_when_regions_waited():
+    from fastxent import __main__ as cli
+
+    assert cli._busy_note(0) is None
+    note = cli._busy_note(3)
+    assert note is not None and "3 parallel region(s)" in note and "quiet machine" in note

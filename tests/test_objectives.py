@@ -1,4 +1,4 @@
-"""fastxent.objectives.softmax_grad_hess (issue 12): the per-sample gradient
+"""fastxent.objectives.softmax_grad_hess: the per-sample gradient
 and Hessian diagonal against the float64 reference (``reference.py``:
 ``cross_entropy(reduction="none")`` for the gradient, the textbook Hessian
 ``s Q (diag(P) - P P^T)`` for its diagonal), 4th-order finite differences,

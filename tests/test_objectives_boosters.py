@@ -1,4 +1,4 @@
-"""fastxent.objectives.xgboost_multiclass and lightgbm_multiclass (issue 12)
+"""fastxent.objectives.xgboost_multiclass and lightgbm_multiclass
 with the real libraries (skipped without them; CI installs both).
 
 * Each objective's output against the library's formula written out here in

@@ -1,4 +1,4 @@
-"""Loss options (issue 3): weight, sample_weight, ignore_index,
+"""Loss options: weight, sample_weight, ignore_index,
 label_smoothing, z_loss, softcap -- each alone and combined, for all three
 functions, both dtypes, every reduction and both target kinds, against the
 float64 reference, finite differences, and the semantics they promise
@@ -666,3 +666,24 @@ def test_two_classes_unusual_blocks_take_the_general_kernel(rng):
     y0[:100] = 1
     _, grad0 = fastxent.cross_entropy_with_grad(z[:, ::-1].copy(), y0, weight=[1.0, -1.0])
     assert not np.isfinite(grad0[:100]).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ignore_index_none_ignores_nothing(dtype, rng):
+    """ignore_index=None is the real "off": every label counts, -100 is then
+    an out-of-range label, and so is the int64 value the kernels use for
+    "off" internally."""
+    z = make_logits(rng, (5, 4), dtype)
+    y = np.array([0, 1, 2, 3, 1])
+    np.testing.assert_array_equal(
+        fastxent.cross_entropy(z, y, ignore_index=None, reduction="none"),
+        fastxent.cross_entropy(z, y, reduction="none"),
+    )
+    for bad in (-100, -(2**63)):
+        y[2] = bad
+        with pytest.raises(ValueError, match=rf"outside \[0, 4\): {bad} at flat position 2"):
+            fastxent.cross_entropy_with_grad(z, y, ignore_index=None)
+        with pytest.raises(ValueError, match="outside"):
+            fastxent.linear_cross_entropy(z, np.eye(4, dtype=dtype), y, ignore_index=None)
+    # with probabilities it is accepted (nothing to ignore there)
+    fastxent.cross_entropy(z, np.full((5, 4), 0.25, dtype), ignore_index=None)

@@ -223,3 +223,27 @@ def test_many_rows_first_bad_label_reported(label_dtype, nt, where, rng):
     y[where + 1 :: 50_000] = -1  # later bad labels: the first one is named
     with pytest.raises(ValueError, match=rf"2 at flat position {where}\b"):
         fastxent.cross_entropy_with_grad(z, y, num_threads=nt)
+
+
+@pytest.mark.parametrize("case", ["row", "tile", "probs", "softmax", "half"], ids=lambda c: c)
+def test_every_chunk_is_written(case, rng):
+    """Each thread takes one chunk of the rows: every element of the output
+    is written on every call (a loop bound shared between threads once let
+    one chunk be done twice and another skipped, now and then)."""
+    m = {"row": 211, "tile": 10}.get(case, 97)
+    n = 48_000 // m
+    z = rng.standard_normal((n, m)).astype(np.float32)
+    y = rng.integers(0, m, n)
+    for _ in range(150):
+        if case == "half":
+            out = np.full((n, m), np.nan, np.float16)
+            fastxent.cross_entropy_grad(z.astype(np.float16), y, out=out, num_threads=2)
+        else:
+            out = np.full((n, m), np.nan, np.float32)
+            if case == "softmax":
+                fastxent.softmax(z, out=out, num_threads=2)
+            elif case == "probs":
+                fastxent.cross_entropy_grad(z, fastxent.softmax(z), out=out, num_threads=2)
+            else:
+                fastxent.cross_entropy_grad(z, y, out=out, num_threads=2)
+        assert not np.isnan(out).any()

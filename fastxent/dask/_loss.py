@@ -11,11 +11,11 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import _dask_graph as g
-from . import _kernels, _loss
-from . import _validation as v
-from ._linear import _check_inputs, _linear_run
-from ._loss import loss_spec
+from .. import _kernels, _loss
+from .. import _validation as v
+from .._linear import _check_inputs, _linear_run
+from .._spec import loss_spec
+from . import _graph as g
 
 __all__ = ["linear_graph", "loss_graph"]
 
@@ -71,7 +71,7 @@ def _targets(
             sample_weight, "sample_weight", rows.shape[:-1], rows, rows_name, stacklevel + 1
         )
     spec = g.check_options(kind, t.dtype, None if s is None else s.dtype, nb, m, dtype, options)
-    return Rows(rows, t, kind, s, dict(options, weight=spec.w), dtype, m)
+    return Rows(rows, t, kind, s, dict(options, weight=spec.weight), dtype, m)
 
 
 def _threads(num_threads: Any) -> Any:
@@ -109,7 +109,7 @@ def denominator_block(
     m: int,
     compute_dtype: np.dtype[np.floating[Any]],
     weight: Any,
-    ignore_index: int,
+    ignore_index: int | None,
     block_info: Any = None,
 ) -> float:
     """This block's "mean" denominator ``sum_i s_i w[y_i]`` over its kept
@@ -127,7 +127,7 @@ def denominator_block(
             z_loss=0.0,
             softcap=None,
         )
-        return _loss.mean_denominator(spec, m)
+        return spec.mean_denominator(m)
     except v.LabelError as e:
         raise e.at(global_position(e.position, block_info)) from None
 
@@ -364,7 +364,7 @@ def linear_graph(
         None if bd is None else np.empty(b_shape, b_dtype),
     )
     if chunk_size is not None:
-        from ._linear import _chunk_size
+        from .._linear import _chunk_size
 
         _chunk_size(chunk_size, 1, 1, 1, 1)
     V, d = W_shape

@@ -31,17 +31,17 @@ import dask.array as da
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _dask_graph as g
-from ._extras import missing
+from .._extras import missing
+from . import _graph as g
 
 try:
     from sklearn.utils.class_weight import compute_class_weight
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import check_is_fitted
 
-    from . import estimators as _est
-    from .estimators import _FLOAT_DTYPES, check_two_classes, data_term
-    from .estimators import SoftmaxRegression as _InMemorySoftmaxRegression
+    from .. import estimators as _est
+    from ..estimators import _FLOAT_DTYPES, check_two_classes, data_term
+    from ..estimators import SoftmaxRegression as _InMemorySoftmaxRegression
 except ImportError as e:
     raise missing(
         "fastxent.dask.SoftmaxRegression", "scikit-learn and SciPy", "sklearn,dask", e

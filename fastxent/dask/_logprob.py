@@ -1,5 +1,5 @@
 """fastxent.dask's token_logprobs and distillation_loss_with_grad: the
-in-memory functions on blocks of whole rows (see ``_dask_graph`` for the
+in-memory functions on blocks of whole rows (see ``fastxent.dask._graph`` for the
 design: whole-row blocks, fixed-tree sums, a global denominator reaching the
 gradient tasks as a dependency)."""
 
@@ -10,10 +10,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from . import _dask_graph as g
-from . import _distill, _logprob
-from . import _validation as v
-from ._dask_loss import _threads, denominator_block
+from .. import _distill, _logprob
+from .. import _validation as v
+from . import _graph as g
+from ._loss import _threads, denominator_block
 
 __all__ = ["distillation_loss_with_grad", "token_logprobs"]
 

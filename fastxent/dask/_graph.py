@@ -46,9 +46,10 @@ import dask.array as da
 import numpy as np
 from dask.base import is_dask_collection
 
-from . import _linear
-from . import _validation as v
-from ._loss import LossSpec, loss_spec, reduce_total
+from .. import _linear
+from .. import _validation as v
+from .._loss import reduce_total
+from .._spec import LossSpec, loss_spec
 
 #: Children per node of the reduction trees.
 SPLIT_EVERY = 8

@@ -47,20 +47,19 @@ from typing import TYPE_CHECKING, Any
 
 from numpy.typing import ArrayLike
 
-from ._extras import missing
+from .._extras import missing
 
 try:
     import dask.array as da
 except ImportError as e:
     raise missing("fastxent.dask", "Dask (dask[array])", "dask", e) from e
 
-from . import _dask_loss
-from ._dask_logprob import distillation_loss_with_grad, token_logprobs
+from . import _loss as _dask_loss
+from ._logprob import distillation_loss_with_grad, token_logprobs
 
 if TYPE_CHECKING:
-    from ._dask_estimator import SoftmaxRegression
-from ._linear import _LINEAR_DOC
-from ._loss import _LOGITS_TARGET_DOC, _OPTIONS_DOC
+    from ._estimator import SoftmaxRegression
+from .. import _docs
 
 __all__ = [
     "SoftmaxRegression",
@@ -76,7 +75,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # SoftmaxRegression needs scikit-learn and SciPy: imported on first use.
     if name == "SoftmaxRegression":
-        from ._dask_estimator import SoftmaxRegression
+        from ._estimator import SoftmaxRegression
 
         return SoftmaxRegression
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -89,7 +88,7 @@ def cross_entropy(
     reduction: str = "mean",
     weight: ArrayLike | None = None,
     sample_weight: Any = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -162,7 +161,7 @@ def cross_entropy_with_grad(
     reduction: str = "mean",
     weight: ArrayLike | None = None,
     sample_weight: Any = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -239,7 +238,7 @@ def linear_cross_entropy(
     reduction: str = "mean",
     weight: ArrayLike | None = None,
     sample_weight: Any = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -314,7 +313,7 @@ def linear_cross_entropy_with_grad(
     reduction: str = "mean",
     weight: ArrayLike | None = None,
     sample_weight: Any = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
@@ -395,22 +394,11 @@ def linear_cross_entropy_with_grad(
     )
 
 
-_DASK_OPTIONS_DOC = _OPTIONS_DOC.replace(
-    "    num_threads : int >= 1, optional\n", "    num_threads : int >= 1 or None, default 1\n"
-)
-_LINEAR_OPTIONS_DOC = _OPTIONS_DOC.split("    num_threads :")[0].rstrip()
-
 for _f, _opts in (
-    (cross_entropy, _DASK_OPTIONS_DOC),
-    (cross_entropy_with_grad, _DASK_OPTIONS_DOC),
-    (linear_cross_entropy, _LINEAR_OPTIONS_DOC),
-    (linear_cross_entropy_with_grad, _LINEAR_OPTIONS_DOC),
+    (cross_entropy, "dask_options"),
+    (cross_entropy_with_grad, "dask_options"),
+    (linear_cross_entropy, "loss_options"),
+    (linear_cross_entropy_with_grad, "loss_options"),
 ):
-    if _f.__doc__:  # None under python -OO
-        for _key, _text in (
-            ("logits_target", _LOGITS_TARGET_DOC),
-            ("linear", _LINEAR_DOC),
-            ("options", _opts),
-        ):
-            _f.__doc__ = _f.__doc__.replace(f"    {{{_key}}}", _text.strip("\n"))
-del _f, _opts, _key, _text
+    _docs.fill(_f, options=_opts)
+del _f, _opts
