@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _axis, _kernels, _linear
 from . import _validation as v
+from ._spec import NO_IGNORE
 from ._typing import FloatArray
 
 __all__ = [
@@ -60,10 +61,17 @@ def labels_only(
             f"probabilities of the logits' shape {shape}."
         )
     kind, labels = v.as_labels_or_probs(target, shape, dtype)
-    ignore = v.ignore_index(ignore_index, kind)
-    bad, _ = _kernels.mean_denominator(labels, None, None, ignore, shape[-1])
+    checked = v.ignore_index(ignore_index, kind)
+    # None: no label is ignored (the kernels' "off" value, which no label
+    # may then equal).
+    ignore = NO_IGNORE if checked is None else checked
+    hit = labels == NO_IGNORE if checked is None and labels.dtype == np.int64 else None
+    if hit is not None and hit.any():
+        bad = int(np.argmax(hit))
+    else:
+        bad, _ = _kernels.mean_denominator(labels, None, None, ignore, shape[-1])
     if bad >= 0:
-        raise v.LabelError(int(labels[bad]), bad, shape[-1], ignore)
+        raise v.LabelError(int(labels[bad]), bad, shape[-1], checked)
     return labels.astype(np.int64, copy=False), ignore
 
 
@@ -108,8 +116,9 @@ class GradOut:
         self.out, self.shape, self.io = out, shape, io
         self.half = io != dtype
         self.o = None if out is None else v.check_out(out, shape, io)
-        direct = self.o is not None and not self.half
-        self.buffer: NDArray[Any] = self.o if direct else np.empty(z.shape, dtype=dtype)
+        self.buffer: NDArray[Any] = (
+            self.o if self.o is not None and not self.half else np.empty(z.shape, dtype=dtype)
+        )
 
     def detach(self, a: NDArray[Any]) -> NDArray[Any]:
         """``a`` (an input), copied if it overlaps ``out`` without being it."""
