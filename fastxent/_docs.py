@@ -199,3 +199,28 @@ group(
     "reduction",
     "num_threads_dask",
 )
+
+
+def _framework_options(array: str, classes: str, batch: str) -> str:
+    """The loss options of the PyTorch and JAX adapters, whose arrays are
+    ``array`` (Tensor, Array) and whose shapes are written differently."""
+    return f"""
+    reduction : {{"mean", "sum", "none"}}, default "mean"
+        ``"none"`` returns one loss per sample, else their sum or mean.
+    weight : {array} of shape {classes}, optional
+        Class weights (no gradient flows to them).
+    ignore_index : int, default -100
+        Class index that contributes no loss and no gradient.
+    label_smoothing : float in [0, 1], default 0.0
+        PyTorch's label smoothing.
+    sample_weight : {array} of shape {batch}, optional
+        Per-sample weights (fastxent's option; no gradient flows to them).
+    z_loss : float >= 0, default 0.0
+        Adds ``z_loss * logsumexp(z)**2`` to each sample's loss.
+    softcap : float > 0, optional
+        Soft-caps the logits as ``softcap * tanh(z / softcap)`` first."""
+
+
+register("jax_options", _framework_options("Array", "(m,)", "``logits.shape[:-1]``"))
+register("jax_linear_options", _framework_options("Array", "(V,)", "``x.shape[:-1]``"))
+register("torch_linear_options", _framework_options("Tensor", "(V,)", "``input.shape[:-1]``"))

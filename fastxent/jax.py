@@ -38,6 +38,7 @@ if importlib.util.find_spec("jax") is None:  # pragma: no cover - depends on the
 import jax
 import jax.numpy as jnp
 
+from . import _docs
 from . import _validation as v
 from ._linear import _linear_run
 from ._loss import cross_entropy as _np_cross_entropy
@@ -266,20 +267,7 @@ def cross_entropy(
         Class indices, integers of shape ``logits.shape[:-1]`` in ``[0, m)``
         (or ``ignore_index``); or class probabilities, floats of the logits'
         shape.  No gradient flows to them.
-    reduction : {"mean", "sum", "none"}, default "mean"
-        ``"none"`` returns one loss per sample, else their sum or mean.
-    weight : Array of shape (m,), optional
-        Class weights (no gradient flows to them).
-    ignore_index : int, default -100
-        Class index that contributes no loss and no gradient.
-    label_smoothing : float in [0, 1], default 0.0
-        PyTorch's label smoothing.
-    sample_weight : Array of shape ``logits.shape[:-1]``, optional
-        Per-sample weights (fastxent's option; no gradient flows to them).
-    z_loss : float >= 0, default 0.0
-        Adds ``z_loss * logsumexp(z)**2`` to each sample's loss.
-    softcap : float > 0, optional
-        Soft-caps the logits as ``softcap * tanh(z / softcap)`` first.
+    {jax_options}
 
     Returns
     -------
@@ -437,20 +425,7 @@ def linear_cross_entropy(
         ``x.shape[:-1] + (V,)``.
     linear_bias : Array of shape (V,), optional
         The head's bias, of x's dtype.
-    reduction : {"mean", "sum", "none"}, default "mean"
-        ``"none"`` returns one loss per sample, else their sum or mean.
-    weight : Array of shape (V,), optional
-        Class weights (no gradient flows to them).
-    ignore_index : int, default -100
-        Class index that contributes no loss and no gradient.
-    label_smoothing : float in [0, 1], default 0.0
-        PyTorch's label smoothing.
-    sample_weight : Array of shape ``x.shape[:-1]``, optional
-        Per-sample weights (fastxent's option; no gradient flows to them).
-    z_loss : float >= 0, default 0.0
-        Adds ``z_loss * logsumexp(z)**2`` to each sample's loss.
-    softcap : float > 0, optional
-        Soft-caps the logits as ``softcap * tanh(z / softcap)`` first.
+    {jax_linear_options}
     chunk_size : int >= 1, optional
         Rows per chunk (see :func:`fastxent.linear_cross_entropy`).
 
@@ -502,3 +477,8 @@ def linear_cross_entropy(
         None if chunk_size is None else int(chunk_size),
     )
     return fn(x, W, b, jax.lax.stop_gradient(labels), _const(weight), _const(sample_weight))
+
+
+# The loss options' parameter docs, shared with the other adapter (_docs).
+_docs.fill(cross_entropy)
+_docs.fill(linear_cross_entropy)

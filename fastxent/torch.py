@@ -48,6 +48,7 @@ if importlib.util.find_spec("torch") is None:  # pragma: no cover - depends on t
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from . import _docs
 from . import _validation as v
 from ._linear import _linear_run
 from ._loss import cross_entropy as _np_cross_entropy
@@ -861,20 +862,7 @@ def linear_cross_entropy(
         of shape ``input.shape[:-1] + (V,)``.
     linear_bias : Tensor of shape (V,), optional
         The head's bias (``nn.Linear(d, V).bias``), of input's dtype.
-    reduction : {"mean", "sum", "none"}, default "mean"
-        ``"none"`` returns one loss per sample, else their sum or mean.
-    weight : Tensor of shape (V,), optional
-        Class weights (no gradient flows to them).
-    ignore_index : int, default -100
-        Class index that contributes no loss and no gradient.
-    label_smoothing : float in [0, 1], default 0.0
-        PyTorch's label smoothing.
-    sample_weight : Tensor of shape ``input.shape[:-1]``, optional
-        Per-sample weights (fastxent's option; no gradient flows to them).
-    z_loss : float >= 0, default 0.0
-        Adds ``z_loss * logsumexp(z)**2`` to each sample's loss.
-    softcap : float > 0, optional
-        Soft-caps the logits as ``softcap * tanh(z / softcap)`` first.
+    {torch_linear_options}
     chunk_size : int >= 1, optional
         Rows per chunk (see :func:`fastxent.linear_cross_entropy`).
 
@@ -947,3 +935,7 @@ def linear_cross_entropy(
     )
     result: torch.Tensor = loss.reshape(batch) if reduction == "none" else loss
     return result
+
+
+# The loss options' parameter docs, shared with the other adapter (_docs).
+_docs.fill(linear_cross_entropy)
