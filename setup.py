@@ -252,6 +252,7 @@ extensions = [
             "fastxent/_rowops.h",
             "fastxent/_rowops_t.h",
             "fastxent/_governor.h",
+            "fastxent/_driver.h",
             "fastxent/_options.h",
             "fastxent/_kernels.pxd",
             "fastxent/_kernels_half.pxi",

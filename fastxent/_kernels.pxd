@@ -1,7 +1,9 @@
 # Declarations of the C headers the kernels use (cimported by _kernels.pyx,
 # whose .pxd this is): the options and the per-row finisher (_options.h),
-# the thread governor (_governor.h) and the vectorised row primitives and
+# the thread governor (_governor.h), the serial-or-parallel driver
+# (_driver.h) and the vectorised row primitives and
 # few-class kernels (_rowops.h).
+from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport uint16_t
 
 
@@ -36,6 +38,14 @@ cdef extern from "_governor.h" nogil:
     long long fx_gov_waits
     long long fx_gov_backoff_ns
     long long fx_gov_serial_until_ns
+
+cdef extern from "_driver.h" nogil:
+    enum:
+        FX_OUT_OF_MEMORY
+        FX_LABEL_RACED
+    ctypedef int (*fx_span_fn)(void *job, ptrdiff_t lo, ptrdiff_t hi, void *scratch) noexcept nogil
+    int fx_run_spans(fx_span_fn fn, void *job, ptrdiff_t n, size_t scratch_bytes,
+                     void *own_scratch, int threads)
 
 cdef extern from "_rowops.h" nogil:
     float fx_max_f(const float *z, Py_ssize_t n)

@@ -2,11 +2,13 @@
 
 Design
 ------
-* One row at a time.  Every public kernel is a ``prange`` over rows around a
-  ``noexcept nogil`` row function that reads the row of logits, its target
-  and writes its own outputs.  The row functions take raw pointers, so a
-  caller can apply them to any block of rows (a chunk of a bigger matrix, a
-  block of ``X @ W.T``) with its own output pointers.
+* One row at a time.  Every kernel is a span function (rows, or blocks of
+  rows, ``[lo, hi)``) around a ``noexcept nogil`` row function that reads
+  the row of logits, its target and writes its own outputs, run by the one
+  serial-or-parallel driver, ``fx_run_spans`` (``_driver.h``: the team, each
+  thread's scratch, the timing, the error codes).  The row functions take
+  raw pointers, so a caller can apply them to any block of rows (a chunk of
+  a bigger matrix, a block of ``X @ W.T``) with its own output pointers.
 * The inner loops (max, exp-and-sum with the target terms, gradient pass)
   are C functions in ``_rowops.c``: Cython cannot emit ``#pragma omp simd``,
   and without it (or ``-ffast-math``, which we refuse) GCC vectorises
@@ -58,23 +60,24 @@ Design
   the check can cause) are flagged through return codes, never raised
   inside the parallel region.  Each label is read once by the kernel that
   uses it, and re-checked there: a data race never becomes an index.
-* Every parallel loop gives each thread one contiguous chunk and times it;
-  a region kept waiting far longer than its chunks worked (another
+* The driver gives each thread one contiguous chunk and times it; a
+  region kept waiting far longer than its chunks worked (another
   parallel program spinning on the same cores) makes calls that asked for
   the default thread count run on one thread for a while (``_governor.h``).
 
 Files
 -----
 ``_kernels.pxd`` declares the C headers; this file holds the row kernel,
-the drivers and the loss and softmax entry points; ``_kernels_half.pxi``
+the loss and softmax jobs and their entry points; ``_kernels_half.pxi``
 the half-precision drivers, ``_kernels_linear.pxi`` the fused linear chunk
 loop, ``_kernels_hooks.pxi`` the test hooks (included below).
 """
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer, PyCapsule_IsValid
 from cython cimport floating
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport prange
 from libc.math cimport INFINITY, NAN, log, log1p
+from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport int32_t, int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -128,18 +131,10 @@ cdef enum:
 # Below this many logits (n * m) the kernels run on the calling thread.
 SERIAL_BELOW = PARALLEL_MIN_ELEMENTS
 
-# What the drivers report (bits, combined with |): a scratch allocation
-# failed; a label was outside [0, m) when the kernel read it although the
-# check before had passed (another thread wrote to the labels meanwhile).
-cdef enum:
-    OUT_OF_MEMORY = 1
-    LABEL_RACED = 2
-
-
 cdef int _raise_failed(int failed) except -1:
-    if failed & OUT_OF_MEMORY:
+    if failed & FX_OUT_OF_MEMORY:
         raise MemoryError("fastxent: could not allocate scratch memory")
-    if failed & LABEL_RACED:
+    if failed & FX_LABEL_RACED:
         raise RuntimeError(
             "fastxent: a label changed while the kernel read it (another thread wrote to "
             "the target array during the call); the rows concerned were set to NaN. "
@@ -522,41 +517,6 @@ cdef inline int _tile_kernel_block(
     return raced
 
 
-cdef int _run_tile_kernel(
-    const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
-    const floating *w, const double *sw, const fx_options *opt,
-    double *loss_out, floating *grad, floating *hess, int64_t ignore_index,
-    int num_threads, int kernel, double *block_sums=NULL,
-) noexcept nogil:
-    """The tile (or two-class) kernel over the rows: blocks of FX_TILE_ROWS
-    rows, vectorised across rows.
-    With ``block_sums``, the sum of each block's losses goes there (blocks
-    in row order) instead of per-row losses to ``loss_out``.  Returns
-    LABEL_RACED if a label was out of range when read."""
-    cdef Py_ssize_t nblocks = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS, blk, c, lo, hi
-    cdef Py_ssize_t raced = 0
-    cdef double busy[FX_TEAM_MAX]
-    cdef double *busy_p = busy
-    cdef double t0, tc
-    if not _use_threads(n, m, num_threads):
-        for blk in range(nblocks):
-            raced += _tile_kernel_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
-                                        hess, ignore_index, block_sums, kernel)
-    else:
-        # one chunk of blocks per thread, timed (see _governor.h)
-        t0 = fx_wtime()
-        for c in prange(num_threads, schedule='static', num_threads=num_threads):
-            tc = fx_wtime()
-            lo = fx_span_start(c, num_threads, nblocks)
-            hi = fx_span_start(c + 1, num_threads, nblocks)
-            for blk in range(lo, hi):
-                raced += _tile_kernel_block(blk, z, n, m, labels, w, sw, opt, loss_out, grad,
-                                            hess, ignore_index, block_sums, kernel)
-            busy_p[c] = fx_wtime() - tc
-        fx_gov_report(t0, busy, num_threads)
-    return LABEL_RACED if raced else 0
-
-
 cdef inline void _nan_row(floating *row, Py_ssize_t m) noexcept nogil:
     cdef Py_ssize_t k
     if row != NULL:
@@ -599,57 +559,69 @@ cdef inline double _one_row(
                       sw[i] if sw != NULL else 1.0, opt, g, h, scratch)
 
 
-cdef int _run_row_kernel(
-    const floating *z, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
-    int64_t ignore_index, const floating *target, const floating *w,
-    const double *sw, const fx_options *opt, double *loss_out,
-    floating *grad, floating *hess, int num_threads, floating *own_scratch,
-) noexcept nogil:
-    """The row kernel over the rows, for class indices
-    (``labels``) or probabilities (``target``, ``labels`` NULL).  A serial
-    call uses ``own_scratch`` (m elements) for a soft-cap if given.  Returns
-    OUT_OF_MEMORY if a thread could not allocate its soft-cap scratch row,
-    LABEL_RACED if a label was out of range when read (or both)."""
-    cdef Py_ssize_t i, c, lo, hi
-    cdef floating *scratch = NULL
-    cdef int failed = 0
-    cdef int *failed_p = &failed
-    cdef int raced = 0
-    cdef int *raced_p = &raced
-    cdef double busy[FX_TEAM_MAX]
-    cdef double *busy_p = busy
-    cdef double t0, tc
-    if not _use_threads(n, m, num_threads):
-        if opt.softcap > 0 and own_scratch == NULL:
-            scratch = <floating *>malloc(m * sizeof(floating))
-            if scratch == NULL:
-                return OUT_OF_MEMORY
-        for i in range(n):
+cdef struct LossJob:
+    # The arguments of _loss_rows, for its span function.
+    const void *z
+    Py_ssize_t n, m
+    const void *labels
+    bint labels64, is_float
+    int64_t ignore_index
+    const void *target
+    const void *w
+    const double *sw
+    const fx_options *opt
+    double *loss_out
+    void *grad
+    void *hess
+    double *block_sums
+    int kernel
+
+
+cdef inline int _loss_span_t(const LossJob *j, const floating *z, const label_t *labels,
+                             ptrdiff_t lo, ptrdiff_t hi, floating *scratch) noexcept nogil:
+    """Rows (row kernel) or blocks of FX_TILE_ROWS rows (tile and two-class
+    kernels) [lo, hi) of the job."""
+    # Locals, not loads through j in the loop: the outputs are written
+    # through pointers the compiler cannot prove distinct from *j.
+    cdef Py_ssize_t i, n = j.n, m = j.m
+    cdef int64_t ignore_index = j.ignore_index
+    cdef const floating *target = <const floating *>j.target
+    cdef const floating *w = <const floating *>j.w
+    cdef const double *sw = j.sw
+    cdef const fx_options *opt = j.opt
+    cdef double *loss_out = j.loss_out
+    cdef floating *grad = <floating *>j.grad
+    cdef floating *hess = <floating *>j.hess
+    cdef int raced = 0, kernel = j.kernel
+    if kernel == KERNEL_ROW:
+        for i in range(lo, hi):
             loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w, sw, opt,
-                                   grad, hess, own_scratch if own_scratch != NULL else scratch,
-                                   raced_p)
-        free(scratch)
-        return LABEL_RACED if raced else 0
-    t0 = fx_wtime()
-    with parallel(num_threads=num_threads):
-        scratch = NULL
-        if opt.softcap > 0:
-            scratch = <floating *>malloc(m * sizeof(floating))
-            if scratch == NULL:
-                failed_p[0] = OUT_OF_MEMORY
-        # one chunk of rows per thread, timed (see _governor.h)
-        for c in prange(num_threads, schedule='static'):
-            tc = fx_wtime()
-            lo = fx_span_start(c, num_threads, n)
-            hi = fx_span_start(c + 1, num_threads, n)
-            if opt.softcap == 0 or scratch != NULL:
-                for i in range(lo, hi):
-                    loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w,
-                                           sw, opt, grad, hess, scratch, raced_p)
-            busy_p[c] = fx_wtime() - tc
-        free(scratch)
-    fx_gov_report(t0, busy, num_threads)
-    return failed | (LABEL_RACED if raced else 0)
+                                   grad, hess, scratch, &raced)
+    else:
+        for i in range(lo, hi):
+            raced |= _tile_kernel_block(i, z, n, m, labels, w, sw, opt, loss_out, grad,
+                                        hess, ignore_index, j.block_sums, kernel)
+    return FX_LABEL_RACED if raced else 0
+
+
+cdef int _loss_span(void *job, ptrdiff_t lo, ptrdiff_t hi, void *scratch) noexcept nogil:
+    cdef const LossJob *j = <const LossJob *>job
+    if j.is_float:
+        if j.labels64:
+            return _loss_span_t(j, <const float *>j.z, <const int64_t *>j.labels, lo, hi,
+                                <float *>scratch)
+        return _loss_span_t(j, <const float *>j.z, <const int32_t *>j.labels, lo, hi,
+                            <float *>scratch)
+    if j.labels64:
+        return _loss_span_t(j, <const double *>j.z, <const int64_t *>j.labels, lo, hi,
+                            <double *>scratch)
+    return _loss_span_t(j, <const double *>j.z, <const int32_t *>j.labels, lo, hi,
+                        <double *>scratch)
+
+
+cdef inline int _threads_for(Py_ssize_t n, Py_ssize_t m, int num_threads) noexcept nogil:
+    """The team size for fx_run_spans: 1 (serial) unless the job is worth a team."""
+    return num_threads if _use_threads(n, m, num_threads) else 1
 
 
 cdef int _loss_rows(
@@ -670,8 +642,8 @@ cdef int _loss_rows(
     required): the few-class kernels sum each block of FX_TILE_ROWS rows as
     they go, so a row costs no float64 written and read back (at m = 2 that
     buffer was a quarter of the bytes a call moved); the row kernels use a
-    buffer of their own.  Returns a combination of OUT_OF_MEMORY (then the
-    total is not computed) and LABEL_RACED, or 0."""
+    buffer of their own.  Returns a combination of FX_OUT_OF_MEMORY (then the
+    total is not computed) and FX_LABEL_RACED, or 0."""
     cdef Py_ssize_t nsums = n
     cdef double *sums = loss_out
     cdef int kernel = choose_kernel(labels != NULL, m, opt, floating is float)
@@ -682,15 +654,31 @@ cdef int _loss_rows(
             nsums = (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS
         sums = <double *>malloc(max(nsums, 1) * sizeof(double))
         if sums == NULL:
-            return OUT_OF_MEMORY
-    if small:
-        failed = _run_tile_kernel(z, n, m, labels, w, sw, opt, loss_out, grad, hess,
-                                  ignore_index, num_threads, kernel,
-                                  sums if loss_out == NULL else NULL)
-    else:
-        failed = _run_row_kernel(z, n, m, labels, ignore_index, target, w, sw, opt, sums,
-                                 grad, hess, num_threads, scratch)
-    if total != NULL and not (failed & OUT_OF_MEMORY):
+            return FX_OUT_OF_MEMORY
+    cdef LossJob job
+    job.z = z
+    job.n = n
+    job.m = m
+    job.labels = labels
+    job.labels64 = label_t is int64_t
+    job.is_float = floating is float
+    job.ignore_index = ignore_index
+    job.target = target
+    job.w = w
+    job.sw = sw
+    job.opt = opt
+    job.loss_out = sums
+    job.grad = grad
+    job.hess = hess
+    job.block_sums = sums if small and loss_out == NULL else NULL
+    job.kernel = kernel
+    # The tile kernels' items are blocks of rows; a soft-cap (row kernel
+    # only) needs a scratch row per thread.
+    failed = fx_run_spans(_loss_span, &job,
+                          (n + FX_TILE_ROWS - 1) // FX_TILE_ROWS if small else n,
+                          m * sizeof(floating) if opt.softcap > 0 else 0, scratch,
+                          _threads_for(n, m, num_threads))
+    if total != NULL and not (failed & FX_OUT_OF_MEMORY):
         total[0] = _pairwise_sum(sums, nsums, num_threads)
     if loss_out == NULL:
         free(sums)
@@ -810,7 +798,7 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
                 if rows == NULL:
                     rows = <double *>malloc(n * sizeof(double))
                 if rows == NULL:
-                    failed = OUT_OF_MEMORY
+                    failed = FX_OUT_OF_MEMORY
                 else:
                     # z, grad, hess hold 16-bit values (and target, if target_half).
                     failed = _half_loss_rows(
@@ -818,7 +806,7 @@ cdef tuple _run_loss(const floating *z, const label_t *labels,
                         <const float *>NULL if a.target_half else target,
                         <const uint16_t *>target if a.target_half else <const uint16_t *>NULL,
                         w, a.sw, &opt, rows, <uint16_t *>grad, <uint16_t *>hess, num_threads)
-                    if not (failed & OUT_OF_MEMORY):
+                    if not (failed & FX_OUT_OF_MEMORY):
                         total = _pairwise_sum(rows, n, num_threads)
                     if a.loss == NULL:
                         free(rows)
@@ -985,33 +973,43 @@ include "_kernels_half.pxi"
 include "_kernels_linear.pxi"
 
 
-cdef void _softmax_run(const floating *z, const Arrays *a, bint take_log,
-                       int num_threads) noexcept nogil:
-    cdef Py_ssize_t n = a.n, m = a.m, i, c, lo, hi
-    cdef floating *o = <floating *>a.grad
-    cdef double *lse = a.loss
+cdef struct SoftmaxJob:
+    const void *z
+    Py_ssize_t n, m
+    void *out           # (n, m) softmax or log-softmax, or NULL
+    double *lse         # (n,) logsumexp, or NULL
+    bint take_log
+    int half            # 0: float32/float64 (is_float), 1: float16, 2: bfloat16
+    bint is_float
+    Py_ssize_t block_rows  # half precision: rows per block (the items)
+
+
+cdef inline void _softmax_span_t(const SoftmaxJob *j, const floating *z, ptrdiff_t lo,
+                                 ptrdiff_t hi) noexcept nogil:
+    cdef Py_ssize_t i, m = j.m
+    cdef floating *o = <floating *>j.out
+    cdef double *lse = j.lse
+    cdef bint take_log = j.take_log
     cdef double v
-    cdef double busy[FX_TEAM_MAX]
-    cdef double *busy_p = busy
-    cdef double t0, tc
-    if not _use_threads(n, m, num_threads):
-        for i in range(n):
-            v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
-            if lse != NULL:
-                lse[i] = v
-        return
-    # one chunk of rows per thread, timed (see _governor.h)
-    t0 = fx_wtime()
-    for c in prange(num_threads, schedule='static', num_threads=num_threads):
-        tc = fx_wtime()
-        lo = fx_span_start(c, num_threads, n)
-        hi = fx_span_start(c + 1, num_threads, n)
-        for i in range(lo, hi):
-            v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
-            if lse != NULL:
-                lse[i] = v
-        busy_p[c] = fx_wtime() - tc
-    fx_gov_report(t0, busy, num_threads)
+    for i in range(lo, hi):
+        v = softmax_row(z + i * m, m, o + i * m if o != NULL else NULL, take_log)
+        if lse != NULL:
+            lse[i] = v
+
+
+cdef int _softmax_span(void *job, ptrdiff_t lo, ptrdiff_t hi, void *scratch) noexcept nogil:
+    """Rows [lo, hi), or for half precision blocks of rows [lo, hi)."""
+    cdef const SoftmaxJob *j = <const SoftmaxJob *>job
+    cdef Py_ssize_t blk
+    if j.half:
+        for blk in range(lo, hi):
+            _half_softmax_block(blk, j.block_rows, <float *>scratch, <const uint16_t *>j.z,
+                                j.half == 2, j.n, j.m, <uint16_t *>j.out, j.take_log, j.lse)
+    elif j.is_float:
+        _softmax_span_t(j, <const float *>j.z, lo, hi)
+    else:
+        _softmax_span_t(j, <const double *>j.z, lo, hi)
+    return 0
 
 
 def softmax_rows(object z, object out, bint take_log, object lse_out, int num_threads,
@@ -1022,18 +1020,25 @@ def softmax_rows(object z, object out, bint take_log, object lse_out, int num_th
     cdef Arrays a
     cdef int ft = _take_common(&a, z, None, None, lse_out, out, None, half)
     cdef int failed = 0
+    cdef SoftmaxJob job
     if a.n == 0:
         return
+    job.z = a.z
+    job.n = a.n
+    job.m = a.m
+    job.out = a.grad
+    job.lse = a.loss
+    job.take_log = take_log
+    job.half = half
+    job.is_float = ft == cnp.NPY_FLOAT
+    job.block_rows = _half_block_rows(a.m, False)
     with nogil:
-        if half:
-            failed = _half_softmax_rows(<uint16_t *>a.z, half == 2, a.n, a.m,
-                                        <uint16_t *>a.grad, take_log, a.loss, num_threads)
-        elif ft == cnp.NPY_FLOAT:
-            _softmax_run(<float *>a.z, &a, take_log, num_threads)
-        else:
-            _softmax_run(<double *>a.z, &a, take_log, num_threads)
-    if failed:
-        raise MemoryError("fastxent: could not allocate scratch memory")
+        failed = fx_run_spans(
+            _softmax_span, &job,
+            (a.n + job.block_rows - 1) // job.block_rows if half else a.n,
+            job.block_rows * a.m * sizeof(float) if half else 0, NULL,
+            _threads_for(a.n, a.m, num_threads))
+    _raise_failed(failed)
 
 
 def openmp_enabled():

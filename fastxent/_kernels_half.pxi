@@ -50,6 +50,45 @@ cdef int _half_loss_block(
     return failed
 
 
+cdef struct HalfLossJob:
+    # The arguments of _half_loss_rows, for its span function.
+    const uint16_t *z
+    bint bf16
+    Py_ssize_t n, m, block_rows
+    const void *labels
+    bint labels64
+    int64_t ignore_index
+    const float *target
+    const uint16_t *target_half
+    const float *w
+    const double *sw
+    const fx_options *opt
+    double *loss_out
+    uint16_t *grad
+    uint16_t *hess
+
+
+cdef inline int _half_loss_span_t(const HalfLossJob *j, const label_t *labels, ptrdiff_t lo,
+                                  ptrdiff_t hi, float *buf) noexcept nogil:
+    cdef Py_ssize_t blk
+    cdef int failed = 0
+    for blk in range(lo, hi):
+        failed |= _half_loss_block(blk, j.block_rows, buf, j.z, j.bf16, j.n, j.m, labels,
+                                   j.ignore_index, j.target, j.target_half, j.w, j.sw, j.opt,
+                                   j.loss_out, j.grad, j.hess)
+        if failed & FX_OUT_OF_MEMORY:
+            break
+    return failed
+
+
+cdef int _half_loss_span(void *job, ptrdiff_t lo, ptrdiff_t hi, void *scratch) noexcept nogil:
+    """Blocks of rows [lo, hi) of the job."""
+    cdef const HalfLossJob *j = <const HalfLossJob *>job
+    if j.labels64:
+        return _half_loss_span_t(j, <const int64_t *>j.labels, lo, hi, <float *>scratch)
+    return _half_loss_span_t(j, <const int32_t *>j.labels, lo, hi, <float *>scratch)
+
+
 cdef int _half_loss_rows(
     const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize_t m, const label_t *labels,
     int64_t ignore_index, const float *target, const uint16_t *target_half,
@@ -58,52 +97,32 @@ cdef int _half_loss_rows(
 ) noexcept nogil:
     """_loss_rows for half-precision logits (and outputs; probabilities in
     float32 ``target`` or in the logits' format ``target_half``).  Returns
-    _loss_rows' codes (OUT_OF_MEMORY also when a thread could not allocate
-    its buffers)."""
+    _loss_rows' codes (FX_OUT_OF_MEMORY also when a thread could not
+    allocate its buffers)."""
     cdef bint tile = choose_kernel(labels != NULL, m, opt, True) != KERNEL_ROW
     cdef Py_ssize_t B = _half_block_rows(m, tile)
-    cdef Py_ssize_t nb = (n + B - 1) // B, blk, c, lo, hi
+    # Per thread: a block of logits/gradient, of the Hessian and of half
+    # targets, and a soft-cap row.
     cdef Py_ssize_t size = B * m * (1 + (hess != NULL) + (target_half != NULL)) + m
-    cdef double busy[FX_TEAM_MAX]
-    cdef double *busy_p = busy
-    cdef double t0, tc
-    cdef int failed = 0, code
-    cdef int oom = 0, raced = 0
-    cdef int *oom_p = &oom
-    cdef int *raced_p = &raced
-    cdef float *buf = NULL
-    if not _use_threads(n, m, num_threads):
-        buf = <float *>malloc(size * sizeof(float))
-        if buf == NULL:
-            return OUT_OF_MEMORY
-        for blk in range(nb):
-            failed |= _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index, target,
-                                       target_half, w, sw, opt, loss_out, grad, hess)
-        free(buf)
-        return failed
-    t0 = fx_wtime()
-    with parallel(num_threads=num_threads):
-        buf = <float *>malloc(size * sizeof(float))
-        if buf == NULL:
-            oom_p[0] = 1
-        # one chunk of blocks per thread, timed (see _governor.h)
-        for c in prange(num_threads, schedule='static'):
-            tc = fx_wtime()
-            lo = fx_span_start(c, num_threads, nb)
-            hi = fx_span_start(c + 1, num_threads, nb)
-            for blk in range(lo, hi):
-                if buf == NULL:
-                    break
-                code = _half_loss_block(blk, B, buf, z, bf16, n, m, labels, ignore_index,
-                                        target, target_half, w, sw, opt, loss_out, grad, hess)
-                if code & OUT_OF_MEMORY:
-                    oom_p[0] = 1
-                if code & LABEL_RACED:
-                    raced_p[0] = 1
-            busy_p[c] = fx_wtime() - tc
-        free(buf)
-    fx_gov_report(t0, busy, num_threads)
-    return (OUT_OF_MEMORY if oom else 0) | (LABEL_RACED if raced else 0)
+    cdef HalfLossJob job
+    job.z = z
+    job.bf16 = bf16
+    job.n = n
+    job.m = m
+    job.block_rows = B
+    job.labels = labels
+    job.labels64 = label_t is int64_t
+    job.ignore_index = ignore_index
+    job.target = target
+    job.target_half = target_half
+    job.w = w
+    job.sw = sw
+    job.opt = opt
+    job.loss_out = loss_out
+    job.grad = grad
+    job.hess = hess
+    return fx_run_spans(_half_loss_span, &job, (n + B - 1) // B, size * sizeof(float), NULL,
+                        _threads_for(n, m, num_threads))
 
 
 cdef void _half_softmax_block(Py_ssize_t blk, Py_ssize_t B, float *buf, const uint16_t *z,
@@ -118,42 +137,3 @@ cdef void _half_softmax_block(Py_ssize_t blk, Py_ssize_t B, float *buf, const ui
             lse[r0 + i] = v
     if out != NULL:
         fx_float_to_half(buf, R * m, out + r0 * m, bf16)
-
-
-cdef int _half_softmax_rows(const uint16_t *z, bint bf16, Py_ssize_t n, Py_ssize_t m,
-                            uint16_t *out, bint take_log, double *lse,
-                            int num_threads) noexcept nogil:
-    """softmax_row over half-precision rows, a block at a time in float32."""
-    cdef Py_ssize_t B = _half_block_rows(m, False)
-    cdef Py_ssize_t nb = (n + B - 1) // B, blk, c, lo, hi
-    cdef int failed = 0
-    cdef int *failed_p = &failed
-    cdef float *buf = NULL
-    cdef double busy[FX_TEAM_MAX]
-    cdef double *busy_p = busy
-    cdef double t0, tc
-    if not _use_threads(n, m, num_threads):
-        buf = <float *>malloc(B * m * sizeof(float))
-        if buf == NULL:
-            return 1
-        for blk in range(nb):
-            _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
-        free(buf)
-        return 0
-    t0 = fx_wtime()
-    with parallel(num_threads=num_threads):
-        buf = <float *>malloc(B * m * sizeof(float))
-        if buf == NULL:
-            failed_p[0] = 1
-        # one chunk of blocks per thread, timed (see _governor.h)
-        for c in prange(num_threads, schedule='static'):
-            tc = fx_wtime()
-            lo = fx_span_start(c, num_threads, nb)
-            hi = fx_span_start(c + 1, num_threads, nb)
-            if buf != NULL:
-                for blk in range(lo, hi):
-                    _half_softmax_block(blk, B, buf, z, bf16, n, m, out, take_log, lse)
-            busy_p[c] = fx_wtime() - tc
-        free(buf)
-    fx_gov_report(t0, busy, num_threads)
-    return failed

@@ -107,6 +107,7 @@ cdef struct LpJob:
     double *out1          # (n,) log-probs, or the divergence of each row
     double *out2          # (n,) entropies, or NULL
     void *grad            # (n, m) gradient (may alias z), or NULL
+    bint is_float         # z, t and grad are float32 (else float64)
     fx_options opt
 
 
@@ -232,52 +233,27 @@ cdef inline void _lp_one_row(Py_ssize_t i, const LpJob *j, floating *scratch,
                             fx_grad_scale(&j.opt, 1.0), g, scratch)
 
 
-cdef int _lp_run(const LpJob *j, int num_threads, floating *own_scratch=NULL) noexcept nogil:
-    """The job's rows, serially or as one timed chunk per thread.  Returns
-    OUT_OF_MEMORY and/or LABEL_RACED, or 0."""
-    cdef Py_ssize_t n = j.n, m = j.m, i, c, lo, hi
-    cdef floating *scratch = NULL
-    cdef int failed = 0
-    cdef int *failed_p = &failed
+cdef int _lp_span(void *job, ptrdiff_t lo, ptrdiff_t hi, void *scratch) noexcept nogil:
+    """Rows [lo, hi) of the job."""
+    cdef const LpJob *j = <const LpJob *>job
+    cdef Py_ssize_t i
     cdef int raced = 0
-    cdef int *raced_p = &raced
-    cdef double busy[FX_TEAM_MAX]
-    cdef double *busy_p = busy
-    cdef double t0, tc
-    if not _use_threads(n, m, num_threads):
-        scratch = own_scratch
-        if scratch == NULL:
-            scratch = <floating *>malloc(2 * m * sizeof(floating))
-            if scratch == NULL:
-                return OUT_OF_MEMORY
-        for i in range(n):
-            _lp_one_row(i, j, scratch, raced_p)
-        if own_scratch == NULL:
-            free(scratch)
-        return LABEL_RACED if raced else 0
-    t0 = fx_wtime()
-    with parallel(num_threads=num_threads):
-        scratch = <floating *>malloc(2 * m * sizeof(floating))
-        if scratch == NULL:
-            failed_p[0] = OUT_OF_MEMORY
-        # one chunk of rows per thread, timed (see _governor.h)
-        for c in prange(num_threads, schedule='static'):
-            tc = fx_wtime()
-            lo = fx_span_start(c, num_threads, n)
-            hi = fx_span_start(c + 1, num_threads, n)
-            if scratch != NULL:
-                for i in range(lo, hi):
-                    _lp_one_row(i, j, scratch, raced_p)
-            busy_p[c] = fx_wtime() - tc
-        free(scratch)
-    fx_gov_report(t0, busy, num_threads)
-    return failed | (LABEL_RACED if raced else 0)
+    if j.is_float:
+        for i in range(lo, hi):
+            _lp_one_row(i, j, <float *>scratch, &raced)
+    else:
+        for i in range(lo, hi):
+            _lp_one_row(i, j, <double *>scratch, &raced)
+    return FX_LABEL_RACED if raced else 0
 
 
-cdef int _lp_dispatch(const LpJob *j, bint is_float, int num_threads) noexcept nogil:
-    if is_float:
-        return _lp_run[float](j, num_threads)
-    return _lp_run[double](j, num_threads)
+cdef int _lp_run(const LpJob *j, int num_threads, void *own_scratch=NULL) noexcept nogil:
+    """The job's rows, through the driver (two scratch rows per thread;
+    ``own_scratch`` serves a serial call).  Returns FX_OUT_OF_MEMORY and/or
+    FX_LABEL_RACED, or 0."""
+    return fx_run_spans(_lp_span, <void *>j, j.n,
+                        2 * j.m * (sizeof(float) if j.is_float else sizeof(double)),
+                        own_scratch, _threads_for(j.n, j.m, num_threads))
 
 
 # ---- entry points (called from _logprob.py and _distill.py with validated arrays) ----
@@ -292,6 +268,7 @@ cdef int _lp_take_logits(LpJob *j, object z, object grad_out) except -1:
         raise ValueError("fastxent._kernels: m >= 1 needed")
     _take(z, ft, j.n, j.m, False, <void **>&j.z)
     _take(grad_out, ft, j.n, j.m, True, &j.grad)
+    j.is_float = ft == cnp.NPY_FLOAT
     return ft
 
 
@@ -322,7 +299,7 @@ def token_logprob_rows(object z, object labels, int64_t ignore_index, double sof
     if j.n == 0:
         return
     with nogil:
-        failed = _lp_dispatch(&j, ft == cnp.NPY_FLOAT, num_threads)
+        failed = _lp_run(&j, num_threads)
     _raise_failed(failed)
 
 
@@ -366,7 +343,7 @@ def divergence_rows(object student, object teacher, object labels, int64_t ignor
     if j.n == 0:
         return
     with nogil:
-        failed = _lp_dispatch(&j, ft == cnp.NPY_FLOAT, num_threads)
+        failed = _lp_run(&j, num_threads)
     _raise_failed(failed)
 
 
@@ -411,9 +388,10 @@ cdef int _lp_linear(void *gemm, const floating *x, Py_ssize_t ldx, const floatin
     cdef Py_ssize_t c0 = 0, rr
     cdef int failed = 0
     cdef LpJob cj = j[0]
+    cj.is_float = floating is float
     cdef floating *scratch = <floating *>malloc(2 * V * sizeof(floating))
     if scratch == NULL:
-        return OUT_OF_MEMORY
+        return FX_OUT_OF_MEMORY
     while c0 < n:
         rr = min(r, n - c0)
         _lp_logits(gemm, x + c0 * ldx, ldx, W, ldw, bias, rr, d, V, buf, num_threads)

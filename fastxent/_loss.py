@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _axis, _docs
 from . import _validation as v
-from ._spec import loss_spec
+from ._spec import LossSpec, loss_spec
 from ._typing import FloatArray, FloatScalar
 
 
@@ -65,36 +65,24 @@ def _run(
     nt = v.resolve_threads(num_threads, z.size)
 
     g: NDArray[Any] | None = None
-    if want_grad:
-        if out is None:
-            g = np.empty((n, m), dtype=io)
-        else:
-            g = v.check_out(out, shape, io)
-            # Only exact aliasing with the logits is an in-place update; any
-            # other overlap would have the kernel read what it just wrote.
-            z = v.detach_from(z, g)
-            spec = spec._replace(
-                **{
-                    name: a.copy()
-                    for name, a in (
-                        ("target", spec.target),
-                        ("weight", spec.weight),
-                        ("sample_weight", spec.sample_weight),
-                    )
-                    if a is not None and np.may_share_memory(a, g)
-                }
-            )
-        if half:
-            g = g.view(np.uint16)
-
-    # Per-row losses are only returned under "none"; otherwise the kernel
-    # keeps them in a buffer of its own and returns their sum.
-    losses = np.empty(n, dtype=np.float64) if reduction == "none" else None
-    if grad_denom is None:
-        # NaN: the kernel divides the gradient by the "mean" denominator it sums.
-        grad_denom = np.nan if reduction == "mean" else 1.0
-    total, denom = spec.run(
-        z, loss_out=losses, grad_out=g, grad_denom=grad_denom, num_threads=nt, half=half
+    if want_grad and out is not None:
+        g = v.check_out(out, shape, io)
+        # Only exact aliasing with the logits is an in-place update; any
+        # other overlap would have the kernel read what it just wrote.
+        z = v.detach_from(z, g)
+        spec = spec._replace(
+            **{
+                name: a.copy()
+                for name, a in (
+                    ("target", spec.target),
+                    ("weight", spec.weight),
+                    ("sample_weight", spec.sample_weight),
+                )
+                if a is not None and np.may_share_memory(a, g)
+            }
+        )
+    losses, g, total, denom = run_spec(
+        spec, z, reduction, want_grad, io, half, nt, grad_out=g, grad_denom=grad_denom
     )
 
     grad: FloatArray | None = None
@@ -113,6 +101,47 @@ def _run(
     return loss, grad, total, denom
 
 
+def run_spec(
+    spec: LossSpec,
+    z: NDArray[Any],
+    reduction: str,
+    want_grad: bool,
+    io: np.dtype[Any],
+    half: int,
+    num_threads: int,
+    *,
+    grad_out: NDArray[Any] | None = None,
+    grad_denom: float | None = None,
+) -> tuple[NDArray[np.float64] | None, NDArray[Any] | None, float, float]:
+    """The loss kernel on validated logits ``z`` (n, m) (from
+    ``_validation.as_logits``: C-contiguous, in the compute dtype or as
+    half-precision bits) and ``spec``; ``io`` is the gradient's dtype.
+    Returns ``(losses, grad, total, denominator)``: the per-row losses under
+    ``"none"`` (else None: the kernel keeps them in a buffer of its own and
+    returns their sum), the gradient (``grad_out``, already checked, or a
+    new array of ``io``; None without ``want_grad``), the sum of the losses
+    and the "mean" denominator.  Front ends that validate their inputs
+    themselves (the PyTorch adapter) call this after ``loss_spec``."""
+    n, m = z.shape
+    g = None
+    if want_grad:
+        g = grad_out if grad_out is not None else np.empty((n, m), dtype=io)
+        if half:
+            g = g.view(np.uint16)
+    losses = np.empty(n, dtype=np.float64) if reduction == "none" else None
+    if grad_denom is None:
+        # NaN: the kernel divides the gradient by the "mean" denominator it sums.
+        grad_denom = np.nan if reduction == "mean" else 1.0
+    total, denom = spec.run(
+        z, loss_out=losses, grad_out=g, grad_denom=grad_denom, num_threads=num_threads,
+        half=half,
+    )
+    return losses, g, total, denom
+
+
+_LARGEST = {4: float(np.finfo(np.float32).max), 8: float(np.finfo(np.float64).max)}
+
+
 def reduce_total(
     total: float, denom: float, reduction: str, dtype: np.dtype[np.floating[Any]]
 ) -> FloatScalar:
@@ -121,6 +150,11 @@ def reduce_total(
     if reduction == "sum":
         value = dtype.type(total)
         return value
+    if denom != 0.0:
+        quotient = total / denom  # Python floats: IEEE binary64, as np.float64
+        if not abs(quotient) > _LARGEST[dtype.itemsize]:  # no overflow to warn of
+            value = dtype.type(quotient)
+            return value
     # IEEE division, as PyTorch: a zero denominator gives NaN (n == 0,
     # every sample ignored, all weights 0) or +-inf (weights that
     # cancel); the kernel's gradient follows the same arithmetic.

@@ -51,8 +51,8 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from . import _docs
 from . import _validation as v
 from ._linear import _linear_run
-from ._loss import cross_entropy as _np_cross_entropy
-from ._loss import cross_entropy_with_grad as _np_cross_entropy_with_grad
+from ._loss import reduce_total, run_spec
+from ._spec import loss_spec
 
 __all__ = ["CrossEntropyLoss", "cross_entropy", "linear_cross_entropy"]
 
@@ -78,7 +78,8 @@ def _bfloat16() -> np.dtype[Any]:
 
 def _np(t: torch.Tensor) -> np.ndarray[Any, Any]:
     """A NumPy view of a CPU tensor (shared memory; bfloat16 as ml_dtypes')."""
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(_bfloat16())
     return t.numpy()
@@ -88,13 +89,16 @@ def _torch(a: Any, dtype: torch.dtype) -> torch.Tensor:
     """A tensor of ``dtype`` from a NumPy array or scalar (no copy when the
     array already has that dtype and is writeable)."""
     a = np.asarray(a)
-    if dtype == torch.bfloat16 and a.dtype.name == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-    if a.dtype.name == "bfloat16":  # computed in float32, wanted in another dtype
-        a = a.astype(np.float32)
+    # ml_dtypes' bfloat16 is the one non-"f" float kind that comes back
+    # (the dtype's name is slow to compute: this runs on every small call).
+    if a.dtype.kind != "f":
+        if dtype == torch.bfloat16:
+            return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+        a = a.astype(np.float32)  # computed in bfloat16, wanted in another dtype
     if not a.flags.writeable:
         a = a.copy()
-    return torch.from_numpy(a).to(dtype)
+    t = torch.from_numpy(a)
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
@@ -105,7 +109,14 @@ def _empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Ten
     kernel (the same reason the NumPy functions are fast when they allocate)."""
     if dtype == torch.bfloat16:
         return torch.from_numpy(np.empty(shape, np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.empty(shape, torch.empty((), dtype=dtype).numpy().dtype))
+    return torch.from_numpy(np.empty(shape, _NUMPY_FLOATS[dtype]))
+
+
+_NUMPY_FLOATS = {
+    torch.float16: np.dtype(np.float16),
+    torch.float32: np.dtype(np.float32),
+    torch.float64: np.dtype(np.float64),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -217,23 +228,37 @@ def _cross_entropy_impl(
     """``(loss, grad)`` of logits ``(n, C)`` with classes last; ``grad`` is
     the gradient of the loss (of the sum of the per-sample losses under
     ``"none"``), or an empty tensor without ``compute_grad``."""
-    z = _np(logits.contiguous())
-    kw: dict[str, Any] = dict(
-        reduction=reduction,
+    # The NumPy functions' checks of the logits and their shape are done
+    # (by the wrapper, or by the op's schema and fake kernel): validate the
+    # target and options into the one spec and run the kernel, which is all
+    # a small batch should pay for.
+    zn = _np(logits.contiguous())
+    z, shape, dtype, half = v.as_logits(zn, "input")
+    io = zn.dtype if half else dtype
+    spec = loss_spec(
+        _np(target),
+        shape,
+        dtype,
         weight=None if weight is None else _np(weight),
         sample_weight=None if sample_weight is None else _np(sample_weight),
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
+        keep=io if half else None,
     )
-    t = _np(target)
-    if compute_grad:
-        grad = _empty(logits.shape, logits.dtype)
-        loss, _ = _np_cross_entropy_with_grad(z, t, out=_np(grad), **kw)
-    else:
+    losses, g, total, denom = run_spec(
+        spec, z, reduction, compute_grad, io, half, v.resolve_threads(None, z.size)
+    )
+    if g is None:
         grad = logits.new_empty((0,))
-        loss = _np_cross_entropy(z, t, **kw)
+    else:
+        # NumPy allocated the gradient (see _empty); the tensor shares it.
+        grad = torch.from_numpy(g.view(np.int16)).view(logits.dtype) if half else torch.from_numpy(g)
+    if losses is None:
+        loss = reduce_total(total, denom, reduction, dtype)
+    else:
+        loss = losses.astype(dtype, copy=False)
     return _torch(loss, logits.dtype), grad
 
 
@@ -329,29 +354,41 @@ _cross_entropy_op.register_autograd(_cross_entropy_backward, setup_context=_cros
 class _EagerCrossEntropy(torch.autograd.Function):
     """The same forward and backward as the registered operator, for eager
     calls on plain tensors: the dispatcher's round trip through the custom
-    operator costs more than the kernel on small batches."""
+    operator costs more than the kernel on small batches.  apply() takes
+    the four tensors and the options as one tuple, and returns the loss
+    alone: autograd's bookkeeping is per argument and per output, a cost
+    of its own on small batches."""
 
     # forward(ctx, ...) rather than a separate setup_context: apply() then
-    # binds no signature, a cost of its own on small batches.
+    # binds no signature.
     @staticmethod
-    def forward(ctx: Any, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        output = _cross_entropy_impl(*args)
-        _cross_entropy_setup(ctx, args, output)
-        return output
+    def forward(
+        ctx: Any,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        sample_weight: torch.Tensor | None,
+        options: tuple[Any, ...],
+    ) -> torch.Tensor:
+        loss, grad = _cross_entropy_impl(logits, target, weight, sample_weight, *options)
+        ctx.options = options
+        # _keep_gradients for plain tensors, without its checks for tracing
+        ctx.traced, ctx.fresh = False, (grad,)
+        ctx.save_for_backward(logits, target, weight, sample_weight)
+        return loss
 
     @staticmethod
-    def backward(ctx: Any, *grads: Any) -> Any:
-        return _cross_entropy_backward(ctx, *grads)
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> Any:
+        return _cross_entropy_backward(ctx, grad_loss, None)[:5]
 
 
 def _plain_eager(*tensors: torch.Tensor | None) -> bool:
     """Whether an eager call on these tensors may skip the dispatcher: plain
     CPU tensors, no compilation, no tracing or other dispatch mode."""
-    return (
-        not torch.compiler.is_compiling()
-        and _get_current_dispatch_mode() is None
-        and all(t is None or type(t) is torch.Tensor for t in tensors)
-    )
+    for t in tensors:  # a loop, not all(<generator>): this runs on every small call
+        if t is not None and type(t) is not torch.Tensor:
+            return False
+    return not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
 
 
 def cross_entropy(
@@ -484,7 +521,7 @@ def cross_entropy(
     if not _plain_eager(input, target, weight, sample_weight):
         loss, _ = torch.ops.fastxent.cross_entropy(*args)
     elif compute_grad:
-        loss, _ = _EagerCrossEntropy.apply(*args)  # type: ignore[no-untyped-call]
+        loss = _EagerCrossEntropy.apply(*args[:4], args[4:])  # type: ignore[no-untyped-call]
     else:
         loss, _ = _cross_entropy_impl(*args)
     result: torch.Tensor = loss.reshape(batch) if reduction == "none" else loss
