@@ -46,7 +46,6 @@ def _run(
             logits, target, out = moved.z, moved.target(target), None
     reduction = v.check_reduction(reduction)
     z, shape, dtype, half = v.as_logits(logits)
-    n, m = z.shape
     # float16/bfloat16 logits: computed in float32, gradient in their dtype.
     io = np.asarray(logits).dtype if half else dtype
     spec = loss_spec(
@@ -133,7 +132,11 @@ def run_spec(
         # NaN: the kernel divides the gradient by the "mean" denominator it sums.
         grad_denom = np.nan if reduction == "mean" else 1.0
     total, denom = spec.run(
-        z, loss_out=losses, grad_out=g, grad_denom=grad_denom, num_threads=num_threads,
+        z,
+        loss_out=losses,
+        grad_out=g,
+        grad_denom=grad_denom,
+        num_threads=num_threads,
         half=half,
     )
     return losses, g, total, denom

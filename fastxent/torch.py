@@ -254,7 +254,8 @@ def _cross_entropy_impl(
         grad = logits.new_empty((0,))
     else:
         # NumPy allocated the gradient (see _empty); the tensor shares it.
-        grad = torch.from_numpy(g.view(np.int16)).view(logits.dtype) if half else torch.from_numpy(g)
+        bits = g.view(np.int16) if half else g
+        grad = torch.from_numpy(bits) if not half else torch.from_numpy(bits).view(logits.dtype)
     if losses is None:
         loss = reduce_total(total, denom, reduction, dtype)
     else:
