@@ -182,7 +182,7 @@ def _names(allowed: Sequence[str], what: str) -> Any:
     return parse
 
 
-_DTYPES = ("float32", "float64")
+_DTYPES = bench.DTYPES
 _PEERS = tuple(bench.PEERS)
 
 
@@ -238,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--dtypes",
-        type=_names(("float32", "float64"), "dtype"),
+        type=_names(_DTYPES, "dtype"),
         default=list(_DTYPES),
         metavar="D,...",
         help="float32 and/or float64 (default: both)",

@@ -4,15 +4,15 @@ One module owns what a measurement of fastxent's loss + gradient is made
 of, so that the command-line table and the pytest-benchmark suite time the
 same things on the same data:
 
-* the shapes: :data:`SHAPES` (the suite's and ``bench --large``'s), and
-  :data:`DEFAULT_SHAPES`, the same classes with fewer rows (the command's
-  default, which fits a laptop); :data:`QUICK_SHAPES` for a smoke run;
+* the shapes: ``SHAPES`` (the suite's and ``bench --large``'s), and
+  ``DEFAULT_SHAPES``, the same classes with fewer rows (the command's
+  default, which fits a laptop); ``QUICK_SHAPES`` for a smoke run;
 * the data: :func:`make_case` and :class:`Case` (standard-normal logits
-  times :data:`LOGIT_SCALE`, uniform labels, a fixed seed);
+  times ``LOGIT_SCALE``, uniform labels, a fixed seed);
 * the yardsticks: :func:`numpy_loss_grad` (the plain NumPy way) and
   :func:`copy_floor` (a copy of the logits: the least any loss + gradient
   costs);
-* the peers: :data:`PEERS`, a registry of other libraries' loss + gradient
+* the peers: ``PEERS``, a registry of other libraries' loss + gradient
   (torch, JAX, scikit-learn), each imported only when asked for;
   :func:`peer_loss_grad` builds one's callable and :func:`missing_peer_note`
   says how to install one that is missing;
@@ -105,7 +105,7 @@ SHAPES: list[tuple[int, int]] = [
 ]
 #: The most logits a case of the default run holds: that of 16 384 x 1 000.
 DEFAULT_MAX_ELEMENTS = 16_384_000
-#: ``python -m fastxent bench``'s default: the classes of :data:`SHAPES`,
+#: ``python -m fastxent bench``'s default: the classes of ``SHAPES``,
 #: with rows cut so that no case holds more than ``DEFAULT_MAX_ELEMENTS``
 #: logits (the default run fits a laptop).
 DEFAULT_SHAPES: list[tuple[int, int]] = [(min(n, DEFAULT_MAX_ELEMENTS // m), m) for n, m in SHAPES]
@@ -199,7 +199,7 @@ class Case:
     n, m : int
         Rows and classes.
     dtype : str or numpy.dtype
-        float32 or float64.
+        The logits' dtype, float32 or float64.
     seed : int, default 0
         Seed of :func:`make_case`; the masked logits and the probability
         targets use ``seed + 1`` and ``seed + 2``.
@@ -244,7 +244,7 @@ class Case:
     def masked(self) -> NDArray[Any]:
         """``z`` with about half the logits of every row -inf (never the target)."""
         rng = np.random.default_rng(self._seed + 1)
-        zm = self.z.copy()
+        zm: NDArray[Any] = self.z.copy()
         mask = rng.random(zm.shape) < 0.5
         mask[np.arange(self.n), self.y] = False
         zm[mask] = -np.inf
@@ -566,7 +566,7 @@ def peer_version(name: str) -> str | None:
     Parameters
     ----------
     name : str
-        A key of :data:`PEERS`.
+        A key of ``PEERS``.
 
     Returns
     -------
@@ -597,7 +597,7 @@ def missing_peer_note(name: str) -> str | None:
     Parameters
     ----------
     name : str
-        A key of :data:`PEERS`.
+        A key of ``PEERS``.
 
     Returns
     -------
@@ -638,7 +638,7 @@ def peer_loss_grad(
     Parameters
     ----------
     name : str
-        A key of :data:`PEERS`.
+        A key of ``PEERS``.
     z : numpy.ndarray, shape (n, m)
         Logits, float32 or float64 (JAX runs float64 with ``jax_enable_x64``).
     y : numpy.ndarray of int, shape (n,)
@@ -778,7 +778,7 @@ def case_bytes(n: int, m: int, dtype: str, peers: Sequence[str] = ()) -> int:
     n, m : int
         The shape.
     dtype : str
-        float32 or float64.
+        The logits' dtype, float32 or float64.
     peers : sequence of str, optional
         The peers timed beside fastxent.
 
@@ -879,13 +879,13 @@ def run_bench(
     shapes : sequence of (int, int)
         Logits shapes.
     dtypes : sequence of str
-        float32 and/or float64.
+        The logits' dtypes, float32 and/or float64.
     threads : sequence of int
         Thread counts.
     repeats : int
         Timings per measurement.
     peers : sequence of str, optional
-        Keys of :data:`PEERS`, installed.
+        Keys of ``PEERS``, installed.
     progress : bool, default True
         Show progress (tqdm when installed, else a line per step).
     file : text stream, default sys.stderr

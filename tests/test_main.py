@@ -208,7 +208,7 @@ def test_help_explains_the_options():
     # What the default, --large and the peers need in memory.
     text = " ".join(res.stdout.split())
     assert "Memory:" in text and "the default shapes need about 0.4 GB" in text, text
-    assert "--large about 3.1 GB" in text, text
+    assert "--large about 3.2 GB" in text, text
 
 
 @pytest.mark.parametrize(
@@ -256,7 +256,7 @@ def shapes_run(monkeypatch):
     ("args", "shapes", "note"),
     [
         ([], bench.DEFAULT_SHAPES, "note: needs about 0.4 GB of memory (the largest case; --quick"),
-        (["--large"], bench.SHAPES, "note: needs about 3.1 GB of memory"),
+        (["--large"], bench.SHAPES, "note: needs about 3.2 GB of memory"),
         (["--quick"], bench.QUICK_SHAPES, "note: needs about 2 MB of memory"),
         (["--shapes", "1000x1000"], [(1000, 1000)], "note: needs about 24 MB of memory"),
     ],
