@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -224,16 +225,19 @@ def test_an_unknown_peer_is_an_error():
             call()
 
 
-def test_peers_are_imported_only_when_asked_for():
+def test_harness_and_peers_are_imported_only_when_asked_for():
+    """``import fastxent`` does not import the harness (``fastxent.bench``
+    loads on first access), and the harness imports no peer, matplotlib or
+    SciPy until one is asked for."""
     code = (
-        "import sys, fastxent.bench as b; "
+        "import sys, fastxent; "
+        "assert 'fastxent.bench' not in sys.modules; "
+        "b = fastxent.bench; "
         "z, y = b.make_case(8, 3); b.run_bench([(8, 3)], ['float64'], [1], 1, progress=False); "
         "bad = [m for m in ('sklearn', 'torch', 'jax', 'matplotlib', 'scipy') "
         "if m in sys.modules]; "
         "assert not bad, bad"
     )
-    import subprocess
-
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
