@@ -20,38 +20,42 @@ bench --compare`` times; those not installed are skipped with a note.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import pytest
 from _common import measure
 
-from fastxent.bench import missing_peer_note, peer_loss_grad, peer_version
+from fastxent.bench import PEERS, missing_peer_note, peer_loss_grad, peer_version
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def _peer(benchmark, case, threads, name, out=None):
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """peer_loss_grad sets torch's global thread count: put it back after."""
+    torch = sys.modules.get("torch")
+    before = None if torch is None else torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if before is not None:
+            torch.set_num_threads(before)
+
+
+# One benchmark per entry of the registry that ``python -m fastxent bench
+# --compare`` uses: a peer added there is measured here too.
+@pytest.mark.parametrize("name", list(PEERS))
+# A peer whose thread count is fixed at start-up (JAX) runs only in the group
+# whose thread count is the usable cores.
+@pytest.mark.bench_when(lambda p: PEERS[p["name"]].per_call_threads or p["threads"] == CORES)
+def test_peer(benchmark, case, threads, name):
     note = missing_peer_note(name)
     if note is not None:
         pytest.skip(note)
-    fn = peer_loss_grad(name, case.z, case.y, threads=threads, out=out)
-    measure(benchmark, fn, case=case, impl=name, threads=threads, version=peer_version(name))
-
-
-def test_torch(benchmark, case, threads):
-    torch = pytest.importorskip("torch", reason=missing_peer_note("torch"))
-    before = torch.get_num_threads()  # peer_loss_grad sets torch's global thread count
-    try:
-        _peer(benchmark, case, threads, "torch")
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_sklearn(benchmark, case, threads):
     # scikit-learn writes its gradient into a preallocated buffer: the case's.
-    _peer(benchmark, case, threads, "sklearn", out=case.out)
-
-
-@pytest.mark.bench_when(lambda p: p["threads"] == CORES)
-def test_jax(benchmark, case, threads):
-    _peer(benchmark, case, threads, "jax")
+    out = case.out if PEERS[name].preallocated else None
+    with _torch_threads_kept():
+        fn = peer_loss_grad(name, case.z, case.y, threads=threads, out=out)
+        measure(benchmark, fn, case=case, impl=name, threads=threads, version=peer_version(name))
