@@ -1,81 +1,65 @@
 """Few classes: loss + gradient against the copy floor and the exps alone.
 
 For each shape and dtype, at 1 and 2 threads: :func:`fastxent.cross_entropy_with_grad`
-into a preallocated ``out=`` (best of ``--repeats`` calls), against the copy floor
-(the faster of ``np.copyto`` on one thread and split over two Python threads;
-NumPy releases the GIL) and against the kernels' own exponential over the same
-number of elements (``_kernels.expneg_array`` on one thread, divided by the
-thread count: the exps alone, ideally split).  Also the same for float16 and
-bfloat16 logits against float32 (``--half``).  Run::
+into a preallocated ``out=``, against the copy floor (``fastxent.bench.copy_floor``:
+the faster of ``np.copyto`` on one thread and split over two Python threads;
+NumPy releases the GIL) and against the kernels' own exponential over the
+same number of elements (``fastxent.bench.kernel_exps`` on one thread,
+divided by the thread count: the exps alone, ideally split).  Also the same
+for float16 and bfloat16 logits against float32 (``--half``).  Run::
 
     python benchmarks/bench_few_classes.py [--half] [--repeats 25]
 
-Ratios are of times measured in the same process, minutes apart at most; the
-machine is shared, so rerun before believing a difference under ~15 %.
+Each time is the best per-call time of ``--repeats`` timings of
+``fastxent.bench.time_call``.  Ratios are of times measured in the same
+process, minutes apart at most; the machine is shared, so rerun before
+believing a difference under ~15 %.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 import fastxent
-from fastxent import _kernels
+from fastxent.bench import build_info, copy_floor, kernel_exps, make_case, time_call
 
 SHAPES = [(1_000_000, 2), (100_000, 10), (65_536, 100), (16_384, 1_000)]
 
 
 def best(fn, repeats, *args, **kwargs):
-    """The shortest of ``repeats`` calls of ``fn(*args, **kwargs)`` after a warm-up."""
-    fn = functools.partial(fn, *args, **kwargs)
-    fn()
-    t = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        t = min(t, time.perf_counter() - t0)
-    return t
+    """The best per-call time of ``repeats`` timings of ``fn(*args, **kwargs)``."""
+    return min(time_call(functools.partial(fn, *args, **kwargs), repeats)[1])
 
 
 def few_classes(repeats: int) -> None:
-    pool = ThreadPoolExecutor(2)
-    print(_kernels.simd_dispatch())
+    print(build_info()["simd"])
     for n, m in SHAPES:
-        for dt in (np.float32, np.float64):
-            rng = np.random.default_rng(0)
-            z = (rng.standard_normal((n, m)) * 3).astype(dt)
-            y = rng.integers(0, m, n)
-            out = np.empty_like(z)
+        for dt in ("float32", "float64"):
+            z, y = make_case(n, m, dt)
+            out = np.zeros_like(z)
             flat, zneg = out.reshape(-1), -np.abs(z).reshape(-1)
-            half = n // 2
-
-            def copy2(out, z, half):
-                parts = [pool.submit(np.copyto, out[:half], z[:half]),
-                         pool.submit(np.copyto, out[half:], z[half:])]  # fmt: skip
-                for f in parts:
-                    f.result()
-
-            copy1 = best(np.copyto, repeats, out, z)
-            exps = best(_kernels.expneg_array, repeats, zneg, flat)
+            with copy_floor(out, z) as copy:
+                copy1 = best(copy, repeats)
+            with copy_floor(out, z, 2) as copy:
+                copy2 = best(copy, repeats)
+            exps = best(kernel_exps, repeats, zneg, flat)
             cells = []
             for t in (1, 2):
                 fx = best(fastxent.cross_entropy_with_grad, repeats, z, y, out=out, num_threads=t)
-                copy = copy1 if t == 1 else min(copy1, best(copy2, repeats, out, z, half))
+                copy = copy1 if t == 1 else min(copy1, copy2)
                 cells.append(f"{t}T {fx * 1e3:.3f} ms = {fx / copy:.2f}x copy, "
                              f"{fx / (exps / t):.2f}x exps")  # fmt: skip
-            print(f"{n}x{m} {np.dtype(dt).name}: " + "  ".join(cells))
+            print(f"{n}x{m} {dt}: " + "  ".join(cells))
 
 
 def half_precision(repeats: int) -> None:
     import ml_dtypes
 
     for n, m in [(4096, 32_000), (65_536, 100), (100_000, 10)]:
-        z32 = np.random.default_rng(0).standard_normal((n, m), dtype=np.float32) * 3
-        y = np.random.default_rng(1).integers(0, m, n)
+        z32, y = make_case(n, m, "float32")
         times = {}
         for name, dt in (("float32", np.float32), ("float16", np.float16),
                          ("bfloat16", ml_dtypes.bfloat16)):  # fmt: skip

@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 import fastxent
+from fastxent.bench import linear_chunk_rows, make_case
 
 
 def _min_times(fns: dict, repeats: int) -> dict:
@@ -58,10 +59,9 @@ def _report(title: str, times: dict, base: str) -> None:
 def rows(n: int, m: int, nt: int, repeats: int) -> None:
     if not n:
         return
-    rng = np.random.default_rng(0)
-    z = (rng.standard_normal((n, m)) * 3).astype(np.float32)
-    t = (rng.standard_normal((n, m)) * 3).astype(np.float32)
-    y = rng.integers(0, m, size=n)
+    z, y = make_case(n, m, "float32")
+    t, _ = make_case(n, m, "float32", seed=1)
+    rng = np.random.default_rng(2)
     gl, ge = rng.standard_normal(n), rng.standard_normal(n)
     out = np.empty_like(z)
     probs = fastxent.softmax(t, num_threads=nt)
@@ -156,8 +156,6 @@ def linear(n: int, d: int, V: int, nt: int, repeats: int) -> None:
     from scipy.linalg import blas
     from threadpoolctl import threadpool_limits
 
-    from fastxent._linear import default_chunk_size
-
     rng = np.random.default_rng(1)
     x = rng.standard_normal((n, d)).astype(np.float32)
     W = (rng.standard_normal((V, d)) / np.sqrt(d)).astype(np.float32)
@@ -177,7 +175,7 @@ def linear(n: int, d: int, V: int, nt: int, repeats: int) -> None:
         blas.sgemm(1.0, W.T, L.T, c=gx.T, overwrite_c=1)
         blas.sgemm(1.0, x.T, L.T, trans_b=1, c=gW.T, overwrite_c=1)
 
-    r = default_chunk_size(n, V, d, 4)
+    r = linear_chunk_rows(n, V, d, "float32")
     with threadpool_limits(limits=nt, user_api="blas"):
         times = _min_times(
             {

@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 import fastxent
+from fastxent.bench import machine, make_case
 
 SHAPES = [(100_000, 10), (2_000, 100), (16_384, 1_000)]
 
@@ -66,9 +67,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     records = []
     for n, m in SHAPES:
-        rng = np.random.default_rng(0)
-        z = rng.standard_normal((n, m)).astype(np.float32)
-        y = rng.integers(0, m, n)
+        z, y = make_case(n, m, "float32")
         out = np.empty_like(z)
         for t in range(args.trials):
             bg = None
@@ -106,7 +105,7 @@ def main(argv=None):
         )
     if args.json:
         meta = dict(
-            machine=platform.processor() or platform.machine(),
+            machine=machine(),
             python=platform.python_version(),
             numpy=np.__version__,
             fastxent=fastxent.__version__,

@@ -24,6 +24,8 @@ import sys
 
 import numpy as np
 
+# The child process builds its cases itself rather than with fastxent.bench's
+# make_case: it also runs the builds of commits older than that module.
 DEFAULT_CASES = "1000000x2,100000x10,65536x100,16384x1000,1024x32000"
 
 CHILD = r"""

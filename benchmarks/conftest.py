@@ -14,12 +14,14 @@ from ``--bench-threads`` (default ``1,2``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 
 import pytest
-from _common import CORE_SHAPES, DTYPES, Case, case_name
+from _common import case_name
+
+import fastxent
+from fastxent.bench import DTYPES, SHAPES, Case, build_info
 
 
 def pytest_addoption(parser):
@@ -42,8 +44,8 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(
     scope="session",
-    params=[(n, m, d) for (n, m) in CORE_SHAPES for d in DTYPES],
-    ids=[f"{case_name(n, m)}-{d}" for (n, m) in CORE_SHAPES for d in DTYPES],
+    params=[(n, m, d) for (n, m) in SHAPES for d in DTYPES],
+    ids=[f"{case_name(n, m)}-{d}" for (n, m) in SHAPES for d in DTYPES],
 )
 def case(request):
     """One core case (logits, labels, gradient buffer) at a time."""
@@ -53,8 +55,6 @@ def case(request):
 
 def _provenance():
     """What is being measured: the git commit and the compiled extension."""
-    import fastxent
-    from fastxent import _kernels
 
     def git(*args):
         try:
@@ -68,19 +68,17 @@ def _provenance():
         except (OSError, subprocess.CalledProcessError):
             return None
 
-    so = _kernels.__file__
-    with open(so, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+    info = build_info()
     status = git("status", "--porcelain", "--untracked-files=no")
     return {
-        "version": fastxent.__version__,
+        "version": info["version"],
         "commit": git("rev-parse", "HEAD"),
         "dirty": None if status is None else bool(status),
-        "extension": so,
-        "extension_sha256": digest,
-        "extension_mtime": os.path.getmtime(so),
-        "simd": _kernels.simd_dispatch(),
-        "max_threads": _kernels.max_threads(),
+        "extension": info["extension"],
+        "extension_sha256": info["extension_sha256"],
+        "extension_mtime": os.path.getmtime(info["extension"]),
+        "simd": info["simd"],
+        "max_threads": info["default_threads"],
         "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 

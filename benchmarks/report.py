@@ -24,20 +24,8 @@ from collections import defaultdict
 from report_dask import dask_section
 from report_objectives import objectives_section
 
-# Implementations that read z and write an n x m array (loss+grad or copy):
-# the bandwidth plot charges them 2 x nbytes; the rest (loss-only, read
-# floor) 1 x nbytes.
-WRITERS = [
-    "copyto",
-    "copyto_threads",
-    "fastxent_lossgrad_out",
-    "fastxent_lossgrad_alloc",
-    "numpy_naive",
-    "torch",
-    "sklearn",
-    "jax",
-]
-READERS = ["read_max", "fastxent_loss"]
+from fastxent import bench
+
 PEERS = [
     ("numpy_naive", "NumPy naive"),
     ("torch", "torch"),
@@ -47,7 +35,14 @@ PEERS = [
 #: Like for like: peers that allocate their gradient are compared with
 #: fastxent allocating its own (no out=), scikit-learn's preallocated
 #: gradient_out= with fastxent's out=.
-PREALLOCATED = {"sklearn"}
+PREALLOCATED = {name for name, peer in bench.PEERS.items() if peer.preallocated}
+#: The core benchmarks' names of what ``fastxent.bench`` records as these.
+BENCH_IMPLS = {
+    "fastxent_lossgrad_out": "fastxent",
+    "fastxent_lossgrad_alloc": "fastxent_alloc",
+    "numpy_naive": "numpy",
+    **{name: name for name in bench.PEERS},
+}
 LABELS = {
     "copyto": "np.copyto",
     "copyto_threads": "copyto, T threads",
@@ -372,55 +367,32 @@ def header_lines(data, stat, path):
     return lines
 
 
-def plot(core, path, stat):
-    import matplotlib
+def bench_records(core):
+    """The core groups as ``fastxent.bench`` records (one per case, dtype,
+    implementation and thread count; the copy floor the faster of
+    ``copyto`` and ``copyto_threads``), for its figure."""
+    records = []
+    for (dtype, threads), rows in core.items():
+        for case, im in rows:
+            n, m = (int(v) for v in case.split("x"))
+            nbytes = next(iter(im.values()))["nbytes"]
+            # logits read, gradient written, int64 labels read, as the CLI counts
+            base = {"n": n, "m": m, "dtype": dtype, "bytes": 2 * nbytes + 8 * n}
+            times = {name: im[impl]["t"] for impl, name in BENCH_IMPLS.items() if impl in im}
+            times["copy"] = min(t_of(im, k) for k in ("copyto", "copyto_threads") if k in im)
+            records += [
+                {**base, "impl": name, "threads": threads, "seconds": t}
+                for name, t in times.items()
+            ]
+    return records
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    keys = list(core)
-    fig, axes = plt.subplots(len(keys), 1, figsize=(12, 3.6 * len(keys)), squeeze=False)
-    impls = [
-        i for i in WRITERS + READERS if any(i in im for rows in core.values() for _, im in rows)
-    ]
-    width = 0.8 / len(impls)
-    colours = dict(zip(WRITERS + READERS, plt.get_cmap("tab10").colors, strict=False))
-    for ax, key in zip(axes[:, 0], keys, strict=True):
-        rows = core[key]
-        for j, impl in enumerate(impls):
-            xs, ys = [], []
-            for i, (_, im) in enumerate(rows):
-                if impl in im:
-                    moved = im[impl]["nbytes"] * (1 if impl in READERS else 2)
-                    xs.append(i + (j - len(impls) / 2 + 0.5) * width)
-                    ys.append(moved / im[impl]["t"] / 1e9)
-            if not xs:
-                continue
-            hatch = "//" if impl in ("copyto", "copyto_threads", "read_max") else None
-            ax.bar(
-                xs,
-                ys,
-                width,
-                label=LABELS.get(impl, impl),
-                hatch=hatch,
-                color=colours.get(impl),
-                edgecolor="white" if hatch else None,
-            )
-        ax.set_xticks(range(len(rows)), [c for c, _ in rows])
-        ax.set_yscale("log")
-        ax.set_ylabel("GB/s")
-        ax.set_title(
-            f"{key[0]}, {key[1]} thread(s): bytes of z read + gradient written "
-            f"(loss-only, z.max(): z read) / {stat} time"
-        )
-        ax.grid(axis="y", which="both", alpha=0.3)
-    legend = {}
-    for ax in axes[:, 0]:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(lab, h)
-    fig.legend(legend.values(), legend.keys(), loc="upper center", ncol=5, fontsize="small")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-    fig.savefig(path, dpi=110)
+def plot(core, path, stat, machine):
+    """``fastxent.bench``'s figure (the one ``python -m fastxent bench --plot``
+    draws) of the core groups."""
+    records = bench_records(core)
+    peers = [p for p in bench.PEERS if any(r["impl"] == p for r in records)]
+    bench.plot(path, records, peers, title=f"{machine}; per-call {stat} over rounds")
 
 
 def main(argv=None):
@@ -447,7 +419,8 @@ def main(argv=None):
         if not core:
             print("no core benchmark groups: no plot", file=sys.stderr)
         else:
-            plot(core, args.plot, args.stat)
+            cpu = data.get("machine_info", {}).get("cpu", {})
+            plot(core, args.plot, args.stat, cpu.get("brand_raw", "?"))
             print(f"\nplot written to {args.plot}", file=sys.stderr)
     return 0
 

@@ -1,19 +1,21 @@
 """Core benchmarks: fastxent against the memory floors and NumPy.
 
-For every (n, m) of ``conftest.CORE_SHAPES``, float32 and float64, at each
+For every (n, m) of ``fastxent.bench.SHAPES``, float32 and float64, at each
 ``--bench-threads`` count, one pytest-benchmark group holds:
 
 - ``fastxent_loss``: ``cross_entropy`` (mean), loss only;
 - ``fastxent_lossgrad_out``: ``cross_entropy_with_grad`` into a preallocated,
   pre-touched ``out=`` (the issue-4 target);
 - ``fastxent_lossgrad_alloc``: the same without ``out=`` (allocates the gradient);
-- ``numpy_naive``: the straightforward NumPy loss+grad in the same dtype;
+- ``numpy_naive``: the straightforward NumPy loss+grad in the same dtype
+  (``fastxent.bench.numpy_loss_grad``);
 - ``copyto``: ``np.copyto(dst, z)`` into a pre-touched array, the floor for
   anything that reads z and writes an array of its size (single-threaded, as
-  NumPy copies are);
+  NumPy copies are; ``fastxent.bench.copy_floor`` with one thread);
 - ``copyto_threads``: the same copy split over ``threads`` Python threads
   (NumPy releases the GIL while copying), only for threads > 1: the copy
-  floor a 2-thread kernel can actually reach;
+  floor a 2-thread kernel can actually reach (``copy_floor`` with
+  ``threads``);
 - ``copy_fresh``: ``z.copy()``, a copy into fresh pages (page faults
   included), the yardstick for what allocating the gradient may cost;
 - ``read_max``: ``z.max()``, the read floor for loss-only;
@@ -23,14 +25,12 @@ For every (n, m) of ``conftest.CORE_SHAPES``, float32 and float64, at each
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise
-
 import numpy as np
 import pytest
-from _common import measure, numpy_naive_loss_grad
+from _common import measure
 
 import fastxent
+from fastxent.bench import copy_floor, numpy_loss_grad
 
 # Masked rows are measured at these (n, m, dtype) only.
 MASKED_CASES = {(16_384, 1_000, "float32"), (4_096, 32_000, "float32")}
@@ -89,7 +89,7 @@ def test_numpy_naive(benchmark, case, threads):
     z, y = case.z, case.y
     measure(
         benchmark,
-        lambda: numpy_naive_loss_grad(z, y),
+        lambda: numpy_loss_grad(z, y),
         case=case,
         impl="numpy_naive",
         threads=threads,
@@ -97,21 +97,13 @@ def test_numpy_naive(benchmark, case, threads):
 
 
 def test_copyto(benchmark, case, threads):
-    z, dst = case.z, case.out
-    measure(benchmark, lambda: np.copyto(dst, z), case=case, impl="copyto", threads=threads)
+    with copy_floor(case.out, case.z) as copy:
+        measure(benchmark, copy, case=case, impl="copyto", threads=threads)
 
 
 @pytest.mark.bench_when(lambda p: p["threads"] > 1)  # with 1 thread it is copyto
 def test_copyto_threads(benchmark, case, threads):
-    z, dst = case.z, case.out
-    bounds = np.linspace(0, case.n, threads + 1).astype(int)
-    parts = [(dst[a:b], z[a:b]) for a, b in pairwise(bounds)]
-    with ThreadPoolExecutor(threads) as pool:
-
-        def copy():
-            for f in [pool.submit(np.copyto, d, s) for d, s in parts]:
-                f.result()
-
+    with copy_floor(case.out, case.z, threads) as copy:
         measure(benchmark, copy, case=case, impl="copyto_threads", threads=threads)
 
 

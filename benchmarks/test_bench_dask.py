@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _common import LOGIT_SCALE, measure
+from _common import measure
 
 import fastxent
+from fastxent.bench import make_case
 
 dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
@@ -33,9 +34,7 @@ N, M, BLOCKS = 16_384, 1_000, 8
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(0)
-    z = rng.standard_normal((N, M), dtype=np.float32) * LOGIT_SCALE
-    y = rng.integers(0, M, size=N)
+    z, y = make_case(N, M, "float32")
     rows = N // BLOCKS
     return z, y, da.from_array(z, chunks=(rows, M)), da.from_array(y, chunks=rows)
 

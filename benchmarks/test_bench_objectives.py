@@ -36,8 +36,9 @@ import re
 
 import numpy as np
 import pytest
-from _common import LOGIT_SCALE, measure
+from _common import measure
 
+from fastxent.bench import LOGIT_SCALE
 from fastxent.objectives import xgboost_multiclass
 
 xgb = pytest.importorskip("xgboost")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _common import Case, measure
+from _common import measure
 
 import fastxent
+from fastxent.bench import Case
 
 N, M, DTYPE = 16_384, 1_000, "float32"
 IGNORE = -100

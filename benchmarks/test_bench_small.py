@@ -25,6 +25,7 @@ import pytest
 from _common import measure
 
 import fastxent
+from fastxent.bench import make_case
 
 SMALL_N, SMALL_M = 32, 10
 IMPORT_ROUNDS = 15
@@ -56,10 +57,7 @@ def median_import_times(modules=("numpy", "fastxent"), repeats=IMPORT_ROUNDS):
 
 @pytest.fixture(scope="module")
 def small():
-    rng = np.random.default_rng(3)
-    z = rng.standard_normal((SMALL_N, SMALL_M))
-    y = rng.integers(0, SMALL_M, SMALL_N)
-    return z, y
+    return make_case(SMALL_N, SMALL_M, "float64", seed=3)
 
 
 def _small(benchmark, fn, impl, z):

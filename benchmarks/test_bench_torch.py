@@ -38,9 +38,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from _common import LOGIT_SCALE, measure
+from _common import measure
 
 import fastxent
+from fastxent.bench import make_case
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -62,10 +63,7 @@ def _torch_threads():
 @pytest.fixture(scope="module", params=SHAPES, ids=[f"{n}x{m}" for n, m in SHAPES])
 def logits(request):
     n, m = request.param
-    rng = np.random.default_rng(0)
-    z = rng.standard_normal((n, m), dtype=np.float32) * LOGIT_SCALE
-    y = rng.integers(0, m, n)
-    return z, y
+    return make_case(n, m, "float32")
 
 
 def _group(z):
@@ -182,11 +180,10 @@ def test_jax(benchmark, impl):
             logp = jax.nn.log_softmax(z, axis=-1)
             return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
 
-    rng = np.random.default_rng(0)
     n, m = SHAPES[0]
-    z = rng.standard_normal((n, m), dtype=np.float32) * LOGIT_SCALE
+    z, y = make_case(n, m, "float32")
     zj = jax.device_put(z)
-    yj = jax.device_put(rng.integers(0, m, n).astype(np.int32))
+    yj = jax.device_put(y.astype(np.int32))
     value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
 
     def call():

@@ -45,13 +45,14 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     # fastxent.estimators, fastxent.metrics, fastxent.objectives,
-    # fastxent.dask, fastxent.torch and fastxent.jax load on first access, so
+    # fastxent.dask, fastxent.torch, fastxent.jax and fastxent.bench (the
+    # benchmark harness) load on first access, so
     # that `import fastxent` imports NumPy only (never scikit-learn, SciPy,
     # xgboost, lightgbm, Dask, PyTorch or JAX); so does
     # fastxent.SoftmaxRegression (fastxent.estimators'), which is not in
     # __all__ so that `from fastxent import *` stays NumPy-only too.  A
     # missing extra is an ImportError that names it.
-    if name in ("estimators", "metrics", "objectives", "dask", "torch", "jax"):
+    if name in ("estimators", "metrics", "objectives", "dask", "torch", "jax", "bench"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _cli_bench as cb
-from . import _kernels
+from . import _kernels, bench
 from ._config import config, show_config
 from ._loss import cross_entropy_with_grad
 from ._softmax import log_softmax, logsumexp, softmax
@@ -37,7 +36,7 @@ def _reference(
     lse = (np.log(s) + zmax)[:, 0]
     p = e / s
     if t.ndim == 1:
-        loss, grad = cb.numpy_loss_grad(z, t)
+        loss, grad = bench.numpy_loss_grad(z, t)
     else:
         w = np.ones(z.shape[0]) if sw is None else sw
         losses = (t * (lse[:, None] - z)).sum(axis=1)
@@ -183,7 +182,8 @@ def _names(allowed: Sequence[str], what: str) -> Any:
     return parse
 
 
-_DTYPES = ("float32", "float64")
+_DTYPES = bench.DTYPES
+_PEERS = tuple(bench.PEERS)
 
 
 def _gb(nbytes: int) -> str:
@@ -219,10 +219,10 @@ def _parser() -> argparse.ArgumentParser:
         "of threads, whichever is faster. Memory: the cases run one at a time and each "
         "holds about three arrays of the logits' size (torch and JAX add about three "
         "more, scikit-learn one): the default shapes need about "
-        f"{_gb(cb.peak_bytes(cb.DEFAULT_SHAPES, _DTYPES))} "
-        f"({_gb(cb.peak_bytes(cb.DEFAULT_SHAPES, _DTYPES, cb.PEERS))} with --compare "
-        f"torch or jax), --large about {_gb(cb.peak_bytes(cb.LARGE_SHAPES, _DTYPES))} "
-        f"({_gb(cb.peak_bytes(cb.LARGE_SHAPES, _DTYPES, cb.PEERS))} with torch or jax), "
+        f"{_gb(bench.peak_bytes(bench.DEFAULT_SHAPES, _DTYPES))} "
+        f"({_gb(bench.peak_bytes(bench.DEFAULT_SHAPES, _DTYPES, _PEERS))} with --compare "
+        f"torch or jax), --large about {_gb(bench.peak_bytes(bench.SHAPES, _DTYPES))} "
+        f"({_gb(bench.peak_bytes(bench.SHAPES, _DTYPES, _PEERS))} with torch or jax), "
         "--quick a few MB. The run prints its estimate before it starts.",
         epilog="Examples: python -m fastxent bench --quick (a few seconds); "
         "python -m fastxent bench --compare torch,sklearn --plot bench.png",
@@ -233,12 +233,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="NxM,...",
         help="logits shapes (default: "
-        + ",".join(f"{n}x{m}" for n, m in cb.DEFAULT_SHAPES)
+        + ",".join(f"{n}x{m}" for n, m in bench.DEFAULT_SHAPES)
         + "; overrides --quick and --large)",
     )
     b.add_argument(
         "--dtypes",
-        type=_names(("float32", "float64"), "dtype"),
+        type=_names(_DTYPES, "dtype"),
         default=list(_DTYPES),
         metavar="D,...",
         help="float32 and/or float64 (default: both)",
@@ -267,16 +267,16 @@ def _parser() -> argparse.ArgumentParser:
         "--large",
         action="store_true",
         help="the benchmark suite's shapes ("
-        + ",".join(f"{n}x{m}" for n, m in cb.LARGE_SHAPES)
-        + f"): about {_gb(cb.peak_bytes(cb.LARGE_SHAPES, _DTYPES))} of memory",
+        + ",".join(f"{n}x{m}" for n, m in bench.SHAPES)
+        + f"): about {_gb(bench.peak_bytes(bench.SHAPES, _DTYPES))} of memory",
     )
     b.add_argument(
         "--compare",
-        type=_names(cb.PEERS, "peer"),
+        type=_names(_PEERS, "peer"),
         default=[],
         metavar="P,...",
         help="peers to add columns for: "
-        + ", ".join(cb.PEERS)
+        + ", ".join(bench.PEERS)
         + " (those not installed are skipped with a note)",
     )
     b.add_argument(
@@ -302,8 +302,8 @@ def _busy_note(waits: int) -> str | None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    sizes = cb.QUICK_SHAPES if args.quick else cb.LARGE_SHAPES if args.large else None
-    shapes = args.shapes or sizes or cb.DEFAULT_SHAPES
+    sizes = bench.QUICK_SHAPES if args.quick else bench.SHAPES if args.large else None
+    shapes = args.shapes or sizes or bench.DEFAULT_SHAPES
     repeats = 3 if args.quick and args.repeats == 5 else args.repeats
     if repeats < 1:
         print("error: --repeats must be at least 1", file=sys.stderr)
@@ -317,7 +317,7 @@ def _bench(args: argparse.Namespace) -> int:
             return 2
     peers, notes = [], []
     for name in args.compare:
-        version = cb.peer_version(name)
+        version = bench.peer_version(name)
         if version is None:
             notes.append(f"note: {name} is not installed: skipped")
         else:
@@ -325,26 +325,26 @@ def _bench(args: argparse.Namespace) -> int:
             notes.append(f"note: {name} {version}")
     if "jax" in peers:
         notes.append("note: jax uses XLA's own thread pool (all cores) in every row")
-    need = cb.peak_bytes(shapes, args.dtypes, peers)
+    need = bench.peak_bytes(shapes, args.dtypes, peers)
     notes.append(
         f"note: needs about {_gb(need)} of memory (the largest case"
         + ("; --quick: a few seconds" if not args.quick and not args.shapes else "")
-        + ("; --large: the benchmark suite's shapes" if shapes is cb.DEFAULT_SHAPES else "")
+        + ("; --large: the benchmark suite's shapes" if shapes is bench.DEFAULT_SHAPES else "")
         + ")"
     )
-    total = cb.physical_memory()
+    total = bench.physical_memory()
     if total is not None and need > total // 2:
         notes.append(
             f"warning: that is more than half of this machine's {_gb(total)} of memory; "
             "pass smaller --shapes (or leave out --large) if it swaps"
         )
     show_config()
-    print(f"machine: {cb.machine()}")
+    print(f"machine: {bench.machine()}")
     for line in notes:
         print(line)
     sys.stdout.flush()
     waits_before = _kernels.governor_state()[0]
-    records = cb.run_bench(
+    records = bench.run_bench(
         shapes, args.dtypes, threads, repeats, peers, progress=not args.no_progress
     )
     print()
@@ -361,9 +361,9 @@ def _bench(args: argparse.Namespace) -> int:
         "(against alloc ms), sklearn writes into gradient_out= (against out=). A "
         "training loop should pass out=."
     )
-    print(cb.format_table(records, peers))
+    print(bench.format_table(records, peers))
     if args.json:
-        cb.write_json(
+        bench.write_json(
             args.json,
             records,
             {
@@ -376,7 +376,7 @@ def _bench(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.json}")
     if args.plot:
-        cb.plot(args.plot, records, peers)
+        bench.plot(args.plot, records, peers)
         print(f"wrote {args.plot}")
     return 0
 
