@@ -18,14 +18,21 @@ the same), measured side by side in one run:
   NumPy allocates in one call (``tracemalloc``, which sees the NumPy
   buffers both fastxent paths use, not torch's) is kept in
   ``extra_info["peak_bytes"]``;
+- group ``adapter-logprob-4096x32000-float32``: forward + backward of
+  ``fastxent.torch.token_logprobs`` (``fastxent_torch_logprobs``, upstream
+  gradient one advantage per row) against ``log_softmax(...).gather(...)``
+  (``torch_logprobs``), and of ``fastxent.torch.distillation_loss``
+  (``fastxent_torch_distill``, forward KL, ``"batchmean"``) against
+  ``F.kl_div(F.log_softmax(s), F.log_softmax(t), log_target=True)``
+  (``torch_distill``);
 - group ``adapter-jax-4096x32000-float32``: ``jit(value_and_grad(...))`` of
   ``fastxent.jax.cross_entropy`` against
   ``optax.softmax_cross_entropy_with_integer_labels(...).mean()`` and the
   plain ``jax.nn.log_softmax`` loss (``jax_nn``).
 
 ``python benchmarks/test_bench_torch.py bench.json`` prints each group's
-medians divided by its reference's (``torch``, ``fastxent_alloc``,
-``fastxent_linear``, ``optax``).
+medians divided by its references' (``torch``, ``fastxent_alloc``,
+``fastxent_linear``, ``torch_logprobs``, ``torch_distill``, ``optax``).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import pytest
 from _common import measure
 
 import fastxent
-from fastxent.bench import make_case
+from fastxent.bench import LOGIT_SCALE, make_case
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -163,6 +170,43 @@ def test_linear_cross_entropy(benchmark, linear, impl):
     assert tuple(gx.shape) == x.shape and tuple(gW.shape) == W.shape
 
 
+@pytest.mark.parametrize(
+    "impl", ["fastxent_torch_logprobs", "torch_logprobs", "fastxent_torch_distill", "torch_distill"]
+)
+def test_logprob_and_distillation(benchmark, impl):
+    n, m = SHAPES[0]
+    rng = np.random.default_rng(2)
+    zt = torch.from_numpy(rng.standard_normal((n, m), dtype=np.float32) * LOGIT_SCALE)
+    teacher = torch.from_numpy(rng.standard_normal((n, m), dtype=np.float32) * LOGIT_SCALE)
+    yt = torch.from_numpy(rng.integers(0, m, n))
+    adv = torch.from_numpy(rng.standard_normal(n, dtype=np.float32))
+
+    def torch_logprobs(z):
+        return torch.log_softmax(z, -1).gather(-1, yt[:, None])[:, 0]
+
+    def torch_distill(z):
+        logq, logp = F.log_softmax(z, -1), F.log_softmax(teacher, -1)
+        return F.kl_div(logq, logp, reduction="batchmean", log_target=True)
+
+    loss_fn = {
+        "fastxent_torch_logprobs": lambda z: (fxt.token_logprobs(z, yt) * adv).sum(),
+        "torch_logprobs": lambda z: (torch_logprobs(z) * adv).sum(),
+        "fastxent_torch_distill": lambda z: fxt.distillation_loss(z, teacher),
+        "torch_distill": torch_distill,
+    }[impl]
+
+    def fwd_bwd():
+        leaf = zt.detach().requires_grad_(True)
+        loss = loss_fn(leaf)
+        loss.backward()
+        return loss, leaf.grad
+
+    loss, grad = _measure(
+        benchmark, fwd_bwd, impl, zt.numpy(), group=f"adapter-logprob-{n}x{m}-float32"
+    )
+    assert tuple(grad.shape) == (n, m) and np.isfinite(float(loss))
+
+
 @pytest.mark.parametrize("impl", ["fastxent_jax", "optax", "jax_nn"])
 def test_jax(benchmark, impl):
     jax = pytest.importorskip("jax")
@@ -194,7 +238,14 @@ def test_jax(benchmark, impl):
     assert g.shape == z.shape and np.isfinite(float(loss))
 
 
-REFERENCES = ("torch", "fastxent_alloc", "fastxent_linear", "optax")
+REFERENCES = (
+    "torch",
+    "fastxent_alloc",
+    "fastxent_linear",
+    "torch_logprobs",
+    "torch_distill",
+    "optax",
+)
 
 
 def report(path):

@@ -224,3 +224,34 @@ def _framework_options(array: str, classes: str, batch: str) -> str:
 register("jax_options", _framework_options("Array", "(m,)", "``logits.shape[:-1]``"))
 register("jax_linear_options", _framework_options("Array", "(V,)", "``x.shape[:-1]``"))
 register("torch_linear_options", _framework_options("Tensor", "(V,)", "``input.shape[:-1]``"))
+register(
+    "torch_lp_options",
+    """
+    temperature : float > 0, default 1.0
+        Divides the (soft-capped) logits before the softmax.
+    softcap : float > 0, optional
+        Soft-caps the logits as ``softcap * tanh(z / softcap)`` first.
+    ignore_index : int or None, default -100
+        Rows whose target equals it get 0 (and no gradient); None: no
+        label is ignored.""",
+)
+register(
+    "torch_distill_options",
+    """
+    divergence : {"forward_kl", "reverse_kl", "jsd"}, default "forward_kl"
+        The divergence, as above.
+    beta : float in (0, 1), default 0.5
+        The generalised JSD's weight (0.5: the symmetric Jensen-Shannon
+        divergence); unused by the KLs.
+    temperature : float > 0, default 1.0
+        Divides both logits before the softmax.
+    reduction : {"batchmean", "sum", "none"}, default "batchmean"
+        ``"batchmean"``: the sum over rows divided by the number of rows
+        that count (``torch.nn.KLDivLoss(reduction="batchmean")``);
+        ``"none"``: one value per row.
+    target : Tensor of int, shape: the rows' batch shape, optional
+        Rows whose target equals ``ignore_index`` get 0 (loss and gradient)
+        and leave ``"batchmean"``'s count; other values are not used.
+    ignore_index : int or None, default -100
+        The value of ``target`` that marks a row that does not count.""",
+)
