@@ -93,10 +93,12 @@ def _run(
     out: Any,
     num_threads: Any,
     grad_denom: float | None = None,
-) -> tuple[Any, FloatArray]:
+    want_grad: bool = True,
+) -> tuple[Any, FloatArray | None]:
     """distillation_loss_with_grad, with the gradient divided by
     ``grad_denom`` instead of the reduction's own (a Dask block of a
-    larger batch: its global count)."""
+    larger batch: its global count); without ``want_grad`` the loss alone
+    (the gradient None: no n x m array written)."""
     div, b, red = _options(divergence, beta, reduction)
     moved, dest = None, None
     if not _axis.is_last(axis):
@@ -126,13 +128,16 @@ def _run(
     temp = temperature_option(temperature, dtype)
     labels, count = _row_mask(target, shape[:-1], ignore_index)
     nt = v.resolve_threads(num_threads, s.size)
+    losses = np.empty(s.shape[0], dtype=np.float64)
+    if grad_denom is None:
+        grad_denom = count if red == "batchmean" else 1.0
+    if not want_grad:
+        _kernels.divergence_rows(s, t, labels, -1, div, b, temp, grad_denom, losses, None, nt)
+        return _reduce(losses, count, red, dtype, shape[:-1]), None
     g = GradOut(out, shape, s, dtype, io)
     s = g.detach(s)
     if g.o is not None and np.may_share_memory(t, g.o):
         t = t.copy()
-    losses = np.empty(s.shape[0], dtype=np.float64)
-    if grad_denom is None:
-        grad_denom = count if red == "batchmean" else 1.0
     _kernels.divergence_rows(s, t, labels, -1, div, b, temp, grad_denom, losses, g.buffer, nt)
     return _reduce(losses, count, red, dtype, shape[:-1]), g.result(moved, dest)
 
@@ -325,6 +330,37 @@ def linear_distillation_loss_with_grad(
     >>> bool(np.isclose(loss, ref) and np.allclose(gx, G @ W) and np.allclose(gW, G.T @ x))
     True
     """
+    loss, gx, gW, gb = _linear_run(
+        x, linear_weight, teacher_x, teacher_linear_weight, linear_bias=linear_bias,
+        teacher_linear_bias=teacher_linear_bias, divergence=divergence, beta=beta,
+        temperature=temperature, reduction=reduction, target=target,
+        ignore_index=ignore_index, chunk_size=chunk_size, num_threads=num_threads,
+    )  # fmt: skip
+    assert gx is not None and gW is not None
+    return loss, gx, gW, gb
+
+
+def _linear_run(
+    x: ArrayLike,
+    linear_weight: ArrayLike,
+    teacher_x: ArrayLike,
+    teacher_linear_weight: ArrayLike,
+    *,
+    linear_bias: ArrayLike | None,
+    teacher_linear_bias: ArrayLike | None,
+    divergence: Any,
+    beta: Any,
+    temperature: Any,
+    reduction: Any,
+    target: ArrayLike | None,
+    ignore_index: Any,
+    chunk_size: Any,
+    num_threads: Any,
+    want_grad: bool = True,
+) -> tuple[Any, FloatArray | None, FloatArray | None, FloatArray | None]:
+    """linear_distillation_loss_with_grad; without ``want_grad`` the loss
+    alone (the gradients None: no backward GEMMs)."""
+
     div, b, red = _options(divergence, beta, reduction)
     x2, W, bias, x_shape, dtype, io = _linear._check_inputs(x, linear_weight, linear_bias)
     n, d = x2.shape
@@ -357,9 +393,9 @@ def linear_distillation_loss_with_grad(
     r = _linear._chunk_size(chunk_size, n, V, d, dtype.itemsize)
     nt = v.resolve_threads(num_threads, n * V) if num_threads is not None else 1
     losses = np.empty(n, dtype=np.float64)
-    gx = np.empty((n, d), dtype=dtype)
-    gW = np.zeros((V, d), dtype=dtype)
-    gb = np.zeros(V, dtype=np.float64) if bias is not None else None
+    gx = np.empty((n, d), dtype=dtype) if want_grad else None
+    gW = np.zeros((V, d), dtype=dtype) if want_grad else None
+    gb = np.zeros(V, dtype=np.float64) if bias is not None and want_grad else None
     grad_denom = count if red == "batchmean" else 1.0
     if n:
         buf = np.empty((r, V), dtype=dtype)
@@ -372,8 +408,8 @@ def linear_distillation_loss_with_grad(
     loss = _reduce(losses, count, red, dtype, x_shape[:-1])
     return (
         loss,
-        gx.reshape(x_shape).astype(io, copy=False),
-        gW.astype(io, copy=False),
+        None if gx is None else gx.reshape(x_shape).astype(io, copy=False),
+        None if gW is None else gW.astype(io, copy=False),
         None if gb is None else gb.astype(io),
     )
 

@@ -155,15 +155,20 @@ cdef double div_row(const floating *s, const floating *t, Py_ssize_t m, int dive
                     floating *scratch) noexcept nogil:
     """One row's divergence between softmax(t / T) (teacher) and
     softmax(s / T) (student), and its gradient times ``b`` with respect to
-    ``s`` into ``g`` (which may alias ``s``).  ``scratch`` holds 2 m
-    elements: the teacher's exponentials (then the JSD's gamma), and a copy
-    of ``s`` when ``g`` aliases it and the gradient pass reads it."""
+    ``s`` into ``g`` (which may alias ``s``; NULL: the loss alone).
+    ``scratch`` holds 2 m elements: the teacher's exponentials (then the
+    JSD's gamma), and a copy of ``s`` when ``g`` aliases it and the gradient
+    pass reads it (or, without ``g``, the student's exponentials)."""
     cdef floating inv_t = <floating>fx_inv_temperature(opt)
     cdef floating mxs = row_max(s, m)
     cdef floating mxt = row_max(t, m)
     cdef double Ss, St, edot = 0, xdot = 0, jsd = 0, qgamma = 0
     cdef floating *et = scratch
     cdef fx_div_row r
+    if g == NULL:
+        # The loss alone: the student's exponentials still need a row (and
+        # the gradient pass below writes there, in cache, unread).
+        g = scratch + m
     if divergence == FX_FORWARD_KL:
         # the teacher first: its cross term reads s before g (maybe s) is written
         St = lp_expsum(t, m, mxt, inv_t, et, &edot, s, mxs, &xdot)
@@ -331,15 +336,15 @@ def divergence_rows(object student, object teacher, object labels, int64_t ignor
     softmax(teacher / T) and softmax(student / T), both (n, m) of one
     dtype, into ``loss_out`` (n,) float64, and its gradient with respect to
     the student's logits divided by ``grad_denom`` into ``grad_out`` (n, m;
-    may be ``student``).  Rows whose int64 ``labels`` (or None) equal
+    may be ``student``; None: the losses alone).  Rows whose int64 ``labels`` (or None) equal
     ``ignore_index`` get 0."""
     cdef LpJob j
     cdef int ft = _lp_take_logits(&j, student, grad_out)
     cdef int failed = 0
     _div_setup(&j, teacher, labels, ignore_index, divergence, beta, temperature, grad_denom,
                loss_out, ft)
-    if j.grad == NULL or j.t == NULL:
-        raise ValueError("fastxent._kernels: teacher logits and grad_out needed")
+    if j.t == NULL:
+        raise ValueError("fastxent._kernels: teacher logits needed")
     if j.n == 0:
         return
     with nogil:
@@ -544,8 +549,9 @@ def linear_divergence_chunks(
     _take(grad_x, ft, n, d, True, &gx)
     _take(grad_W, ft, V, d, True, &gW)
     _take(grad_b, cnp.NPY_DOUBLE, V, -1, True, <void **>&gb)
-    if gW == NULL or gx == NULL or tbufp == NULL:
-        raise ValueError("fastxent._kernels: grad_x, grad_W and tbuf needed")
+    if tbufp == NULL or (gW == NULL) != (gx == NULL) or gW == NULL and gb != NULL:
+        raise ValueError("fastxent._kernels: tbuf needed; grad_x and grad_W go together; "
+                         "grad_b needs them")
     j.n, j.m = n, V
     j.z = NULL
     j.grad = NULL

@@ -268,3 +268,39 @@ def test_linear_errors():
         f(x, W, tx, tW, teacher_linear_bias=np.zeros(4))
     with pytest.raises(ValueError, match="divergence"):
         f(x, W, tx, tW, divergence="kl")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("divergence", DIVS)
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+def test_loss_alone_is_the_same_loss(dtype, divergence, reduction):
+    # The loss-only route (the PyTorch adapter's under no_grad) writes no
+    # gradient and gives the bits of the loss computed with it, plain and
+    # fused with the linear heads, with masked and ignored rows.
+    from fastxent import _distill
+
+    rng = np.random.default_rng(7)
+    s = rng.standard_normal((70, 300)).astype(dtype) * 4
+    t = rng.standard_normal((70, 300)).astype(dtype) * 4
+    s[3, :150] = -np.inf
+    target = rng.integers(0, 5, 70)
+    target[::9] = -100
+    opts = dict(divergence=divergence, beta=0.3, temperature=1.7, reduction=reduction,
+                target=target, ignore_index=-100)  # fmt: skip
+    want, _ = fastxent.distillation_loss_with_grad(s, t, **opts)
+    got, grad = _distill._run(s, t, **opts, axis=-1, out=None, num_threads=2, want_grad=False)
+    assert grad is None
+    np.testing.assert_array_equal(got, want)
+
+    x, W = s[:, :20].copy(), rng.standard_normal((50, 20)).astype(dtype)
+    tx, tW = t[:, :9].copy(), rng.standard_normal((50, 9)).astype(dtype)
+    b = rng.standard_normal(50).astype(dtype)
+    want, *_ = fastxent.linear_distillation_loss_with_grad(
+        x, W, tx, tW, linear_bias=b, chunk_size=16, **opts
+    )
+    got, *grads = _distill._linear_run(
+        x, W, tx, tW, linear_bias=b, teacher_linear_bias=None, chunk_size=16, num_threads=2,
+        want_grad=False, **opts,
+    )  # fmt: skip
+    assert grads == [None, None, None]
+    np.testing.assert_array_equal(got, want)
