@@ -52,7 +52,8 @@ for name in ["setup.py", "pyproject.toml", "README.md", "CHANGELOG.md", "MANIFES
              "fastxent/__init__.py", "fastxent/_version.py", "fastxent/_kernels.pyx",
              "fastxent/_kernels.pyi", "fastxent/py.typed", "fastxent/_rowops.c",
              "fastxent/_rowops.h", "fastxent/_rowops_t.h", "fastxent/_logprob_t.h",
-             "fastxent/_kernels_logprob.pxi", "tests/conftest.py"]:
+             "fastxent/_kernels_logprob.pxi", "fastxent/bench/__init__.py",
+             "fastxent/dask/__init__.py", "tests/conftest.py"]:
     if name not in snames:
         problems.append(f"sdist lacks {name}")
 for name in sorted(snames):
@@ -60,7 +61,8 @@ for name in sorted(snames):
         problems.append(f"sdist holds a build product: {name}")
     if name.startswith(("benchmarks/", ".ci/", "build/")):
         problems.append(f"sdist holds {name}")
-for name in ["fastxent/__init__.py", "fastxent/_kernels.pyi", "fastxent/py.typed"]:
+for name in ["fastxent/__init__.py", "fastxent/_kernels.pyi", "fastxent/py.typed",
+             "fastxent/bench/__init__.py", "fastxent/dask/__init__.py"]:
     if name not in wnames:
         problems.append(f"wheel lacks {name}")
 if not any(n.startswith("fastxent/_kernels.") and n.endswith((".so", ".pyd")) for n in wnames):

@@ -20,6 +20,7 @@ import reference as ref
 
 import fastxent
 from fastxent import bench
+from fastxent.bench import _report, _timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -253,7 +254,8 @@ def test_sklearn_peer_writes_into_the_buffer_it_is_given():
 
 
 def test_write_json_records_the_build_the_machine_and_the_peers(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "peer_version", lambda name: "9.9")
+    # write_json looks peer_version up in its own module, not in the package.
+    monkeypatch.setattr(_report, "peer_version", lambda name: "9.9")
     path = tmp_path / "b.json"
     recs = bench.run_bench([(8, 3)], ["float64"], [1], repeats=1, progress=False)
     bench.write_json(str(path), recs, {"compare": ["torch"]})
@@ -426,7 +428,7 @@ def test_table_of_out_only_records():
 
 def test_time_call_loops_fast_calls_and_takes_the_median(monkeypatch):
     clock = iter(np.arange(0.0, 1.0, 1e-6).tolist())  # each reading 1 us after the last
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(_timing.time, "perf_counter", lambda: next(clock))
     calls = []
     median, times = bench.time_call(lambda: calls.append(1), repeats=3)
     # the warm-up "took" 1 us, so each timing loops the call 10 000 times (the cap)

@@ -1,5 +1,6 @@
 """The build: setup.py's cache key of editable builds, the Cython
-directives, and the name ``show_config`` gives the run-time dispatched clone.
+directives, the packages the wheel ships, and the name ``show_config``
+gives the run-time dispatched clone.
 
 The setup.py tests need a source checkout (setup.py beside tests/) and
 setuptools; they compile nothing.
@@ -100,6 +101,26 @@ def test_cython_directives_set_once():
     for name in pyx:
         with open(os.path.join(folder, name), encoding="utf-8") as f:
             assert not re.search(r"^#\s*cython:", f.read(), re.MULTILINE), name
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    """pyproject.toml names each package setuptools puts in the wheel: a
+    folder of fastxent/ with an ``__init__.py`` that it does not list
+    (fastxent.bench, fastxent.dask) would be missing from an installed
+    fastxent, while the checkout's tests pass."""
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = os.path.join(ROOT, "pyproject.toml")
+    if not os.path.exists(pyproject) or not os.path.exists(PYX):
+        pytest.skip("not a source checkout (no pyproject.toml and fastxent/ beside tests/)")
+    with open(pyproject, "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    top = os.path.dirname(PYX)
+    found = {"fastxent"} | {
+        f"fastxent.{name}"
+        for name in os.listdir(top)
+        if os.path.isfile(os.path.join(top, name, "__init__.py"))
+    }
+    assert found <= listed, sorted(found - listed)
 
 
 def _clones():
