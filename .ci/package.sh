@@ -53,7 +53,7 @@ for name in ["setup.py", "pyproject.toml", "README.md", "CHANGELOG.md", "MANIFES
              "fastxent/_kernels.pyi", "fastxent/py.typed", "fastxent/_rowops.c",
              "fastxent/_rowops.h", "fastxent/_rowops_t.h", "fastxent/_logprob_t.h",
              "fastxent/_kernels_logprob.pxi", "fastxent/bench/__init__.py",
-             "fastxent/dask/__init__.py", "tests/conftest.py"]:
+             "fastxent/dask/__init__.py", "fastxent/torch/__init__.py", "tests/conftest.py"]:
     if name not in snames:
         problems.append(f"sdist lacks {name}")
 for name in sorted(snames):
@@ -62,7 +62,8 @@ for name in sorted(snames):
     if name.startswith(("benchmarks/", ".ci/", "build/")):
         problems.append(f"sdist holds {name}")
 for name in ["fastxent/__init__.py", "fastxent/_kernels.pyi", "fastxent/py.typed",
-             "fastxent/bench/__init__.py", "fastxent/dask/__init__.py"]:
+             "fastxent/bench/__init__.py", "fastxent/dask/__init__.py",
+             "fastxent/torch/__init__.py"]:
     if name not in wnames:
         problems.append(f"wheel lacks {name}")
 if not any(n.startswith("fastxent/_kernels.") and n.endswith((".so", ".pyd")) for n in wnames):
@@ -127,12 +128,14 @@ EOF
 echo "::: docstring examples of the installed package"
 # fastxent.torch and fastxent.jax import their framework: without it (not in
 # this venv's extras) their docstrings are not collected.
-# (--ignore with the module's path: pytest applies no --ignore-glob to --pyargs)
+# (--ignore with the module's path, the fastxent/torch/ package's folder or
+# fastxent/jax.py: pytest applies no --ignore-glob to --pyargs)
 mapfile -t SKIP < <("$VPY" -c '
 import importlib.util, os, fastxent
 for mod in ("torch", "jax"):
     if importlib.util.find_spec(mod) is None:
-        print("--ignore=" + os.path.join(os.path.dirname(fastxent.__file__), mod + ".py"))
+        path = os.path.join(os.path.dirname(fastxent.__file__), mod)
+        print("--ignore=" + (path if os.path.isdir(path) else path + ".py"))
 ')
 "$VPY" -m pytest -q -p no:cacheprovider --doctest-modules --pyargs fastxent "${SKIP[@]}"
 

@@ -186,7 +186,7 @@ def test_zero_copy(monkeypatch):
     # The kernel reads the tensor's memory and writes the gradient into the
     # memory of the tensor that becomes z.grad.
     seen = {}
-    real = fxt.run_spec
+    real = fxt._loss.run_spec
 
     def spy(spec, z, *args, **kw):
         seen["z"] = z.__array_interface__["data"][0]
@@ -194,7 +194,7 @@ def test_zero_copy(monkeypatch):
         seen["out"] = g.__array_interface__["data"][0]
         return losses, g, total, denom
 
-    monkeypatch.setattr(fxt, "run_spec", spy)
+    monkeypatch.setattr(fxt._loss, "run_spec", spy)
     z = torch.randn(64, 10, requires_grad=True)
     fxt.cross_entropy(z, _labels((64,), 10)).backward()
     assert seen["z"] == z.data_ptr()
@@ -219,13 +219,13 @@ def test_backward_does_no_full_size_work(scale):
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "no_requires_grad"])
 def test_no_gradient_computed_without_grad(monkeypatch, mode):
-    real = fxt.run_spec
+    real = fxt._loss.run_spec
 
     def no_grad_wanted(spec, z, reduction, want_grad, *args, **kwargs):
         assert not want_grad, "a gradient was computed"
         return real(spec, z, reduction, want_grad, *args, **kwargs)
 
-    monkeypatch.setattr(fxt, "run_spec", no_grad_wanted)
+    monkeypatch.setattr(fxt._loss, "run_spec", no_grad_wanted)
     z = torch.randn(4, 3, requires_grad=mode != "no_requires_grad")
     y = torch.tensor([0, 1, 2, 0])
     ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(mode)

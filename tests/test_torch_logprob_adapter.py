@@ -151,13 +151,13 @@ def test_token_logprobs_each_output_on_its_own(which):
 
 def test_token_logprobs_entropy_backward_calls_the_vjp_once(monkeypatch):
     calls = []
-    vjp = fxt._np_token_logprobs_vjp
+    vjp = fxt._logprob._np_token_logprobs_vjp
 
     def spy(*args, **kwargs):
         calls.append((args[2], args[3]))
         return vjp(*args, **kwargs)
 
-    monkeypatch.setattr(fxt, "_np_token_logprobs_vjp", spy)
+    monkeypatch.setattr(fxt._logprob, "_np_token_logprobs_vjp", spy)
     z = torch.randn(6, 5, requires_grad=True)
     y = _labels((6,), 5)
     lp, ent = fxt.token_logprobs(z, y, return_entropy=True)
@@ -377,10 +377,11 @@ def test_no_gradient_computed_without_grad(monkeypatch, mode):
         seen["out"] = kwargs.get("out")
         return dist(*args, **kwargs)
 
-    dist = fxt._np_distillation_loss_with_grad
-    monkeypatch.setattr(fxt, "_np_token_logprobs_vjp", fail)
-    monkeypatch.setattr(fxt, "_np_linear_token_logprobs_vjp", fail)
-    monkeypatch.setattr(fxt, "_np_distillation_loss_with_grad", spy)
+    dist = fxt._distill._np_distillation_loss_with_grad
+    monkeypatch.setattr(fxt._logprob, "_np_token_logprobs_vjp", fail)
+    monkeypatch.setattr(fxt._linear_logprob, "_np_linear_token_logprobs_vjp", fail)
+    monkeypatch.setattr(fxt._distill, "_np_distillation_loss_with_grad", spy)
+    monkeypatch.setattr(fxt._linear_distill, "_np_distillation_loss_with_grad", spy)
     wants = mode != "no_requires_grad"
     z = torch.randn(4, 3, requires_grad=wants)
     x, W, tx, tW, _, _ = _heads(torch.float32, n=(4,))
@@ -620,8 +621,13 @@ def test_registered_operators_match_the_eager_shortcut(monkeypatch, upstream):
         ),
     ]
     refs = [_grads(fn, inputs, ups) for fn, inputs, ups in calls]
-    for name in ("TokenLogprobs", "Distillation", "LinearTokenLogprobs", "LinearDistillation"):
-        monkeypatch.setattr(fxt, f"_Eager{name}", None)  # not the shortcut
+    for module, name in (
+        (fxt._logprob, "TokenLogprobs"),
+        (fxt._distill, "Distillation"),
+        (fxt._linear_logprob, "LinearTokenLogprobs"),
+        (fxt._linear_distill, "LinearDistillation"),
+    ):
+        monkeypatch.setattr(module, f"_Eager{name}", None)  # not the shortcut
     for (fn, inputs, ups), ref in zip(calls, refs, strict=True):
         with _Passthrough():
             got = _grads(fn, inputs, ups)
