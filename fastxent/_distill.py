@@ -234,11 +234,13 @@ def distillation_loss_with_grad(
     >>> float(fastxent.distillation_loss_with_grad(s, t, divergence="jsd")[0].round(4))
     0.0282
     """
-    return _run(
+    loss, grad = _run(
         student_logits, teacher_logits, divergence=divergence, beta=beta,
         temperature=temperature, reduction=reduction, target=target,
         ignore_index=ignore_index, axis=axis, out=out, num_threads=num_threads,
     )  # fmt: skip
+    assert grad is not None
+    return loss, grad
 
 
 def linear_distillation_loss_with_grad(

@@ -144,7 +144,7 @@ def divergence_rows(
     temperature: float,
     grad_denom: float,
     loss_out: _F64,
-    grad_out: _Floating,
+    grad_out: _Floating | None,
     num_threads: int,
 ) -> None: ...
 def linear_logprob_chunks(
@@ -182,8 +182,8 @@ def linear_divergence_chunks(
     loss_out: _F64,
     buf: _Floating,
     tbuf: _Floating,
-    grad_x: _Floating,
-    grad_W: _Floating,
+    grad_x: _Floating | None,
+    grad_W: _Floating | None,
     grad_b: _F64 | None,
     gemm: object,
     num_threads: int,

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 
 from .. import _docs
+from .._distill import _run as _distill_run
 from .._distill import distillation_loss_with_grad as _np_distillation_loss_with_grad
 from ._autograd import _eager_function, _keep_gradients, _run_op, _saved_backward
 from ._checks import _check_labels, _check_no_grad, _check_tensor, _index, _number
@@ -27,22 +28,24 @@ def _distillation_impl(
     """``(loss, grad)`` of rows (n, C): the gradient of the loss (of the
     sum of the rows under ``"none"``) with respect to the student's logits,
     written by the same pass, or an empty tensor without ``compute_grad``
-    (the kernel writes it regardless, into memory then dropped)."""
-    grad = _empty(student_logits.shape, student_logits.dtype) if compute_grad else None
-    loss, _ = _np_distillation_loss_with_grad(
-        _np(student_logits.contiguous()),
-        _np(teacher_logits.contiguous()),
-        divergence=divergence,  # type: ignore[arg-type]
+    (then the kernel computes the loss alone)."""
+    options: dict[str, Any] = dict(
+        divergence=divergence,
         beta=beta,
         temperature=temperature,
-        reduction=reduction,  # type: ignore[arg-type]
+        reduction=reduction,
         target=_optional_np(target),
-        ignore_index=ignore_index,  # type: ignore[arg-type]
-        out=None if grad is None else _np(grad),
+        ignore_index=ignore_index,
     )
-    return _torch(loss, student_logits.dtype), (
-        student_logits.new_empty((0,)) if grad is None else grad
-    )
+    s, t = _np(student_logits.contiguous()), _np(teacher_logits.contiguous())
+    if not compute_grad:
+        loss, _ = _distill_run(
+            s, t, **options, axis=-1, out=None, num_threads=None, want_grad=False
+        )
+        return _torch(loss, student_logits.dtype), student_logits.new_empty((0,))
+    grad = _empty(student_logits.shape, student_logits.dtype)
+    loss, _ = _np_distillation_loss_with_grad(s, t, **options, out=_np(grad))
+    return _torch(loss, student_logits.dtype), grad
 
 
 _DIVERGENCE_ARGS = "str divergence, float beta, float temperature"
@@ -171,8 +174,8 @@ def distillation_loss(
     flows to the teacher: ``teacher_logits`` requiring one is an error (pass
     ``teacher_logits.detach()``).  The loss is not multiplied by ``T**2``.
     The classes are on the last dim, as in :func:`token_logprobs`.  Under
-    ``torch.no_grad()`` the kernel still writes the gradient (the
-    divergence's pass has no loss-only mode), into memory then dropped.
+    ``torch.no_grad()`` (or when ``student_logits`` does not require a
+    gradient) the loss alone is computed.
 
     Parameters
     ----------

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from .. import _docs
+from .._distill import _linear_run as _linear_distill_run
 from .._distill import distillation_loss_with_grad as _np_distillation_loss_with_grad
-from .._distill import linear_distillation_loss_with_grad as _np_linear_distillation_loss_with_grad
 from .._linear import _chunk_size
 from ._autograd import (
     _backward_call,
@@ -52,23 +52,25 @@ def _linear_distillation_impl(
     """``(loss, grad_input, grad_linear_weight, grad_linear_bias)`` of rows
     ``input`` (n, d); the gradients are those of the loss (of the sum of the
     rows under ``"none"``), empty tensors without ``compute_grad``."""
-    loss, gx, gW, gb = _np_linear_distillation_loss_with_grad(
+    # Without compute_grad, the loss alone: no backward GEMMs.
+    loss, gx, gW, gb = _linear_distill_run(
         _np(input.contiguous()),
         _np(linear_weight.contiguous()),
         _np(teacher_input.contiguous()),
         _np(teacher_linear_weight.contiguous()),
         linear_bias=_optional_np(linear_bias),
         teacher_linear_bias=_optional_np(teacher_linear_bias),
-        divergence=divergence,  # type: ignore[arg-type]
+        divergence=divergence,
         beta=beta,
         temperature=temperature,
-        reduction=reduction,  # type: ignore[arg-type]
+        reduction=reduction,
         target=_optional_np(target),
-        ignore_index=ignore_index,  # type: ignore[arg-type]
+        ignore_index=ignore_index,
         chunk_size=chunk_size,
+        num_threads=None,
+        want_grad=compute_grad,
     )
-    grads = (gx, gW, gb) if compute_grad else (None, None, None)
-    return (_torch(loss, input.dtype),) + _grads(input, linear_weight, linear_bias, *grads)
+    return (_torch(loss, input.dtype),) + _grads(input, linear_weight, linear_bias, gx, gW, gb)
 
 
 @torch.library.custom_op(
@@ -357,8 +359,8 @@ def linear_distillation_loss(
     is the same (``loss.sum()``, ``loss.mean()``); otherwise it runs the
     chunk loop again with each row's upstream value.  The teacher's tensors
     get no gradient: one requiring it is an error.  Under ``torch.no_grad()``
-    the gradients are still computed (as by :func:`distillation_loss`), then
-    dropped.
+    (or when none of them requires a gradient) the loss alone is computed:
+    the two heads' logits a chunk at a time, no backward products.
 
     Parameters
     ----------
