@@ -497,26 +497,6 @@ cdef double _pairwise_sum(const double *x, Py_ssize_t n, int num_threads) noexce
     return part[0]
 
 
-cdef inline int _tile_kernel_block(
-    Py_ssize_t blk, const floating *z, Py_ssize_t n, Py_ssize_t m,
-    const label_t *labels, const floating *w, const double *sw,
-    const fx_options *opt, double *loss_out, floating *grad, floating *hess,
-    int64_t ignore_index, double *block_sums, int kernel,
-) noexcept nogil:
-    cdef Py_ssize_t r0 = blk * FX_TILE_ROWS
-    cdef Py_ssize_t R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
-    cdef double block_loss[FX_TILE_ROWS]
-    cdef double *rows_out = &block_loss[0] if block_sums != NULL else loss_out + r0
-    cdef int raced = tile_block(
-        z + r0 * m, R, m, labels + r0, label_t is int64_t, ignore_index, w,
-        sw + r0 if sw != NULL else NULL, opt, rows_out,
-        grad + r0 * m if grad != NULL else NULL,
-        hess + r0 * m if hess != NULL else NULL, kernel)
-    if block_sums != NULL:
-        block_sums[blk] = fx_pairwise_sum(block_loss, R)
-    return raced
-
-
 cdef inline void _nan_row(floating *row, Py_ssize_t m) noexcept nogil:
     cdef Py_ssize_t k
     if row != NULL:
@@ -583,24 +563,38 @@ cdef inline int _loss_span_t(const LossJob *j, const floating *z, const label_t 
     kernels) [lo, hi) of the job."""
     # Locals, not loads through j in the loop: the outputs are written
     # through pointers the compiler cannot prove distinct from *j.
-    cdef Py_ssize_t i, n = j.n, m = j.m
+    cdef Py_ssize_t i, r0, R, n = j.n, m = j.m
     cdef int64_t ignore_index = j.ignore_index
     cdef const floating *target = <const floating *>j.target
     cdef const floating *w = <const floating *>j.w
     cdef const double *sw = j.sw
     cdef const fx_options *opt = j.opt
     cdef double *loss_out = j.loss_out
+    cdef double *block_sums = j.block_sums
     cdef floating *grad = <floating *>j.grad
     cdef floating *hess = <floating *>j.hess
     cdef int raced = 0, kernel = j.kernel
+    cdef double block_loss[FX_TILE_ROWS]
     if kernel == KERNEL_ROW:
         for i in range(lo, hi):
             loss_out[i] = _one_row(i, z, m, labels, ignore_index, target, w, sw, opt,
                                    grad, hess, scratch, &raced)
-    else:
-        for i in range(lo, hi):
-            raced |= _tile_kernel_block(i, z, n, m, labels, w, sw, opt, loss_out, grad,
-                                        hess, ignore_index, j.block_sums, kernel)
+        return FX_LABEL_RACED if raced else 0
+    # Blocks of rows, written out here rather than in a function of their
+    # own: a call per block of a few hundred logits is a cost at small m.
+    # With block_sums, each block's losses are summed into it (in row order)
+    # instead of written per row.
+    for i in range(lo, hi):
+        r0 = i * FX_TILE_ROWS
+        R = min(<Py_ssize_t>FX_TILE_ROWS, n - r0)
+        raced |= tile_block(
+            z + r0 * m, R, m, labels + r0, label_t is int64_t, ignore_index, w,
+            sw + r0 if sw != NULL else NULL, opt,
+            &block_loss[0] if block_sums != NULL else loss_out + r0,
+            grad + r0 * m if grad != NULL else NULL,
+            hess + r0 * m if hess != NULL else NULL, kernel)
+        if block_sums != NULL:
+            block_sums[i] = fx_pairwise_sum(block_loss, R)
     return FX_LABEL_RACED if raced else 0
 
 

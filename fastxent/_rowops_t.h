@@ -559,7 +559,8 @@ FX_CLONES int FX_NAME(fx_tile_kernel)(const FX_T *z, ptrdiff_t R, ptrdiff_t m,
         int64_t lab = labels_64bit ? ((const int64_t *)labels)[r]
                                    : (int64_t)((const int32_t *)labels)[r];
         int ig = lab == (int64_t)ignore_index;
-        int bad = (!ig) & ((lab < 0) | (lab >= (int64_t)m)); /* no branches: vectorises */
+        /* one unsigned compare for lab < 0 or lab >= m; no branches */
+        int bad = (!ig) & ((uint64_t)lab >= (uint64_t)m);
         raced += bad;
         ig |= bad;
         int64_t yy = ig ? 0 : lab;
@@ -742,7 +743,7 @@ FX_CLONES int FX_NAME(fx_two_class_kernel)(const FX_T *z, ptrdiff_t R, const voi
         ign[r] = lab == (int64_t)ignore_index;
         /* a label changed since it was checked (a data race): the general
          * kernel below marks its row */
-        unusual |= (!ign[r]) & ((lab < 0) | (lab > 1)); /* no branches: vectorises */
+        unusual |= (!ign[r]) & ((uint64_t)lab > 1); /* lab outside {0, 1}; no branches */
         y[r] = ign[r] ? 0 : (int32_t)lab;
         s[r] = ign[r] ? 0.0 : (sw ? sw[r] : 1.0);
     }
