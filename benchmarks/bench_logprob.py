@@ -208,9 +208,10 @@ def linear(n: int, d: int, V: int, nt: int, repeats: int) -> None:
     for k in ("linear_token_logprobs_vjp(chunk n/4)", "linear_cross_entropy_with_grad"):
         print(f"  {k} / 3 GEMMs: {times[k] / times['3 GEMMs']:.3f}x")
     ratio = times["linear_distillation_loss_with_grad"] / times["4 GEMMs"]
+    r2 = linear_chunk_rows(n, V, d, "float32", buffers=2)
     print(f"  linear_distillation_loss_with_grad / 4 GEMMs: {ratio:.3f}x"
-          f"  ({times['linear_distillation_loss_with_grad'] * 1e3:.1f} ms; two buffers, "
-          f"{2 * r / n:.1%} of the logits)")  # fmt: skip
+          f"  ({times['linear_distillation_loss_with_grad'] * 1e3:.1f} ms; two buffers of "
+          f"{r2} rows, {2 * r2 / n:.1%} of the logits)")  # fmt: skip
     k = "linear_distillation_loss_with_grad(chunk n/8)"
     print(f"  {k} / 4 GEMMs: {times[k] / times['4 GEMMs']:.3f}x  (two buffers, 25% of the logits)")
 

@@ -392,7 +392,7 @@ def _linear_run(
         tb = v.aligned(np.ascontiguousarray(tba, dtype=dtype))
     temp = temperature_option(temperature, dtype)
     labels, count = _row_mask(target, x_shape[:-1], ignore_index)
-    r = _linear._chunk_size(chunk_size, n, V, d, dtype.itemsize)
+    r = _linear._chunk_size(chunk_size, n, V, d, dtype.itemsize, buffers=2)
     nt = v.resolve_threads(num_threads, n * V) if num_threads is not None else 1
     losses = np.empty(n, dtype=np.float64)
     gx = np.empty((n, d), dtype=dtype) if want_grad else None
@@ -419,6 +419,18 @@ def _linear_run(
 if linear_distillation_loss_with_grad.__doc__:  # None under python -OO
     from ._linear import _CHUNK_DOC
 
+    # Two buffers here (both heads' logits), which share the default's budget.
+    _TWO_BUFFERS = (
+        (
+            "one ``chunk_size x V``\n        buffer of logits.  ``None`` picks the largest chunk "
+            "whose working\n        memory (the buffer and the per-row losses)"
+        ),
+        (
+            "two ``chunk_size x V``\n        buffers of logits (the student's and the teacher's).  "
+            "``None``\n        picks the largest chunk whose working memory (the two buffers and"
+            "\n        the per-row losses)"
+        ),
+    )
     linear_distillation_loss_with_grad.__doc__ = linear_distillation_loss_with_grad.__doc__.replace(
-        "    {chunk}", _CHUNK_DOC.strip("\n")
+        "    {chunk}", _CHUNK_DOC.strip("\n").replace(*_TWO_BUFFERS)
     )

@@ -39,7 +39,7 @@ _CHUNK_SMALL_BYTES = 4 * 2**20
 _CHUNK_EFFICIENT_ROWS = 1024
 
 
-def default_chunk_size(n: int, V: int, d: int, itemsize: int) -> int:
+def default_chunk_size(n: int, V: int, d: int, itemsize: int, buffers: int = 1) -> int:
     """Rows per chunk when ``chunk_size=None``.
 
     Every chunk's GEMMs pack all of ``W`` twice (for the logits and for
@@ -55,15 +55,18 @@ def default_chunk_size(n: int, V: int, d: int, itemsize: int) -> int:
     unless 4 MiB holds more, and at most ``n``.  The rows are then split
     into chunks of equal size (the last one at most a row shorter), so that
     no chunk is a small, inefficient remainder.  ``d`` does not enter: the
-    GEMMs' work and their per-chunk cost both grow with it.  Measured
-    figures: docs/guide/linear.md.
+    GEMMs' work and their per-chunk cost both grow with it.  ``buffers``:
+    how many ``rows x V`` buffers a chunk holds (two for a distillation,
+    the student's and the teacher's logits), which share the budget.
+    Measured figures: docs/guide/linear.md.
     """
     del d  # documented: the rule does not depend on it
     if n <= 1:
         return 1
-    row_bytes = max(1, V * itemsize)
+    row_bytes = max(1, buffers * V * itemsize)
     small = _CHUNK_SMALL_BYTES // row_bytes
-    budget = max(_MEMORY_FRACTION * n * row_bytes, _CHUNK_SMALL_BYTES) - 8 * (n + V)
+    logits_bytes = n * V * itemsize
+    budget = max(_MEMORY_FRACTION * logits_bytes, _CHUNK_SMALL_BYTES) - 8 * (n + V)
     rows = min(int(budget // row_bytes), max(_CHUNK_EFFICIENT_ROWS, small), n)
     chunks = -(-n // max(1, rows))
     return -(-n // chunks)
@@ -224,9 +227,9 @@ def _check_inputs(
     return _rows_for_blas(x2, dtype), _rows_for_blas(Wa, dtype), b, xa.shape, dtype, io
 
 
-def _chunk_size(value: Any, n: int, V: int, d: int, itemsize: int) -> int:
+def _chunk_size(value: Any, n: int, V: int, d: int, itemsize: int, buffers: int = 1) -> int:
     if value is None:
-        return default_chunk_size(n, V, d, itemsize)
+        return default_chunk_size(n, V, d, itemsize, buffers)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"chunk_size must be None or an integer >= 1; got {value!r}.")
     if value < 1:

@@ -398,6 +398,12 @@ def test_default_chunk_size_rule():
     assert default_chunk_size(50, 32000, 8, 4) == 25  # 4 MiB: 32 rows, in 2 even chunks
     assert default_chunk_size(50, 3200, 8, 4) == 50
     assert default_chunk_size(1, 32000, 8, 4) == default_chunk_size(0, 32000, 8, 4) == 1
+    # two buffers a chunk (a distillation's two heads) share the same budget
+    for n, V, itemsize in [(2048, 32000, 4), (4096, 32000, 8), (8192, 128256, 4)]:
+        r = default_chunk_size(n, V, 64, itemsize, buffers=2)
+        assert 2 * r * V * itemsize + 8 * (n + V) <= n * V * itemsize / 4
+        assert r >= default_chunk_size(n, V, 64, itemsize) // 2 - 64  # not needlessly small
+    assert default_chunk_size(2048, 32000, 512, 4, buffers=2) == 228
 
 
 SHAPES = [

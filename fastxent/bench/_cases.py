@@ -177,7 +177,7 @@ class Case:
         return p
 
 
-def linear_chunk_rows(n: int, V: int, d: int, dtype: str | np.dtype[Any]) -> int:
+def linear_chunk_rows(n: int, V: int, d: int, dtype: str | np.dtype[Any], buffers: int = 1) -> int:
     """Rows per chunk of the fused linear functions when ``chunk_size=None``.
 
     :func:`fastxent.linear_cross_entropy_with_grad` and its relatives form
@@ -191,6 +191,10 @@ def linear_chunk_rows(n: int, V: int, d: int, dtype: str | np.dtype[Any]) -> int
         Rows of the features, classes (the head's rows) and features.
     dtype : str or numpy.dtype
         The features' dtype, float32 or float64.
+    buffers : int, default 1
+        ``chunk x V`` buffers a chunk holds: 2 for the fused linear
+        distillation (the student's and the teacher's logits), whose default
+        chunk keeps both within the budget.
 
     Returns
     -------
@@ -205,7 +209,7 @@ def linear_chunk_rows(n: int, V: int, d: int, dtype: str | np.dtype[Any]) -> int
     >>> 1 <= linear_chunk_rows(2_048, 32_000, 512, "float32") <= 2_048
     True
     """
-    return default_chunk_size(n, V, d, np.dtype(dtype).itemsize)
+    return default_chunk_size(n, V, d, np.dtype(dtype).itemsize, buffers)
 
 
 # --------------------------------------------------------------------- memory

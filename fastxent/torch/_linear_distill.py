@@ -174,7 +174,7 @@ def _linear_distillation_backward_impl(
     labels = None if target is None else _np(target)
     n, d = X.shape
     V = W.shape[0]
-    r = _chunk_size(chunk_size, n, V, d, np.dtype(ct).itemsize)
+    r = _chunk_size(chunk_size, n, V, d, np.dtype(ct).itemsize, buffers=2)
     Gx = np.empty((n, d), ct)
     GW = np.zeros((V, d), ct)
     Gb = np.zeros(V, ct) if B is not None else None
